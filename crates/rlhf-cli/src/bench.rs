@@ -1,0 +1,175 @@
+//! `rlhf bench model`: generation tokens/s and training-step tokens/s (forward + backward +
+//! AdamW) of the decoder on random weights. Benchmarks, not tests: results go to
+//! docs/benchmarks.md with the machine and the command.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use clap::{Args, Subcommand, ValueEnum};
+use rlhf_model::{
+    Architecture, DeviceSpec, ModelConfig, SamplingParams, TokenBatch, Transformer, masked_mean,
+    target_mask,
+};
+use serde_json::json;
+
+use crate::inspect::with_backend;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decoder throughput on random weights: generation and one training step.
+    Model(ModelBenchArgs),
+}
+
+/// Model shapes for benchmarks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Size {
+    /// The shape of tests/fixtures/hf-tiny/tiny-llama3 (0.1M parameters).
+    Tiny,
+    /// About 25M parameters: hidden 512, 6 layers, 8 heads / 4 KV heads, vocab 16384, tied.
+    #[value(name = "25m")]
+    M25,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelBenchArgs {
+    #[arg(long, value_enum, default_value = "tiny")]
+    size: Size,
+    /// Training batch size (sequences).
+    #[arg(long, default_value_t = 4)]
+    train_batch: usize,
+    /// Training sequence length.
+    #[arg(long, default_value_t = 128)]
+    train_len: usize,
+    /// Training steps timed (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Generation batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    gen_batch: Vec<usize>,
+    /// Prompt length for generation.
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+fn config(size: Size) -> ModelConfig {
+    let arch = Architecture::LlamaForCausalLM;
+    let mut c = match size {
+        Size::Tiny => ModelConfig::synthetic(arch, 512, 64, 2, 4, 2, 176),
+        Size::M25 => ModelConfig::synthetic(arch, 16384, 512, 6, 8, 4, 1408),
+    };
+    if let Size::M25 = size {
+        c.tie_word_embeddings = true;
+    }
+    c
+}
+
+/// Deterministic pseudo-random token ids.
+fn tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ salt;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab as u64) as u32
+        })
+        .collect()
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Model(args) => {
+            if args.steps == 0 || args.train_batch == 0 || args.train_len < 2 {
+                bail!("--steps and --train-batch must be positive, --train-len at least 2");
+            }
+            with_backend!(args.device, |device: B| model_bench::<
+                burn::backend::Autodiff<B>,
+            >(&args, &device))
+        }
+    }
+}
+
+fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) -> Result<()> {
+    let cfg = config(args.size);
+    let vocab = cfg.vocab_size;
+    let params = cfg.num_parameters();
+    eprintln!("model: {}", cfg.describe());
+    let model = Transformer::<B>::random(cfg, 1, device);
+
+    // Generation (inference backend, no autodiff graph).
+    let infer = model.valid();
+    let mut gen_results = vec![];
+    for &b in &args.gen_batch {
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|i| tokens(args.prompt_len, vocab, i as u64))
+            .collect();
+        let sp = SamplingParams {
+            max_new_tokens: args.new_tokens,
+            temperature: 1.0,
+            seed: 1,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let out = infer.generate(&prompts, &sp)?;
+        let secs = start.elapsed().as_secs_f64();
+        let new: usize = out.iter().map(|c| c.completion_ids.len()).sum();
+        gen_results.push(json!({"batch": b, "new_tokens": new, "seconds": secs, "new_tokens_per_s": new as f64 / secs}));
+        eprintln!(
+            "generate: batch {b}, {new} new tokens in {secs:.2}s = {:.0} new tokens/s",
+            new as f64 / secs
+        );
+    }
+
+    // Training: next-token NLL, backward, AdamW.
+    let (bsz, len) = (args.train_batch, args.train_len);
+    let batch = TokenBatch::unpadded(tokens(bsz * len, vocab, 99), bsz, len)?;
+    let mask =
+        Tensor::<B, 2>::from_data(TensorData::new(target_mask(&batch), [bsz, len - 1]), device);
+    let mut optim = AdamWConfig::new().init::<B, Transformer<B>>();
+    let mut model = model;
+    let mut times = vec![];
+    for step in 0..=args.steps {
+        let start = Instant::now();
+        let lp = model.token_logprobs(&batch)?;
+        let loss = masked_mean(lp, mask.clone()).mean().neg();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // Force the update to complete before stopping the clock.
+        let _ = model
+            .embed_tokens
+            .weight
+            .val()
+            .slice([0..1, 0..1])
+            .into_data();
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let tps = (bsz * len) as f64 / mean;
+    eprintln!(
+        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW)"
+    );
+    println!(
+        "{}",
+        json!({
+            "model": format!("{:?}", args.size).to_lowercase(),
+            "parameters": params,
+            "device": args.device.to_string(),
+            "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
+            "generate": gen_results,
+            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps},
+        })
+    );
+    Ok(())
+}

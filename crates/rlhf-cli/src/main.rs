@@ -1,0 +1,64 @@
+//! The `rlhf` binary: parses the command line and calls into the library crates.
+
+mod bench;
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// rlhf: online RLHF for Hugging Face checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "rlhf", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sample a completion from a causal LM (prints the text, or one JSON object with --json).
+    Generate(inspect::GenerateArgs),
+    /// Log-prob of every token given its prefix (teacher-forced), to debug generator/trainer drift.
+    Logprobs(inspect::LogprobsArgs),
+    /// Reward-model scores (sequence classification head, read at the last token).
+    Score(inspect::ScoreArgs),
+    /// Benchmarks (not tests): numbers for docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug, but the user still gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error (please report): {}{at}",
+            msg.replace('\n', " ")
+        );
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => inspect::generate(args),
+        Command::Logprobs(args) => inspect::logprobs(args),
+        Command::Score(args) => inspect::score(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` joins the context chain on one line.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

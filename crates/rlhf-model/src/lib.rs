@@ -1,0 +1,27 @@
+//! rlhf-model: Hugging Face Llama / Qwen2 / Mistral decoders on burn.
+//!
+//! - [`config`]: `config.json` → [`ModelConfig`] (both RoPE layouts, GQA, biases, tied heads).
+//! - [`weights`]: safetensors in (single or sharded; f32/bf16/f16) and out.
+//! - [`tokenizer`]: `tokenizer.json` and the chat template.
+//! - [`model`]: the decoder as a burn module; logits, token log-probs, scores and values.
+//! - [`generate`]: batched sampling with a KV cache, returning policy log-probs.
+//! - [`load`]: building from a checkpoint or random weights, saving in HF format.
+//! - [`backend`]: the CPU/CUDA backends and the `device` setting.
+
+pub mod backend;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod load;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Cpu, CpuAutodiff, DeviceSpec};
+pub use batch::{PaddingSide, TokenBatch};
+pub use config::{Architecture, HeadKind, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{Completion, FinishReason, SamplingParams};
+pub use model::{KvCache, Transformer, masked_mean, masked_sum, target_mask};
+pub use tokenizer::{ChatMessage, Tokenizer};

@@ -1,0 +1,388 @@
+//! The decoder (Llama / Qwen2 / Mistral layout) as a burn [`Module`], generic over the backend.
+//!
+//! One forward serves training, teacher-forced log-probs and cached decoding: attention masks and
+//! position ids come from [`SlotState`], which tracks padding on the host, so the generator and the
+//! trainer run the same arithmetic (the reason sampler and teacher-forced log-probs agree).
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::batch::{SlotState, TokenBatch};
+use crate::config::{HeadKind, ModelConfig};
+use crate::error::{ModelError, Result};
+
+/// Root-mean-square layer norm, computed as Hugging Face does:
+/// `weight * x / sqrt(mean(x²) + eps)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let var = x.clone().powi_scalar(2).mean_dim(2);
+        let normed = x * var.add_scalar(self.eps).sqrt().recip();
+        normed * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Self-attention with grouped-query heads, rotate-half RoPE and an optional sliding window.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Sliding-window size; 0 means full attention.
+    pub window: usize,
+}
+
+/// The gated SiLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+/// A decoder with its head: `lm_head` for causal LMs (absent when tied to the embeddings),
+/// `score` for sequence-classification reward models and value (critic) models.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    pub lm_head: Option<Linear<B>>,
+    pub score: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+/// The cached keys and values of one layer.
+type LayerKv<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// Per-layer key/value tensors `[batch, kv_heads, capacity, head_dim]`, preallocated.
+#[derive(Debug)]
+pub struct KvCache<B: Backend> {
+    pub slots: SlotState,
+    layers: Vec<LayerKv<B>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Allocates a cache for `batch` rows of up to `capacity` tokens.
+    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+        let shape = [batch, config.num_key_value_heads, capacity, config.head_dim];
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+            .collect();
+        Self {
+            slots: SlotState::new(batch, capacity),
+            layers,
+        }
+    }
+}
+
+/// Cos/sin tables `[batch, 1, seq, head_dim]` for the given positions.
+pub(crate) struct RopeTables<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    fn new(
+        inv_freq: &[f32],
+        positions: &[i64],
+        batch: usize,
+        seq: usize,
+        device: &B::Device,
+    ) -> Self {
+        let half = inv_freq.len();
+        let dim = 2 * half;
+        let mut cos = vec![0f32; batch * seq * dim];
+        let mut sin = vec![0f32; batch * seq * dim];
+        for (i, &p) in positions.iter().enumerate() {
+            for (k, &f) in inv_freq.iter().enumerate() {
+                // Same float32 arithmetic as transformers: angle = position * inv_freq.
+                let angle = p as f32 * f;
+                let (s, c) = angle.sin_cos();
+                cos[i * dim + k] = c;
+                cos[i * dim + half + k] = c;
+                sin[i * dim + k] = s;
+                sin[i * dim + half + k] = s;
+            }
+        }
+        let shape = [batch, 1, seq, dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, s, d] = x.dims();
+        let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
+        let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, s, h, d])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let q = rope.apply(q);
+        let k = rope.apply(k);
+        let (k, v) = match cache {
+            Some((slot, start)) => {
+                let end = start + s;
+                let cap = slot.0.dims()[2];
+                let kc = std::mem::replace(&mut slot.0, Tensor::empty([0, 0, 0, 0], &k.device()));
+                let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &v.device()));
+                let kc = kc.slice_assign([0..b, 0..kvh, start..end, 0..d], k);
+                let vc = vc.slice_assign([0..b, 0..kvh, start..end, 0..d], v);
+                slot.0 = kc.clone();
+                slot.1 = vc.clone();
+                debug_assert!(end <= cap);
+                (
+                    kc.slice([0..b, 0..kvh, 0..end, 0..d]),
+                    vc.slice([0..b, 0..kvh, 0..end, 0..d]),
+                )
+            }
+            None => (k, v),
+        };
+        // Grouped-query attention without copying K/V: fold the query heads of a group into
+        // the sequence axis, so each KV head serves `groups * s` query rows.
+        let groups = h / kvh;
+        let q = q.reshape([b, kvh, groups * s, d]);
+        let scale = (d as f64).powf(-0.5);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let scores = scores + mask.repeat_dim(2, groups);
+        let probs = softmax(scores, 3);
+        let out = probs.matmul(v); // [b, kvh, groups*s, d]
+        let out = out
+            .reshape([b, h, s, d])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * d]);
+        self.o_proj.forward(out)
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.val().device()
+    }
+
+    /// Final hidden states `[batch, len, hidden]` of a padded batch (no cache).
+    pub fn hidden(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
+        let mut slots = SlotState::new(batch.batch, batch.len);
+        self.hidden_with(batch, &mut slots, None)
+    }
+
+    /// Runs new tokens through the decoder; with a cache, appends their keys and values.
+    fn hidden_with(
+        &self,
+        batch: &TokenBatch,
+        slots: &mut SlotState,
+        mut cache: Option<&mut Vec<LayerKv<B>>>,
+    ) -> Result<Tensor<B, 3>> {
+        batch.check_vocab(self.config.vocab_size)?;
+        let device = self.device();
+        let start = slots.len;
+        let positions = slots.append(batch)?;
+        let (b, s) = (batch.batch, batch.len);
+        let inv_freq = self.config.rope.inv_freq(self.config.head_dim);
+        let rope = RopeTables::new(&inv_freq, &positions, b, s, &device);
+        let kv_len = slots.len;
+        let mut masks: Vec<(usize, Tensor<B, 4>)> = Vec::new();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.ids_i64(), [b, s]), &device);
+        let mut x = self.embed_tokens.forward(ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let window = layer.self_attn.window;
+            let mask = match masks.iter().find(|(w, _)| *w == window) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let w = (window > 0).then_some(window);
+                    let m = Tensor::from_data(
+                        TensorData::new(slots.additive_mask(s, w), [b, 1, s, kv_len]),
+                        &device,
+                    );
+                    masks.push((window, m.clone()));
+                    m
+                }
+            };
+            let layer_cache = cache.as_mut().map(|c| (&mut c[i], start));
+            let h = layer.input_layernorm.forward(x.clone());
+            let h = layer.self_attn.forward(h, &rope, mask, layer_cache);
+            x = x + h;
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            x = x + layer.mlp.forward(h);
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// Cached forward of new tokens: returns the hidden state of the last new column `[batch, hidden]`.
+    pub fn step(&self, batch: &TokenBatch, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
+        let hidden = self.hidden_with(batch, &mut cache.slots, Some(&mut cache.layers))?;
+        let [b, s, hd] = hidden.dims();
+        Ok(hidden.slice([0..b, s - 1..s, 0..hd]).reshape([b, hd]))
+    }
+
+    /// Next-token logits from hidden states (`lm_head`, or the tied embedding matrix).
+    pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Result<Tensor<B, D>> {
+        match (&self.lm_head, self.config.architecture.head()) {
+            (Some(head), _) => Ok(head.forward(hidden)),
+            (None, HeadKind::CausalLm) => {
+                let w = self.embed_tokens.weight.val(); // [vocab, hidden]
+                let dims = hidden.dims();
+                let hd = dims[D - 1];
+                let rows = hidden.shape().num_elements() / hd;
+                let flat = hidden.reshape([rows, hd]).matmul(w.transpose());
+                let mut out = dims;
+                out[D - 1] = self.config.vocab_size;
+                Ok(flat.reshape(out))
+            }
+            (None, HeadKind::SequenceClassification) => Err(ModelError::Input(
+                "this is a sequence-classification model: it has no language-model head".into(),
+            )),
+        }
+    }
+
+    /// Logits `[batch, len, vocab]` of a padded batch.
+    pub fn forward_logits(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
+        self.logits(self.hidden(batch)?)
+    }
+
+    /// Log-prob of each token given its prefix, `[batch, len - 1]`: position `t` holds
+    /// `log p(ids[t+1] | ids[..=t])`. Padding positions hold meaningless values; weight them
+    /// with [`TokenBatch::mask`] shifted by one (see [`target_mask`]).
+    pub fn token_logprobs(&self, batch: &TokenBatch) -> Result<Tensor<B, 2>> {
+        if batch.len < 2 {
+            return Err(ModelError::Input(
+                "log-probs need sequences of at least two tokens".into(),
+            ));
+        }
+        let logits = self.forward_logits(batch)?;
+        Ok(gather_logprobs(logits, batch))
+    }
+
+    /// Per-position outputs of the `score` head `[batch, len, num_labels]` (for a critic with
+    /// one label, the value of every token).
+    pub fn score_all(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
+        let head = self.score.as_ref().ok_or_else(|| {
+            ModelError::Input(
+                "this model has no score head (it is not a reward or value model)".into(),
+            )
+        })?;
+        Ok(head.forward(self.hidden(batch)?))
+    }
+
+    /// Per-token values `[batch, len]` of a one-label score head (PPO critic).
+    pub fn values(&self, batch: &TokenBatch) -> Result<Tensor<B, 2>> {
+        let all = self.score_all(batch)?;
+        let [b, s, labels] = all.dims();
+        if labels != 1 {
+            return Err(ModelError::Input(format!(
+                "a value head has one output, this score head has {labels}"
+            )));
+        }
+        Ok(all.reshape([b, s]))
+    }
+
+    /// Reward-model scores `[batch, num_labels]`, read at the last real token of each row.
+    pub fn scores(&self, batch: &TokenBatch) -> Result<Tensor<B, 2>> {
+        let all = self.score_all(batch)?;
+        let [b, _, labels] = all.dims();
+        let last: Vec<i64> = batch.last_index().into_iter().map(|i| i as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &self.device())
+            .reshape([b, 1, 1])
+            .repeat_dim(2, labels);
+        Ok(all.gather(1, idx).reshape([b, labels]))
+    }
+}
+
+/// `log_softmax(logits)[:, t, ids[t+1]]` for `t < len - 1`.
+pub fn gather_logprobs<B: Backend>(logits: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 2> {
+    let [b, s, v] = logits.dims();
+    let device = logits.device();
+    let lp = log_softmax(logits.slice([0..b, 0..s - 1, 0..v]), 2);
+    let targets: Vec<i64> = (0..b)
+        .flat_map(|r| {
+            batch.ids[r * s + 1..(r + 1) * s]
+                .iter()
+                .map(|&x| i64::from(x))
+        })
+        .collect();
+    let idx = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [b, s - 1, 1]), &device);
+    lp.gather(2, idx).reshape([b, s - 1])
+}
+
+/// The mask of valid targets for [`Transformer::token_logprobs`]: `mask[t] * mask[t+1]`, as f32.
+pub fn target_mask(batch: &TokenBatch) -> Vec<f32> {
+    let s = batch.len;
+    (0..batch.batch)
+        .flat_map(|r| {
+            let m = &batch.mask[r * s..(r + 1) * s];
+            (0..s - 1).map(move |t| f32::from(m[t] * m[t + 1]))
+        })
+        .collect()
+}
+
+/// Masked sum over the last axis: `Σ_t x[t] m[t]` → `[batch]`.
+pub fn masked_sum<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, _] = x.dims();
+    (x * mask).sum_dim(1).reshape([b])
+}
+
+/// Masked mean over the last axis: `Σ_t x[t] m[t] / max(Σ_t m[t], 1)` → `[batch]`.
+pub fn masked_mean<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, _] = x.dims();
+    let count = mask.clone().sum_dim(1).clamp_min(1.0).reshape([b]);
+    masked_sum(x, mask) / count
+}
