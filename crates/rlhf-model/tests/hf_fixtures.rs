@@ -21,6 +21,15 @@ fn fixtures() -> PathBuf {
 
 /// Every causal-LM fixture folder (those with `greedy_16` in reference.json).
 fn causal_dirs() -> Vec<PathBuf> {
+    dirs_with("greedy_16")
+}
+
+/// Every reward-model fixture folder (those with `scores` in reference.json).
+fn reward_dirs() -> Vec<PathBuf> {
+    dirs_with("scores")
+}
+
+fn dirs_with(key: &str) -> Vec<PathBuf> {
     let mut dirs = vec![];
     for set in ["hf-tiny", "hf-extra"] {
         let Ok(entries) = std::fs::read_dir(fixtures().join(set)) else {
@@ -29,7 +38,7 @@ fn causal_dirs() -> Vec<PathBuf> {
         for e in entries.flatten() {
             let p = e.path();
             if let Ok(r) = read_json(&p.join("reference.json"))
-                && r.get("greedy_16").is_some()
+                && r.get(key).is_some()
             {
                 dirs.push(p);
             }
@@ -247,36 +256,37 @@ fn sampler_logprobs_equal_teacher_forced_logprobs() -> anyhow::Result<()> {
 #[test]
 fn reward_model_scores_match_transformers() -> anyhow::Result<()> {
     let device = Default::default();
-    let dir = fixtures().join("hf-tiny/tiny-llama-rm");
-    let model = Transformer::<B>::load(&dir, &device)?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let r = Reference::load(&dir)?;
-    let (shape, ids) = r.i64("input_ids")?;
-    let (_, mask) = r.i64("attention_mask")?;
-    let batch = TokenBatch {
-        batch: shape[0],
-        len: shape[1],
-        ids: ids.iter().map(|&x| x as u32).collect(),
-        mask: mask.iter().map(|&x| x as u8).collect(),
-    };
-    let (_, want) = r.f32("scores")?;
-    let got = host_vec(model.scores(&batch)?.into_data())?;
-    assert!(max_abs_diff(&got, &want) < 1e-4, "{got:?} vs {want:?}");
-    // The same texts tokenized here, one at a time and as a left-padded batch.
-    let reference = read_json(&dir.join("reference.json"))?;
-    let texts: Vec<Vec<u32>> = reference["texts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|t| tok.encode(t.as_str().unwrap_or_default(), true))
-        .collect::<Result<_, _>>()?;
-    let left = TokenBatch::pad(&texts, 0, PaddingSide::Left)?;
-    let got = host_vec(model.scores(&left)?.into_data())?;
-    assert!(
-        max_abs_diff(&got, &want) < 1e-4,
-        "left padded: {got:?} vs {want:?}"
-    );
+    for dir in reward_dirs() {
+        let model = Transformer::<B>::load(&dir, &device)?;
+        let tok = Tokenizer::from_dir(&dir)?;
+        let r = Reference::load(&dir)?;
+        let (shape, ids) = r.i64("input_ids")?;
+        let (_, mask) = r.i64("attention_mask")?;
+        let batch = TokenBatch {
+            batch: shape[0],
+            len: shape[1],
+            ids: ids.iter().map(|&x| x as u32).collect(),
+            mask: mask.iter().map(|&x| x as u8).collect(),
+        };
+        let (_, want) = r.f32("scores")?;
+        let got = host_vec(model.scores(&batch)?.into_data())?;
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{}: {got:?} vs {want:?}", dir.display());
+        // The same texts tokenized here, padded on either side.
+        let reference = read_json(&dir.join("reference.json"))?;
+        let texts: Vec<Vec<u32>> = reference["texts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| tok.encode(t.as_str().unwrap_or_default(), true))
+            .collect::<Result<_, _>>()?;
+        for side in [PaddingSide::Left, PaddingSide::Right] {
+            let padded = TokenBatch::pad(&texts, 0, side)?;
+            let got = host_vec(model.scores(&padded)?.into_data())?;
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{}: {side:?} padded: {got:?} vs {want:?}", dir.display());
+        }
+    }
     Ok(())
 }
 
