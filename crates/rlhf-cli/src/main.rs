@@ -2,6 +2,8 @@
 
 mod bench;
 mod inspect;
+mod run;
+mod runfile;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,16 @@ enum Command {
     Logprobs(inspect::LogprobsArgs),
     /// Reward-model scores (sequence classification head, read at the last token).
     Score(inspect::ScoreArgs),
+    /// Run an experiment with every role in this process (real gRPC on loopback).
+    Run(run::RunArgs),
+    /// Run only the coordinator of a run file's `[cluster]`.
+    Coordinator(run::RoleArgs),
+    /// Run only a rollout worker of a run file's `[cluster]`.
+    Rollout(run::RoleArgs),
+    /// Run only a scorer of a run file's `[cluster]`.
+    Scorer(run::RoleArgs),
+    /// Run only the learner of a run file's `[cluster]`.
+    Learner(run::RoleArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,10 +59,16 @@ fn main() -> ExitCode {
         );
     }));
     let cli = Cli::parse();
+    rlhf_core::lifecycle::init_telemetry();
     let result = match cli.command {
         Command::Generate(args) => inspect::generate(args),
         Command::Logprobs(args) => inspect::logprobs(args),
         Command::Score(args) => inspect::score(args),
+        Command::Run(args) => run::run(args),
+        Command::Coordinator(args) => run::role(rlhf_membership::Role::Coordinator, args),
+        Command::Rollout(args) => run::role(rlhf_membership::Role::Rollout, args),
+        Command::Scorer(args) => run::role(rlhf_membership::Role::Scorer, args),
+        Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -106,19 +106,42 @@ pub struct Completion {
 
 impl<B: Backend> Transformer<B> {
     /// Samples a completion for every prompt, all rows decoded together with one KV cache.
+    /// Row `i` draws from a generator seeded with `(params.seed, i)`.
     pub fn generate(
         &self,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>> {
+        let seeds: Vec<u64> = (0..prompts.len() as u64)
+            .map(|i| mix(params.seed, i))
+            .collect();
+        self.generate_seeded(prompts, params, &seeds)
+    }
+
+    /// Like [`Transformer::generate`], with one explicit seed per row (so that a sample's
+    /// randomness depends only on its own id, not on how rows were batched).
+    pub fn generate_seeded(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        seeds: &[u64],
+    ) -> Result<Vec<Completion>> {
         params.validate()?;
+        if seeds.len() != prompts.len() {
+            return Err(ModelError::Input(format!(
+                "{} seeds for {} prompts",
+                seeds.len(),
+                prompts.len()
+            )));
+        }
         let pad = self.config.pad_token_id.unwrap_or(0);
         let prompt_batch = TokenBatch::pad(prompts, pad, PaddingSide::Left)?;
         let b = prompt_batch.batch;
         let capacity = prompt_batch.len + params.max_new_tokens;
         let mut cache = KvCache::new(&self.config, b, capacity, &self.device());
-        let mut rngs: Vec<rand::rngs::StdRng> = (0..b)
-            .map(|i| rand::rngs::StdRng::seed_from_u64(mix(params.seed, i as u64)))
+        let mut rngs: Vec<rand::rngs::StdRng> = seeds
+            .iter()
+            .map(|&s| rand::rngs::StdRng::seed_from_u64(s))
             .collect();
         let mut out: Vec<Completion> = prompts
             .iter()
@@ -176,7 +199,7 @@ impl<B: Backend> Transformer<B> {
 }
 
 /// SplitMix64 of seed and row: independent, reproducible streams per row.
-fn mix(seed: u64, row: u64) -> u64 {
+pub fn mix(seed: u64, row: u64) -> u64 {
     let mut z = seed ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

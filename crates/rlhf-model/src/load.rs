@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use crate::config::{Architecture, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::model::{Attention, DecoderLayer, Mlp, RmsNorm, Transformer};
-use crate::weights::{HostTensor, WeightStore, write_atomic, write_safetensors};
+use crate::weights::{
+    HostTensor, WeightStore, serialize_safetensors, write_atomic, write_safetensors,
+};
 
 /// Where weights come from while building a model.
 trait Source {
@@ -251,6 +253,23 @@ impl<B: Backend> Transformer<B> {
             ""
         };
         build(cfg, &mut store, prefix, device)
+    }
+
+    /// Builds a model of a known config from serialized safetensors (as produced by
+    /// [`Transformer::to_safetensors_bytes`]); `origin` names the source in errors.
+    pub fn from_safetensors_bytes(
+        config: ModelConfig,
+        bytes: &[u8],
+        origin: &Path,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut store = WeightStore::from_bytes(bytes, origin)?;
+        build(config, &mut store, "model.", device)
+    }
+
+    /// All weights as safetensors bytes (f32, Hugging Face names): the weight-sync payload.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        serialize_safetensors(&self.to_hf_tensors()?, Path::new("<policy>"))
     }
 
     /// A model with random weights (for tests and benchmarks).

@@ -25,7 +25,9 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let var = x.clone().powi_scalar(2).mean_dim(2);
-        let normed = x * var.add_scalar(self.eps).sqrt().recip();
+        // Division, not `recip()`: burn-ndarray vectorises `recip` with an approximation on the
+        // aligned part of a buffer only, which makes results depend on allocation addresses.
+        let normed = x / var.add_scalar(self.eps).sqrt();
         normed * self.weight.val().unsqueeze::<3>()
     }
 }

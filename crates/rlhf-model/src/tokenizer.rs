@@ -5,27 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use rlhf_core::ChatMessage;
 use serde_json::Value;
 
 use crate::config::read_json;
 use crate::error::{ModelError, Result};
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
 
 /// A tokenizer with its special tokens and chat template.
 #[derive(Debug, Clone)]

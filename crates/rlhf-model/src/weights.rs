@@ -45,9 +45,20 @@ impl WeightStore {
         Ok(store)
     }
 
+    /// Reads tensors from in-memory safetensors bytes; `origin` names them in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let mut store = WeightStore::default();
+        store.read_bytes(bytes, origin)?;
+        Ok(store)
+    }
+
     fn read_file(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        self.read_bytes(&bytes, path)
+    }
+
+    fn read_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
             ModelError::weights(
                 path,
                 format!("not a valid safetensors file (truncated or corrupt?): {e}"),
@@ -163,6 +174,16 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
 
 /// Writes tensors to a safetensors file in `f32`, atomically (temporary file, then rename).
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let serialized = serialize_safetensors(tensors, path)?;
+    write_atomic(path, &serialized)
+}
+
+/// Serializes tensors to safetensors bytes in `f32`; `origin` names them in errors.
+pub fn serialize_safetensors(
+    tensors: &BTreeMap<String, HostTensor>,
+    origin: &Path,
+) -> Result<Vec<u8>> {
+    let path = origin;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -180,9 +201,8 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
         .collect::<Result<Vec<_>>>()?;
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    let serialized = safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| ModelError::weights(path, e.to_string()))?;
-    write_atomic(path, &serialized)
+    safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| ModelError::weights(path, e.to_string()))
 }
 
 /// Writes a file atomically: a temporary file in the same folder, fsync, then rename.

@@ -270,7 +270,11 @@ fn reward_model_scores_match_transformers() -> anyhow::Result<()> {
         };
         let (_, want) = r.f32("scores")?;
         let got = host_vec(model.scores(&batch)?.into_data())?;
-        assert!(max_abs_diff(&got, &want) < 1e-4, "{}: {got:?} vs {want:?}", dir.display());
+        assert!(
+            max_abs_diff(&got, &want) < 1e-4,
+            "{}: {got:?} vs {want:?}",
+            dir.display()
+        );
         // The same texts tokenized here, padded on either side.
         let reference = read_json(&dir.join("reference.json"))?;
         let texts: Vec<Vec<u32>> = reference["texts"]
@@ -284,7 +288,11 @@ fn reward_model_scores_match_transformers() -> anyhow::Result<()> {
             let padded = TokenBatch::pad(&texts, 0, side)?;
             let got = host_vec(model.scores(&padded)?.into_data())?;
             let d = max_abs_diff(&got, &want);
-            assert!(d < 1e-4, "{}: {side:?} padded: {got:?} vs {want:?}", dir.display());
+            assert!(
+                d < 1e-4,
+                "{}: {side:?} padded: {got:?} vs {want:?}",
+                dir.display()
+            );
         }
     }
     Ok(())

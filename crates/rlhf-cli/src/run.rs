@@ -1,0 +1,277 @@
+//! `rlhf run` (every role in this process, real gRPC on loopback ports, in-memory membership)
+//! and `rlhf coordinator | rollout | scorer | learner` (one role per process, static addresses
+//! from the run file's `[cluster]` section).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rlhf_core::CancellationToken;
+use rlhf_membership::{InMemoryMembership, Membership, Role};
+use tokio::net::TcpListener;
+
+use crate::runfile::RunFile;
+
+/// Registrations of static or in-process members never expire on their own.
+const STATIC_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The run file (TOML), e.g. examples/quickstart.toml.
+    config: PathBuf,
+    /// Override coordinator.iterations.
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Override coordinator.output_dir.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Override coordinator.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override coordinator.max_policy_lag (0 = synchronous).
+    #[arg(long)]
+    max_policy_lag: Option<u64>,
+    /// Sample from the initial policy only (the offline-DPO baseline).
+    #[arg(long)]
+    offline: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RoleArgs {
+    /// The run file (TOML) with a `[cluster]` section.
+    #[arg(long)]
+    config: PathBuf,
+    /// Which rollout worker or scorer of `[cluster]` this process is (0-based).
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// `rlhf run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut f = RunFile::load(&args.config)?;
+    if let Some(n) = args.iterations {
+        f.coordinator.iterations = n;
+    }
+    if let Some(d) = args.output_dir {
+        f.coordinator.output_dir = d;
+    }
+    if let Some(s) = args.seed {
+        f.coordinator.seed = s;
+    }
+    if let Some(l) = args.max_policy_lag {
+        f.coordinator.max_policy_lag = l;
+    }
+    f.coordinator.offline |= args.offline;
+    f.coordinator
+        .validate(&f.data, f.learner.objective.kind())
+        .with_context(|| format!("{}: after command-line overrides", args.config.display()))?;
+    runtime()?.block_on(run_all(f, args.quiet))
+}
+
+async fn run_all(f: RunFile, quiet: bool) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
+    let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
+    let services = CancellationToken::new();
+    let mut tasks = vec![];
+
+    let learner = bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", learner.local_addr()?);
+    membership
+        .register(Role::Learner, "learner", &addr, STATIC_TTL)
+        .await?;
+    tasks.push(tokio::spawn({
+        let (c, s) = (f.learner.clone(), services.clone());
+        async move {
+            rlhf_learner::run(c, learner, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("learner")
+        }
+    }));
+    for i in 0..f.rollout.workers {
+        let l = bind("127.0.0.1:0").await?;
+        let addr = format!("http://{}", l.local_addr()?);
+        let c = f.rollout_config(i);
+        membership
+            .register(Role::Rollout, &c.name, &addr, STATIC_TTL)
+            .await?;
+        let s = services.clone();
+        tasks.push(tokio::spawn(async move {
+            rlhf_rollout::run(c, l, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("rollout worker")
+        }));
+    }
+    let scorer = bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", scorer.local_addr()?);
+    membership
+        .register(Role::Scorer, &f.scorer.name, &addr, STATIC_TTL)
+        .await?;
+    tasks.push(tokio::spawn({
+        let (c, s) = (f.scorer.clone(), services.clone());
+        async move {
+            let registry = rlhf_reward::builtin_rules();
+            rlhf_reward::run(c, &registry, scorer, s)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("scorer")
+        }
+    }));
+    let admin = bind(f.cluster.coordinator.as_deref().unwrap_or("127.0.0.1:0")).await?;
+    let deps = rlhf_coordinator::CoordinatorDeps {
+        membership: membership.clone(),
+        listener: Some(admin),
+        unit_kind: f.learner.objective.kind(),
+        quiet,
+    };
+    // A service that dies early fails the run instead of leaving the coordinator waiting.
+    let mut coordinator = Box::pin(rlhf_coordinator::run(
+        f.coordinator.clone(),
+        f.data.clone(),
+        deps,
+        shutdown.clone(),
+    ));
+    let mut watch = Box::pin(futures::future::select_all(tasks));
+    let result = tokio::select! {
+        r = &mut coordinator => r.map_err(anyhow::Error::from),
+        (r, _, rest) = &mut watch => {
+            shutdown.cancel();
+            for t in rest { t.abort(); }
+            match r {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a service stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a service panicked: {e}")),
+            }
+        }
+    };
+    services.cancel();
+    let summary = result?;
+    let out = &f.coordinator.output_dir;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "run finished: {} iterations, held-out reward {} -> {}; outputs in {} (metrics.jsonl, samples.jsonl, plot.svg, final/)",
+        summary.iterations,
+        summary
+            .initial_heldout_reward
+            .map(|r| format!("{r:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        summary
+            .final_heldout_reward
+            .map(|r| format!("{r:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        out.display()
+    );
+    Ok(())
+}
+
+fn addr_of(list: &[String], index: usize, role: &str) -> Result<String> {
+    list.get(index).cloned().with_context(|| {
+        format!(
+            "cluster.{role}: no address at index {index} (the run file lists {})",
+            list.len()
+        )
+    })
+}
+
+/// `rlhf learner | rollout | scorer | coordinator`.
+pub fn role(role: Role, args: RoleArgs) -> Result<()> {
+    let f = RunFile::load(&args.config)?;
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
+        let c = &f.cluster;
+        match role {
+            Role::Learner => {
+                let addr = c.learner.clone().context("cluster.learner: missing")?;
+                rlhf_learner::run(f.learner.clone(), bind(&addr).await?, shutdown).await?;
+            }
+            Role::Rollout => {
+                let addr = addr_of(&c.rollout, args.index, "rollout")?;
+                rlhf_rollout::run(f.rollout_config(args.index), bind(&addr).await?, shutdown)
+                    .await?;
+            }
+            Role::Scorer => {
+                let addr = addr_of(&c.scorer, args.index, "scorer")?;
+                let mut cfg = f.scorer.clone();
+                cfg.name = format!("{}-{}", cfg.name, args.index);
+                rlhf_reward::run(
+                    cfg,
+                    &rlhf_reward::builtin_rules(),
+                    bind(&addr).await?,
+                    shutdown,
+                )
+                .await?;
+            }
+            Role::Coordinator => {
+                let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
+                let learner = c.learner.clone().context("cluster.learner: missing")?;
+                membership
+                    .register(
+                        Role::Learner,
+                        "learner",
+                        &format!("http://{learner}"),
+                        STATIC_TTL,
+                    )
+                    .await?;
+                if c.rollout.is_empty() || c.scorer.is_empty() {
+                    bail!("cluster.rollout and cluster.scorer must list at least one address each");
+                }
+                for (i, a) in c.rollout.iter().enumerate() {
+                    membership
+                        .register(
+                            Role::Rollout,
+                            &format!("rollout-{i}"),
+                            &format!("http://{a}"),
+                            STATIC_TTL,
+                        )
+                        .await?;
+                }
+                for (i, a) in c.scorer.iter().enumerate() {
+                    membership
+                        .register(
+                            Role::Scorer,
+                            &format!("scorer-{i}"),
+                            &format!("http://{a}"),
+                            STATIC_TTL,
+                        )
+                        .await?;
+                }
+                let listener = match &c.coordinator {
+                    Some(a) => Some(bind(a).await?),
+                    None => None,
+                };
+                let deps = rlhf_coordinator::CoordinatorDeps {
+                    membership,
+                    listener,
+                    unit_kind: f.learner.objective.kind(),
+                    quiet: false,
+                };
+                let summary =
+                    rlhf_coordinator::run(f.coordinator.clone(), f.data.clone(), deps, shutdown)
+                        .await?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,162 @@
+//! The run file (TOML) that `rlhf run` and the role commands read: one file describes the
+//! whole experiment; each role takes its section. Unknown keys are errors, and every section is
+//! validated at start-up with the offending field named.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rlhf_coordinator::{CoordinatorConfig, DataConfig};
+use rlhf_learner::LearnerConfig;
+use rlhf_reward::ScorerServiceConfig;
+use rlhf_rollout::RolloutConfig;
+use serde::Deserialize;
+
+/// The policy every role starts from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face checkpoint folder (relative paths are relative to the run file's folder,
+    /// then to the working directory).
+    pub path: PathBuf,
+    /// cpu or cuda:N, for the learner and the rollout workers.
+    #[serde(default)]
+    pub device: String,
+}
+
+/// Rollout workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Workers `rlhf run` starts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Rows decoded together per worker.
+    #[serde(default = "default_rows")]
+    pub max_batch_rows: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_rows() -> usize {
+    64
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            max_batch_rows: default_rows(),
+        }
+    }
+}
+
+/// Static addresses for one-role-per-process mode (`rlhf coordinator|rollout|scorer|learner`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// host:port of the coordinator's admin API.
+    #[serde(default)]
+    pub coordinator: Option<String>,
+    /// host:port of the learner.
+    #[serde(default)]
+    pub learner: Option<String>,
+    /// host:port of each rollout worker.
+    #[serde(default)]
+    pub rollout: Vec<String>,
+    /// host:port of each scorer.
+    #[serde(default)]
+    pub scorer: Vec<String>,
+}
+
+/// A whole run file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    pub model: ModelSection,
+    pub data: DataConfig,
+    pub coordinator: CoordinatorConfig,
+    #[serde(default = "default_learner")]
+    pub learner: LearnerConfig,
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    pub scorer: ScorerServiceConfig,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+fn default_learner() -> LearnerConfig {
+    LearnerConfig::new(PathBuf::new())
+}
+
+/// Resolves a relative path against the run file's folder when it exists there.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        return p.to_path_buf();
+    }
+    let beside = base.join(p);
+    if beside.exists() {
+        beside
+    } else {
+        p.to_path_buf()
+    }
+}
+
+impl RunFile {
+    /// Reads, fills in shared settings and validates a run file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let mut f: RunFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().replace('\n', " ").trim()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        f.model.path = resolve(base, &f.model.path);
+        if !f.model.path.join("config.json").exists() {
+            bail!(
+                "{}: model.path: {} is not a Hugging Face checkpoint folder (no config.json)",
+                path.display(),
+                f.model.path.display()
+            );
+        }
+        if let Some(p) = &f.data.prompts {
+            f.data.prompts = Some(resolve(base, p));
+        }
+        if f.learner.model.as_os_str().is_empty() {
+            f.learner.model = f.model.path.clone();
+        }
+        if f.learner.device.is_empty() {
+            f.learner.device = f.model.device.clone();
+        }
+        let ctx = |what: &str| format!("{}: {what}", path.display());
+        f.learner
+            .validate()
+            .with_context(|| ctx("invalid [learner]"))?;
+        f.coordinator
+            .validate(&f.data, f.learner.objective.kind())
+            .with_context(|| ctx("invalid [coordinator] or [data]"))?;
+        f.scorer
+            .scorer
+            .validate()
+            .with_context(|| ctx("invalid [scorer]"))?;
+        if f.rollout.workers == 0 {
+            bail!("{}: rollout.workers must be at least 1", path.display());
+        }
+        f.rollout_config(0)
+            .validate()
+            .with_context(|| ctx("invalid [rollout]"))?;
+        Ok(f)
+    }
+
+    /// The config of rollout worker `i`.
+    pub fn rollout_config(&self, i: usize) -> RolloutConfig {
+        let mut c = RolloutConfig::new(self.model.path.clone());
+        c.name = format!("rollout-{i}");
+        c.device = self.model.device.clone();
+        c.max_batch_rows = self.rollout.max_batch_rows;
+        c
+    }
+}

@@ -1,0 +1,99 @@
+//! The coordinator's gRPC face: the Admin API (status) and the Coordinator API (members
+//! register and heartbeat into the [`Membership`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rlhf_membership::{Membership, MembershipError, Role};
+use rlhf_proto::v1;
+use tonic::{Request, Response, Status};
+
+use crate::status::SharedStatus;
+
+/// Seconds a registration lives without a heartbeat.
+pub const MEMBER_TTL_SECONDS: u32 = 30;
+
+/// Serves `Admin.Status` from the run's shared status.
+pub struct AdminService {
+    pub status: SharedStatus,
+    pub membership: Arc<dyn Membership>,
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let mut s = self.status.get();
+        for role in [Role::Rollout, Role::Scorer, Role::Learner] {
+            for m in self.membership.members(role).await.unwrap_or_default() {
+                s.members.push(v1::MemberStatus {
+                    role: role.to_string(),
+                    name: m.name,
+                    address: m.address,
+                });
+            }
+        }
+        Ok(Response::new(s))
+    }
+}
+
+/// Serves `Coordinator.Register` and `Coordinator.Heartbeat`.
+pub struct MembershipService {
+    pub membership: Arc<dyn Membership>,
+}
+
+fn role(r: i32) -> Result<Role, Status> {
+    match v1::Role::try_from(r) {
+        Ok(v1::Role::Rollout) => Ok(Role::Rollout),
+        Ok(v1::Role::Scorer) => Ok(Role::Scorer),
+        Ok(v1::Role::Learner) => Ok(Role::Learner),
+        _ => Err(Status::invalid_argument(format!("invalid `role` {r}"))),
+    }
+}
+
+fn status(e: MembershipError) -> Status {
+    match e {
+        MembershipError::NotRegistered { .. } => Status::not_found(e.to_string()),
+        MembershipError::StaleEpoch { .. } => Status::aborted(e.to_string()),
+        MembershipError::Invalid(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::coordinator_server::Coordinator for MembershipService {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let epoch = self
+            .membership
+            .register(
+                role(r.role)?,
+                &r.name,
+                &r.address,
+                Duration::from_secs(u64::from(MEMBER_TTL_SECONDS)),
+            )
+            .await
+            .map_err(status)?;
+        tracing::info!(role = %role(r.role)?, name = %r.name, address = %r.address, epoch, "member registered");
+        Ok(Response::new(v1::RegisterResponse {
+            epoch,
+            ttl_seconds: MEMBER_TTL_SECONDS,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        self.membership
+            .heartbeat(role(r.role)?, &r.name, r.epoch)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::HeartbeatResponse {}))
+    }
+}

@@ -1,0 +1,85 @@
+//! The coordinator's view of the other services: live members from [`Membership`] and gRPC
+//! clients to them (one cached channel per address).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rlhf_membership::{Member, Membership, Role};
+use rlhf_proto::v1::learner_client::LearnerClient;
+use rlhf_proto::v1::reward_client::RewardClient;
+use rlhf_proto::v1::rollout_client::RolloutClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::CoordinatorError;
+
+/// Members and clients.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    membership: Arc<dyn Membership>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    max_message_bytes: usize,
+}
+
+impl Cluster {
+    pub fn new(membership: Arc<dyn Membership>, max_message_bytes: usize) -> Self {
+        Self {
+            membership,
+            channels: Arc::default(),
+            max_message_bytes,
+        }
+    }
+
+    /// The membership this cluster reads.
+    pub fn membership(&self) -> &Arc<dyn Membership> {
+        &self.membership
+    }
+
+    /// Live members of a role; an error when there are none.
+    pub async fn members(&self, role: Role) -> Result<Vec<Member>, CoordinatorError> {
+        let m = self
+            .membership
+            .members(role)
+            .await
+            .map_err(|e| CoordinatorError::Cluster(e.to_string()))?;
+        if m.is_empty() {
+            return Err(CoordinatorError::Cluster(format!(
+                "no live {role} is registered"
+            )));
+        }
+        Ok(m)
+    }
+
+    /// A channel to `address` (connected lazily, reused).
+    pub fn channel(&self, address: &str) -> Result<Channel, CoordinatorError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(address.to_string())
+            .map_err(|e| CoordinatorError::Cluster(format!("invalid address `{address}`: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub fn rollout(&self, address: &str) -> Result<RolloutClient<Channel>, CoordinatorError> {
+        Ok(RolloutClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    pub fn reward(&self, address: &str) -> Result<RewardClient<Channel>, CoordinatorError> {
+        Ok(RewardClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    pub fn learner(&self, address: &str) -> Result<LearnerClient<Channel>, CoordinatorError> {
+        Ok(LearnerClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+}

@@ -1,0 +1,292 @@
+//! Generation phase: prompts are split into leases, leases are handed to live rollout workers,
+//! a failed or timed-out lease is expired in the ledger and re-leased (to another worker when
+//! there is one), and every returned completion is checked against its lease.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rlhf_core::{PolicyVersion, SampleId};
+use rlhf_data::{LeaseId, Ledger, PromptRecord};
+use rlhf_membership::Role;
+use rlhf_proto::v1;
+
+use crate::CoordinatorError;
+use crate::cluster::Cluster;
+
+/// A prompt as the loop handles it.
+#[derive(Debug, Clone)]
+pub struct PromptCtx {
+    pub record: PromptRecord,
+    /// What rollout workers receive.
+    pub wire: v1::Prompt,
+    /// The prompt as text, for scorers and the audit log.
+    pub text: String,
+}
+
+impl PromptCtx {
+    pub fn new(record: PromptRecord, chat: bool) -> Self {
+        let wire = match (&record.prompt, chat) {
+            (rlhf_data::Prompt::Text(t), false) => v1::Prompt {
+                prompt_id: record.id.clone(),
+                text: t.clone(),
+                messages: vec![],
+            },
+            (p, _) => v1::Prompt {
+                prompt_id: record.id.clone(),
+                text: String::new(),
+                messages: p.to_messages().iter().map(Into::into).collect(),
+            },
+        };
+        let text = record.prompt.display_text();
+        Self { record, wire, text }
+    }
+}
+
+/// The ledger, shared by concurrent leases.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// What one generation round asks for.
+#[derive(Debug, Clone)]
+pub struct GenPlan {
+    pub iteration: u64,
+    pub version: u64,
+    pub weights_from: String,
+    pub n: u32,
+    pub sampling: v1::SamplingParams,
+    pub seed: u64,
+    pub prompts_per_lease: usize,
+    pub lease_timeout: Duration,
+    pub attempts: u32,
+}
+
+/// What a generation round produced.
+#[derive(Debug, Default)]
+pub struct GenOutcome {
+    /// In prompt order, then sample index.
+    pub completions: Vec<v1::Completion>,
+    /// Seconds workers spent fetching new weights.
+    pub weight_sync_s: f64,
+    /// Seconds workers spent sampling (summed over batches).
+    pub sample_s: f64,
+    /// Completion tokens generated.
+    pub tokens: u64,
+    /// Leases that failed and were re-leased.
+    pub releases: u32,
+}
+
+fn lock(l: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one generation round over the live rollout workers.
+pub async fn generate(
+    cluster: &Cluster,
+    ledger: Option<&SharedLedger>,
+    prompts: &[PromptCtx],
+    plan: &GenPlan,
+) -> Result<GenOutcome, CoordinatorError> {
+    let workers = cluster.members(Role::Rollout).await?;
+    let chunks: Vec<&[PromptCtx]> = prompts.chunks(plan.prompts_per_lease).collect();
+    let queue: Mutex<VecDeque<(usize, u32)>> =
+        Mutex::new((0..chunks.len()).map(|i| (i, 0)).collect());
+    let results: Mutex<BTreeMap<usize, v1::GenerateResponse>> = Mutex::new(BTreeMap::new());
+    let fatal: Mutex<Option<CoordinatorError>> = Mutex::new(None);
+    let releases = Mutex::new(0u32);
+    let lease_counter = Mutex::new(0u64);
+
+    let work = workers.iter().map(|w| async {
+        loop {
+            if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+                return;
+            }
+            let Some((ci, attempt)) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                return;
+            };
+            let chunk = chunks[ci];
+            // Lease the prompts in the ledger.
+            let mut leases: Vec<LeaseId> = vec![];
+            if let Some(l) = ledger {
+                let mut l = lock(l);
+                for p in chunk {
+                    match l.lease(plan.iteration, &p.record.id, &w.name) {
+                        Ok(id) => leases.push(id),
+                        Err(e) => {
+                            *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(CoordinatorError::Ledger(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            }
+            let lease_id = {
+                let mut c = lease_counter.lock().unwrap_or_else(|p| p.into_inner());
+                *c += 1;
+                format!("{}-{}-{}", plan.iteration, ci, *c)
+            };
+            let outcome = tokio::time::timeout(plan.lease_timeout, run_lease(cluster, &w.address, chunk, plan, &lease_id)).await;
+            let outcome = match outcome {
+                Ok(r) => r,
+                Err(_) => Err(format!("lease timed out after {:.0}s", plan.lease_timeout.as_secs_f64())),
+            };
+            match outcome {
+                Ok(resp) => {
+                    if let Some(l) = ledger {
+                        let mut l = lock(l);
+                        for c in &resp.completions {
+                            let id = sample_id(c);
+                            let pos = chunk.iter().position(|p| p.record.id == id.prompt_id).unwrap_or(0);
+                            let lease = leases.get(pos).copied().unwrap_or(LeaseId(0));
+                            if let Err(e) = l.generated(lease, &id, PolicyVersion(c.policy_version)) {
+                                *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(CoordinatorError::Ledger(e.to_string()));
+                                return;
+                            }
+                        }
+                    }
+                    results.lock().unwrap_or_else(|p| p.into_inner()).insert(ci, resp);
+                }
+                Err(msg) => {
+                    tracing::warn!(worker = %w.name, lease = %lease_id, attempt, error = %msg, "lease failed; re-leasing");
+                    if let Some(l) = ledger {
+                        let mut l = lock(l);
+                        for lease in &leases {
+                            let _ = l.expire(*lease);
+                        }
+                    }
+                    *releases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    if attempt + 1 >= plan.attempts {
+                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(CoordinatorError::Rollout(format!(
+                            "lease of {} prompts failed {} times, last on worker `{}` ({}): {msg}",
+                            chunk.len(),
+                            attempt + 1,
+                            w.name,
+                            w.address
+                        )));
+                        return;
+                    }
+                    queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((ci, attempt + 1));
+                    // Give other workers the first chance at the re-lease.
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+    });
+    futures::future::join_all(work).await;
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    if results.len() != chunks.len() {
+        return Err(CoordinatorError::Rollout(format!(
+            "{} of {} leases never completed",
+            chunks.len() - results.len(),
+            chunks.len()
+        )));
+    }
+    let mut out = GenOutcome {
+        releases: releases.into_inner().unwrap_or(0),
+        ..Default::default()
+    };
+    for (_, resp) in results {
+        out.weight_sync_s += resp.weight_sync_seconds;
+        out.sample_s += resp.generate_seconds;
+        out.tokens += resp
+            .completions
+            .iter()
+            .map(|c| c.completion_ids.len() as u64)
+            .sum::<u64>();
+        out.completions.extend(resp.completions);
+    }
+    Ok(out)
+}
+
+/// The sample id of a completion (checked present by [`run_lease`]).
+pub fn sample_id(c: &v1::Completion) -> SampleId {
+    c.id.as_ref().map(SampleId::from).unwrap_or(SampleId {
+        iteration: 0,
+        prompt_id: String::new(),
+        sample_index: 0,
+    })
+}
+
+/// One Generate call; the response is checked against the lease (ids, counts, version).
+async fn run_lease(
+    cluster: &Cluster,
+    address: &str,
+    chunk: &[PromptCtx],
+    plan: &GenPlan,
+    lease_id: &str,
+) -> Result<v1::GenerateResponse, String> {
+    let start = Instant::now();
+    let mut client = cluster.rollout(address).map_err(|e| e.to_string())?;
+    let req = v1::GenerateRequest {
+        iteration: plan.iteration,
+        lease_id: lease_id.to_string(),
+        policy_version: plan.version,
+        weights_from: plan.weights_from.clone(),
+        prompts: chunk.iter().map(|p| p.wire.clone()).collect(),
+        n: plan.n,
+        sampling: Some(plan.sampling.clone()),
+        seed: plan.seed,
+    };
+    let mut stream = client
+        .generate(req)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut merged = v1::GenerateResponse {
+        lease_id: lease_id.to_string(),
+        ..Default::default()
+    };
+    while let Some(resp) = stream.next().await {
+        let resp = resp.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        if resp.lease_id != lease_id {
+            return Err(format!(
+                "response for lease `{}` on lease `{lease_id}` (fenced)",
+                resp.lease_id
+            ));
+        }
+        merged.weight_sync_seconds += resp.weight_sync_seconds;
+        merged.generate_seconds += resp.generate_seconds;
+        merged.completions.extend(resp.completions);
+    }
+    // Every (prompt, index) exactly once, from the requested version.
+    let mut seen = HashSet::new();
+    for c in &merged.completions {
+        let id = c.id.as_ref().ok_or("a completion without an id")?;
+        if id.iteration != plan.iteration
+            || id.sample_index >= plan.n
+            || !chunk.iter().any(|p| p.record.id == id.prompt_id)
+        {
+            return Err(format!("unexpected completion {}", SampleId::from(id)));
+        }
+        if c.policy_version != plan.version {
+            return Err(format!(
+                "completion from version {} on a lease for version {}",
+                c.policy_version, plan.version
+            ));
+        }
+        if !seen.insert((id.prompt_id.clone(), id.sample_index)) {
+            return Err(format!("duplicate completion {}", SampleId::from(id)));
+        }
+    }
+    let want = chunk.len() * plan.n as usize;
+    if seen.len() != want {
+        return Err(format!("{} completions for a lease of {want}", seen.len()));
+    }
+    // Stable order: prompt order, then sample index.
+    merged.completions.sort_by_key(|c| {
+        let id = sample_id(c);
+        (
+            chunk
+                .iter()
+                .position(|p| p.record.id == id.prompt_id)
+                .unwrap_or(usize::MAX),
+            id.sample_index,
+        )
+    });
+    tracing::debug!(lease = %lease_id, seconds = start.elapsed().as_secs_f64(), "lease done");
+    Ok(merged)
+}

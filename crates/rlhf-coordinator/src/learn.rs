@@ -1,0 +1,199 @@
+//! From scored samples to an update: training units for the objective's kind (rlhf-algo's
+//! builders), the Train call, and checkpoints.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use rlhf_algo::UnitKind;
+use rlhf_algo::units::{
+    BinaryThresholds, Scored, UnitReport, best_vs_worst, binary_labels, pairs_above_margin,
+    rankings,
+};
+use rlhf_proto::v1;
+
+use crate::CoordinatorError;
+use crate::cluster::Cluster;
+use crate::config::{PairStrategy, UnitsConfig};
+
+/// Units per TrainRequest message.
+const TRAIN_BATCH: usize = 256;
+
+/// Training units and which samples they use.
+#[derive(Debug, Default)]
+pub struct BuiltUnits {
+    pub units: Vec<v1::TrainingUnit>,
+    /// Indices (into the iteration's sample list) of samples some unit uses.
+    pub used: BTreeSet<usize>,
+    pub report: UnitReport,
+}
+
+/// One sample eligible for training: its completion and finite reward.
+pub struct Eligible<'a> {
+    pub index: usize,
+    pub completion: &'a v1::Completion,
+    pub reward: f64,
+}
+
+fn sequence(c: &v1::Completion, reward: f64) -> v1::Sequence {
+    v1::Sequence {
+        id: c.id.clone(),
+        policy_version: c.policy_version,
+        prompt_ids: c.prompt_ids.clone(),
+        completion_ids: c.completion_ids.clone(),
+        behaviour_logprobs: c.logprobs.clone(),
+        reward,
+    }
+}
+
+/// Builds units from samples grouped by prompt (`groups[p]` = that prompt's samples).
+pub fn build_units(
+    kind: UnitKind,
+    cfg: &UnitsConfig,
+    groups: &[Vec<Eligible<'_>>],
+) -> Result<BuiltUnits, CoordinatorError> {
+    let scored: Vec<Vec<Scored<usize>>> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .enumerate()
+                .map(|(j, e)| Scored::new(j, e.reward as f32))
+                .collect()
+        })
+        .collect();
+    let mut out = BuiltUnits::default();
+    let at = |p: usize, j: usize| -> &Eligible<'_> { &groups[p][j] };
+    match kind {
+        UnitKind::Pairs => {
+            // Units keep their prompt: build per prompt so indices resolve.
+            for (p, s) in scored.iter().enumerate() {
+                let built = match cfg.pairs {
+                    PairStrategy::BestVsWorst => best_vs_worst(std::slice::from_ref(s)),
+                    PairStrategy::AllPairs => {
+                        pairs_above_margin(std::slice::from_ref(s), cfg.margin).map_err(|e| {
+                            CoordinatorError::Config(format!("coordinator.units.margin: {e}"))
+                        })?
+                    }
+                };
+                merge(&mut out.report, &built.report);
+                for u in built.units {
+                    let (c, r) = (at(p, u.chosen), at(p, u.rejected));
+                    out.used.extend([c.index, r.index]);
+                    out.units.push(v1::TrainingUnit {
+                        unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
+                            chosen: Some(sequence(c.completion, c.reward)),
+                            rejected: Some(sequence(r.completion, r.reward)),
+                            strength: 1.0,
+                        })),
+                    });
+                }
+            }
+        }
+        UnitKind::Lists => {
+            for (p, s) in scored.iter().enumerate() {
+                let built = rankings(std::slice::from_ref(s), 2)
+                    .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+                merge(&mut out.report, &built.report);
+                for u in built.units {
+                    let items = u.items.iter().map(|&j| {
+                        let e = at(p, j);
+                        out.used.insert(e.index);
+                        sequence(e.completion, e.reward)
+                    });
+                    out.units.push(v1::TrainingUnit {
+                        unit: Some(v1::training_unit::Unit::List(v1::RankedList {
+                            items: items.collect(),
+                        })),
+                    });
+                }
+            }
+        }
+        UnitKind::Binary => {
+            let thresholds = BinaryThresholds {
+                desirable_at_least: cfg.desirable_at_least,
+                undesirable_below: cfg.undesirable_below,
+            };
+            for (p, s) in scored.iter().enumerate() {
+                let built = binary_labels(std::slice::from_ref(s), thresholds)
+                    .map_err(|e| CoordinatorError::Config(format!("coordinator.units: {e}")))?;
+                merge(&mut out.report, &built.report);
+                for u in built.units {
+                    let e = at(p, u.item);
+                    out.used.insert(e.index);
+                    out.units.push(v1::TrainingUnit {
+                        unit: Some(v1::training_unit::Unit::Binary(v1::BinaryLabel {
+                            sample: Some(sequence(e.completion, e.reward)),
+                            desirable: u.desirable,
+                        })),
+                    });
+                }
+            }
+        }
+        other => {
+            return Err(CoordinatorError::Config(format!(
+                "learner.objective: {other:?} units are not built by the online loop yet"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn merge(into: &mut UnitReport, r: &UnitReport) {
+    into.prompts += r.prompts;
+    into.samples += r.samples;
+    into.non_finite += r.non_finite;
+    into.skipped_too_few += r.skipped_too_few;
+    into.skipped_no_signal += r.skipped_no_signal;
+    into.dropped_between_thresholds += r.dropped_between_thresholds;
+    into.units += r.units;
+}
+
+/// Sends units to the learner; returns the new version and its metrics.
+pub async fn train(
+    cluster: &Cluster,
+    learner: &str,
+    iteration: u64,
+    units: Vec<v1::TrainingUnit>,
+) -> Result<(u64, v1::TrainMetrics), CoordinatorError> {
+    let mut client = cluster.learner(learner)?;
+    let mut requests = vec![];
+    let mut units = units.into_iter().peekable();
+    while units.peek().is_some() {
+        requests.push(v1::TrainRequest {
+            iteration,
+            units: units.by_ref().take(TRAIN_BATCH).collect(),
+        });
+    }
+    let mut events = client
+        .train(futures::stream::iter(requests))
+        .await
+        .map_err(|s| CoordinatorError::Learner(format!("{}: {}", s.code(), s.message())))?
+        .into_inner();
+    while let Some(ev) = events.next().await {
+        let ev =
+            ev.map_err(|s| CoordinatorError::Learner(format!("{}: {}", s.code(), s.message())))?;
+        if let Some(v1::train_event::Event::Done(d)) = ev.event {
+            return Ok((d.policy_version, d.metrics.unwrap_or_default()));
+        }
+    }
+    Err(CoordinatorError::Learner(
+        "the Train stream ended without a result".into(),
+    ))
+}
+
+/// Asks the learner to write a Hugging Face checkpoint.
+pub async fn checkpoint(
+    cluster: &Cluster,
+    learner: &str,
+    path: &std::path::Path,
+) -> Result<u64, CoordinatorError> {
+    let mut client = cluster.learner(learner)?;
+    let resp = client
+        .save_checkpoint(v1::SaveCheckpointRequest {
+            path: path.display().to_string(),
+        })
+        .await
+        .map_err(|s| {
+            CoordinatorError::Learner(format!("checkpoint {}: {}", path.display(), s.message()))
+        })?;
+    Ok(resp.into_inner().policy_version)
+}

@@ -1,0 +1,348 @@
+//! rlhf-coordinator: the coordinator service — the online loop.
+//!
+//! Each iteration leases prompts to rollout workers ([`generate`]), streams the completions to
+//! a scorer ([`score`]), builds training units for the objective ([`learn`]), sends them to the
+//! learner, and logs metrics, every sample (audit log) and every ledger event. Weights go from
+//! the learner to the workers directly; the coordinator only names the version to use.
+//!
+//! Outputs under `output_dir`: `metrics.jsonl` (deterministic learning metrics: identical for
+//! two synchronous runs with one seed), `timings.jsonl` (wall-clock split per phase, learner
+//! idle fraction), `samples.jsonl` (audit), `ledger.jsonl` (sample history, validated at the
+//! end), `summary.json`, `plot.svg`, `checkpoints/iter-N/` and `final/` (Hugging Face format).
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+mod driver;
+pub mod generate;
+pub mod learn;
+pub mod score;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rlhf_algo::UnitKind;
+use rlhf_core::CancellationToken;
+use rlhf_data::{Expect, Ledger, LoadOptions, PromptCursor, PromptRecord};
+use rlhf_membership::{Membership, Role};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use config::{CoordinatorConfig, DataConfig, PairStrategy, SamplingConfig, UnitsConfig};
+pub use status::SharedStatus;
+
+use crate::driver::{Consumer, Producer, run_loop};
+use crate::generate::PromptCtx;
+use crate::status::Progress;
+
+/// Coordinator errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("data: {0}")]
+    Data(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("rollout: {0}")]
+    Rollout(String),
+    #[error("scoring: {0}")]
+    Scoring(String),
+    #[error("learner: {0}")]
+    Learner(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("writing outputs: {0}")]
+    Io(String),
+}
+
+/// What the coordinator needs besides its config.
+pub struct CoordinatorDeps {
+    pub membership: Arc<dyn Membership>,
+    /// Where to serve the Admin and Coordinator APIs (none: not served).
+    pub listener: Option<TcpListener>,
+    /// The training units the learner's objective consumes.
+    pub unit_kind: UnitKind,
+    /// No progress bar (log lines only).
+    pub quiet: bool,
+}
+
+/// The end-of-run summary (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub iterations: u64,
+    pub policy_version: u64,
+    /// Mean held-out reward of the initial policy (fixed-seed sampling).
+    pub initial_heldout_reward: Option<f64>,
+    /// Mean held-out reward of the final policy (same prompts and seed).
+    pub final_heldout_reward: Option<f64>,
+    pub heldout_prompts: usize,
+    pub samples_trained: u64,
+    /// Samples not trained on, by reason (stale, score_missing, non_finite_*).
+    pub samples_rejected: std::collections::BTreeMap<String, u64>,
+    /// Ledger events and violations found by the validator (must be 0).
+    pub ledger_events: usize,
+    pub ledger_violations: usize,
+    pub wall_seconds: f64,
+    /// Where the final policy was written.
+    pub final_checkpoint: String,
+}
+
+fn load_prompts(
+    data: &DataConfig,
+    seed: u64,
+) -> Result<(Vec<PromptRecord>, usize), CoordinatorError> {
+    if let Some(task) = &data.builtin {
+        let task: rlhf_data::BuiltinTask = task
+            .parse()
+            .map_err(|e| CoordinatorError::Config(format!("data.builtin: {e}")))?;
+        return Ok((rlhf_data::builtin_task(task, data.builtin_prompts, seed), 0));
+    }
+    let path = data
+        .prompts
+        .as_ref()
+        .ok_or_else(|| CoordinatorError::Config("data.prompts: missing".into()))?;
+    let report = rlhf_data::load_prompts(
+        path,
+        LoadOptions {
+            skip_malformed: data.skip_malformed,
+        },
+    )
+    .map_err(|e| CoordinatorError::Data(e.to_string()))?;
+    for skipped in &report.skipped {
+        tracing::warn!(error = %skipped, "skipped a malformed record");
+    }
+    Ok((report.records, report.skipped.len()))
+}
+
+/// Runs the whole loop and returns its summary; serves the admin API meanwhile when a listener
+/// is given. Cancelling `shutdown` stops after the current iteration and still writes the
+/// final checkpoint, logs and summary.
+pub async fn run(
+    config: CoordinatorConfig,
+    data: DataConfig,
+    deps: CoordinatorDeps,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, CoordinatorError> {
+    config.validate(&data, deps.unit_kind)?;
+    let start = Instant::now();
+    let status = SharedStatus::default();
+    status.update(|s| {
+        s.state = "starting".into();
+        s.iterations_total = config.iterations;
+    });
+    let serve_stop = shutdown.child_token();
+    let server = deps.listener.map(|listener| {
+        let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
+            status: status.clone(),
+            membership: deps.membership.clone(),
+        });
+        let members =
+            rlhf_proto::v1::coordinator_server::CoordinatorServer::new(admin::MembershipService {
+                membership: deps.membership.clone(),
+            });
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(?addr, "admin API serving");
+        let stop = serve_stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(admin)
+                .add_service(members)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                ),
+        )
+    });
+    let result = run_inner(
+        &config,
+        &data,
+        deps.membership,
+        deps.unit_kind,
+        deps.quiet,
+        &status,
+        &shutdown,
+        start,
+    )
+    .await;
+    status.update(|s| match &result {
+        Ok(_) => s.state = "finished".into(),
+        Err(e) => {
+            s.state = "failed".into();
+            s.error = e.to_string();
+        }
+    });
+    serve_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_inner(
+    config: &CoordinatorConfig,
+    data: &DataConfig,
+    membership: Arc<dyn Membership>,
+    kind: UnitKind,
+    quiet: bool,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+    start: Instant,
+) -> Result<RunSummary, CoordinatorError> {
+    let out = &config.output_dir;
+    std::fs::create_dir_all(out)
+        .map_err(|e| CoordinatorError::Io(format!("{}: {e}", out.display())))?;
+    let (records, skipped) = load_prompts(data, config.seed)?;
+    let (train, heldout) = rlhf_data::split(records, data.heldout_fraction, config.seed)
+        .map_err(|e| CoordinatorError::Data(e.to_string()))?;
+    if train.is_empty() {
+        return Err(CoordinatorError::Data(
+            "no training prompts (the dataset is empty or entirely held out)".into(),
+        ));
+    }
+    tracing::info!(
+        train = train.len(),
+        heldout = heldout.len(),
+        skipped,
+        "prompts loaded"
+    );
+    let heldout: Vec<PromptCtx> = heldout
+        .into_iter()
+        .take(config.eval_prompts)
+        .map(|r| PromptCtx::new(r, config.chat))
+        .collect();
+    let cursor =
+        PromptCursor::new(train, config.seed).map_err(|e| CoordinatorError::Data(e.to_string()))?;
+    let ledger = Ledger::new(config.samples_per_prompt)
+        .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+    let open = |name: &str| -> Result<_, CoordinatorError> {
+        let path = out.join(name);
+        // A fresh run replaces old logs of the same name.
+        let _ = std::fs::remove_file(&path);
+        Ok(path)
+    };
+    let io = |e: rlhf_data::DataError| CoordinatorError::Io(e.to_string());
+    let cluster = cluster::Cluster::new(membership, config.max_message_bytes);
+    let producer = Producer {
+        cfg: config.clone(),
+        cluster,
+        ledger: Arc::new(Mutex::new(ledger)),
+    };
+    let mut consumer = Consumer {
+        producer,
+        kind,
+        audit: rlhf_data::AuditWriter::open(open("samples.jsonl")?).map_err(io)?,
+        metrics: rlhf_data::MetricsWriter::open(open("metrics.jsonl")?).map_err(io)?,
+        timings: rlhf_data::MetricsWriter::open(open("timings.jsonl")?).map_err(io)?,
+        history: rlhf_data::HistoryWriter::open(open("ledger.jsonl")?).map_err(io)?,
+        history_written: 0,
+        version: 0,
+        heldout,
+        status: status.clone(),
+        progress: Progress::new(config.iterations, quiet),
+        start,
+        idle_s: 0.0,
+        trained: 0,
+        dropped: Default::default(),
+        heldout_rewards: vec![],
+    };
+    // Wait for every role to be registered.
+    for role in [Role::Rollout, Role::Scorer, Role::Learner] {
+        wait_for(&consumer.producer.cluster, role, shutdown).await?;
+    }
+    status.update(|s| s.state = "running".into());
+    let initial = consumer.producer.evaluate(&consumer.heldout, 0).await?;
+    if let Some(r) = initial {
+        tracing::info!(heldout_reward = r, "initial policy evaluated");
+    }
+    let loop_result = run_loop(&mut consumer, cursor, shutdown).await;
+    // Whatever happened, the ledger ends consistent and is written out.
+    let abandoned = consumer
+        .producer
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .abandon_unfinished(if loop_result.is_ok() {
+            "run stopped"
+        } else {
+            "run failed"
+        })
+        .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+    consumer.flush_history()?;
+    consumer.progress.finish();
+    let done = loop_result?;
+    let learner = consumer.producer.cluster.members(Role::Learner).await?[0]
+        .address
+        .clone();
+    let final_dir = out.join("final");
+    learn::checkpoint(&consumer.producer.cluster, &learner, &final_dir).await?;
+    let history = consumer
+        .producer
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .history()
+        .to_vec();
+    let report = rlhf_data::validate(&history, Expect::Finished);
+    for v in report.violations.iter().take(10) {
+        tracing::error!(violation = %v.message, "ledger violation");
+    }
+    let metrics = rlhf_data::read_metrics(out.join("metrics.jsonl"))
+        .map_err(io)?
+        .records;
+    let mut heldout_points: Vec<(u64, f64)> = initial.map(|r| vec![(0, r)]).unwrap_or_default();
+    heldout_points.extend(consumer.heldout_rewards.iter().copied());
+    status::write_plot(&out.join("plot.svg"), &metrics, &heldout_points)
+        .map_err(|e| CoordinatorError::Io(format!("plot.svg: {e}")))?;
+    let mut rejected = consumer.dropped.clone();
+    if abandoned > 0 {
+        rejected.insert("abandoned".into(), abandoned as u64);
+    }
+    let summary = RunSummary {
+        iterations: done,
+        policy_version: consumer.version,
+        initial_heldout_reward: initial,
+        final_heldout_reward: consumer.heldout_rewards.last().map(|(_, r)| *r),
+        heldout_prompts: consumer.heldout.len(),
+        samples_trained: consumer.trained,
+        samples_rejected: rejected,
+        ledger_events: history.len(),
+        ledger_violations: report.violations.len(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        final_checkpoint: final_dir.display().to_string(),
+    };
+    let text =
+        serde_json::to_string_pretty(&summary).map_err(|e| CoordinatorError::Io(e.to_string()))?;
+    std::fs::write(out.join("summary.json"), text)
+        .map_err(|e| CoordinatorError::Io(format!("summary.json: {e}")))?;
+    if !report.violations.is_empty() {
+        return Err(CoordinatorError::Ledger(format!(
+            "{} ledger violations (first: {})",
+            report.violations.len(),
+            report.violations[0].message
+        )));
+    }
+    Ok(summary)
+}
+
+async fn wait_for(
+    cluster: &cluster::Cluster,
+    role: Role,
+    shutdown: &CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if cluster.members(role).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline || shutdown.is_cancelled() {
+            return Err(CoordinatorError::Cluster(format!(
+                "no {role} registered within 120 s"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,242 @@
+//! rlhf-learner: the learner service.
+//!
+//! Receives the training units of one update over a client stream (`Train`), computes sequence
+//! log-probs under the policy and the reference, applies the configured objective from
+//! rlhf-algo with global-norm clipping and AdamW, and publishes the new policy version. Versions
+//! are kept serialized (safetensors, SHA-256) and streamed to rollout workers in chunks
+//! (`FetchWeights`): weights go learner → generators directly, never through the coordinator.
+
+mod clip;
+mod service;
+pub mod trainer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rlhf_algo::Objective;
+use rlhf_core::CancellationToken;
+use rlhf_model::DeviceSpec;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use service::LearnerService;
+pub use trainer::{OptimSettings, Seq, TrainState, Unit, UpdateMetrics};
+
+/// Settings of the learner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnerConfig {
+    /// The initial policy (Hugging Face checkpoint folder); `rlhf run` fills it from `[model]`.
+    #[serde(default)]
+    pub model: PathBuf,
+    /// The reference policy; defaults to the initial policy.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+    /// cpu or cuda:N.
+    #[serde(default)]
+    pub device: String,
+    /// The objective and its hyperparameters (`{ name = "dpo", beta = 0.1 }`).
+    #[serde(default = "default_objective")]
+    pub objective: Objective,
+    /// AdamW learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// Global gradient-norm limit (0 = no clipping).
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Training units per optimizer step.
+    #[serde(default = "default_batch_units")]
+    pub batch_units: usize,
+    /// Passes over each update's units.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Replace the reference by the policy every k updates (0 = fixed reference).
+    #[serde(default)]
+    pub reference_refresh_every: u64,
+    /// Serialized policy versions kept for FetchWeights (version 0 is always kept).
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
+    /// Limit on gRPC messages, bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_objective() -> Objective {
+    Objective::Dpo(Default::default())
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+fn default_batch_units() -> usize {
+    8
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_keep_versions() -> usize {
+    4
+}
+fn default_max_message_bytes() -> usize {
+    rlhf_proto::DEFAULT_MAX_MESSAGE_BYTES
+}
+
+impl LearnerConfig {
+    /// A config with defaults for everything but the model.
+    pub fn new(model: PathBuf) -> Self {
+        Self {
+            model,
+            reference: None,
+            device: String::new(),
+            objective: default_objective(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            max_grad_norm: default_max_grad_norm(),
+            batch_units: default_batch_units(),
+            epochs: default_epochs(),
+            reference_refresh_every: 0,
+            keep_versions: default_keep_versions(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+
+    /// The parsed device (`cpu` when empty).
+    pub fn device(&self) -> Result<DeviceSpec, LearnerError> {
+        if self.device.is_empty() {
+            return Ok(DeviceSpec::Cpu);
+        }
+        let d: DeviceSpec = self.device.parse().map_err(LearnerError::Config)?;
+        d.check_supported().map_err(LearnerError::Config)?;
+        Ok(d)
+    }
+
+    /// Checks the settings, naming the bad field.
+    pub fn validate(&self) -> Result<(), LearnerError> {
+        let bad = |m: &str| Err(LearnerError::Config(m.to_string()));
+        if self.model.as_os_str().is_empty() {
+            return bad("learner.model: missing (a Hugging Face checkpoint folder)");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("learner.lr must be a positive number");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("learner.weight_decay must be >= 0");
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad("learner.max_grad_norm must be >= 0");
+        }
+        if self.batch_units == 0 {
+            return bad("learner.batch_units must be at least 1");
+        }
+        if self.epochs == 0 {
+            return bad("learner.epochs must be at least 1");
+        }
+        if self.keep_versions == 0 {
+            return bad("learner.keep_versions must be at least 1");
+        }
+        self.objective
+            .validate()
+            .map_err(|e| LearnerError::Config(format!("learner.objective: {e}")))?;
+        self.device()?;
+        Ok(())
+    }
+
+    fn optim(&self) -> OptimSettings {
+        OptimSettings {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            batch_units: self.batch_units,
+            epochs: self.epochs,
+        }
+    }
+}
+
+/// Learner errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnerError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("invalid training data: {0}")]
+    Invalid(String),
+    #[error("objective: {0}")]
+    Objective(String),
+    #[error(transparent)]
+    Model(#[from] rlhf_model::ModelError),
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the learner on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: LearnerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), LearnerError> {
+    config.validate()?;
+    let addr: SocketAddr = listener.local_addr()?;
+    match config.device()? {
+        DeviceSpec::Cpu => {
+            serve::<burn::backend::Autodiff<rlhf_model::Cpu>>(
+                config,
+                listener,
+                shutdown,
+                Default::default(),
+                addr,
+            )
+            .await
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(n) => {
+            serve::<burn::backend::Autodiff<rlhf_model::backend::Cuda>>(
+                config,
+                listener,
+                shutdown,
+                burn::backend::cuda::CudaDevice::new(n),
+                addr,
+            )
+            .await
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => Err(LearnerError::Config("built without CUDA support".into())),
+    }
+}
+
+async fn serve<B: burn::tensor::backend::AutodiffBackend>(
+    config: LearnerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    device: B::Device,
+    addr: SocketAddr,
+) -> Result<(), LearnerError> {
+    let limit = config.max_message_bytes;
+    let svc = tokio::task::spawn_blocking(move || LearnerService::<B>::load(config, device))
+        .await
+        .map_err(|e| LearnerError::Config(format!("loading the policy panicked: {e}")))??;
+    let server = rlhf_proto::v1::learner_server::LearnerServer::new(svc)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    tracing::info!(%addr, "learner serving");
+    tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+        .map_err(|source| LearnerError::Serve {
+            addr: addr.to_string(),
+            source,
+        })
+}

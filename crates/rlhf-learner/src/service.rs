@@ -1,0 +1,320 @@
+//! The `Learner` gRPC service: Train (client stream of units, acks, final metrics),
+//! FetchWeights (checksummed chunks of a version), SaveCheckpoint, Status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use bytes::Bytes;
+use futures::StreamExt;
+use rlhf_core::{ErrorKind, status};
+use rlhf_model::Transformer;
+use rlhf_proto::v1::{self, learner_server::Learner, training_unit};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, RwLock, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::trainer::{Seq, TrainState, Unit};
+use crate::{LearnerConfig, LearnerError};
+
+/// A serialized policy version.
+#[derive(Clone)]
+struct Published {
+    payload: Bytes,
+    sha256: String,
+}
+
+/// The learner.
+pub struct LearnerService<B: AutodiffBackend> {
+    config: LearnerConfig,
+    state: Arc<StdMutex<TrainState<B>>>,
+    /// Serialises Train calls.
+    training: Mutex<()>,
+    versions: Arc<RwLock<BTreeMap<u64, Published>>>,
+    /// (policy version, updates done).
+    progress: Arc<StdMutex<(u64, u64)>>,
+}
+
+fn publish<B: burn::tensor::backend::Backend>(
+    model: &Transformer<B>,
+) -> Result<Published, LearnerError> {
+    let bytes = model.to_safetensors_bytes()?;
+    let sha256 = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Published {
+        payload: Bytes::from(bytes),
+        sha256,
+    })
+}
+
+impl<B: AutodiffBackend> LearnerService<B> {
+    /// Loads the policy and reference and publishes version 0.
+    pub fn load(config: LearnerConfig, device: B::Device) -> Result<Self, LearnerError> {
+        let policy = Transformer::<B>::load(&config.model, &device)?;
+        let reference = match &config.reference {
+            Some(dir) => Transformer::<B::InnerBackend>::load(dir, &device)?,
+            None => policy.valid(),
+        };
+        if reference.config.vocab_size != policy.config.vocab_size {
+            return Err(LearnerError::Config(format!(
+                "learner.reference has vocabulary size {}, the policy {}",
+                reference.config.vocab_size, policy.config.vocab_size
+            )));
+        }
+        let v0 = publish(&policy.valid())?;
+        let state = TrainState::new(policy, reference, config.objective, config.optim());
+        Ok(Self {
+            config,
+            state: Arc::new(StdMutex::new(state)),
+            training: Mutex::new(()),
+            versions: Arc::new(RwLock::new(BTreeMap::from([(0, v0)]))),
+            progress: Arc::new(StdMutex::new((0, 0))),
+        })
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn seq(s: Option<&v1::Sequence>, what: &str) -> Result<Seq, Status> {
+    let s = s.ok_or_else(|| status(ErrorKind::InvalidArgument, format!("missing `{what}`")))?;
+    if s.prompt_ids.is_empty() || s.completion_ids.is_empty() {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!("`{what}` has an empty prompt or completion"),
+        ));
+    }
+    if !s.reward.is_finite() {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!("`{what}` has a non-finite reward"),
+        ));
+    }
+    Ok(Seq {
+        prompt: s.prompt_ids.clone(),
+        completion: s.completion_ids.clone(),
+        reward: s.reward,
+    })
+}
+
+/// Converts a wire unit, validating it.
+fn unit(u: &v1::TrainingUnit) -> Result<Unit, Status> {
+    match &u.unit {
+        Some(training_unit::Unit::Pair(p)) => {
+            let strength = if p.strength == 0.0 { 1.0 } else { p.strength };
+            if !(0.0..=1.0).contains(&strength) {
+                return Err(status(
+                    ErrorKind::InvalidArgument,
+                    format!("pair strength {strength} outside [0, 1]"),
+                ));
+            }
+            Ok(Unit::Pair(
+                seq(p.chosen.as_ref(), "chosen")?,
+                seq(p.rejected.as_ref(), "rejected")?,
+                strength,
+            ))
+        }
+        Some(training_unit::Unit::List(l)) => {
+            if l.items.len() < 2 {
+                return Err(status(
+                    ErrorKind::InvalidArgument,
+                    "a ranked list needs at least two items",
+                ));
+            }
+            Ok(Unit::List(
+                l.items
+                    .iter()
+                    .map(|s| seq(Some(s), "items"))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        Some(training_unit::Unit::Binary(b)) => {
+            Ok(Unit::Binary(seq(b.sample.as_ref(), "sample")?, b.desirable))
+        }
+        None => Err(status(ErrorKind::InvalidArgument, "empty training unit")),
+    }
+}
+
+type EventStream = ReceiverStream<Result<v1::TrainEvent, Status>>;
+type ChunkStream = ReceiverStream<Result<v1::WeightChunk, Status>>;
+
+#[tonic::async_trait]
+impl<B: AutodiffBackend> Learner for LearnerService<B> {
+    type TrainStream = EventStream;
+    type FetchWeightsStream = ChunkStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn train(
+        &self,
+        request: Request<Streaming<v1::TrainRequest>>,
+    ) -> Result<Response<Self::TrainStream>, Status> {
+        let guard = self.training.lock().await;
+        let mut incoming = request.into_inner();
+        let mut units = Vec::new();
+        let (tx, rx) = mpsc::channel(16);
+        while let Some(msg) = incoming.next().await {
+            let msg = msg?;
+            for u in &msg.units {
+                units.push(unit(u)?);
+            }
+            let _ = tx
+                .send(Ok(v1::TrainEvent {
+                    event: Some(v1::train_event::Event::UnitsReceived(units.len() as u64)),
+                }))
+                .await;
+        }
+        if units.is_empty() {
+            return Err(status(ErrorKind::InvalidArgument, "no training units"));
+        }
+        let state = self.state.clone();
+        let versions = self.versions.clone();
+        let progress = self.progress.clone();
+        let keep = self.config.keep_versions;
+        let refresh = self.config.reference_refresh_every;
+        drop(guard);
+        // Training holds the state lock on a blocking thread; a second Train waits for it.
+        let outcome = tokio::task::spawn_blocking(
+            move || -> Result<(u64, crate::UpdateMetrics, Published), LearnerError> {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let metrics = st.update(&units)?;
+                let published = publish(&st.policy.valid())?;
+                let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+                p.0 += 1;
+                p.1 += 1;
+                if refresh > 0 && p.1.is_multiple_of(refresh) {
+                    st.refresh_reference();
+                }
+                Ok((p.0, metrics, published))
+            },
+        )
+        .await
+        .map_err(|e| status(ErrorKind::Internal, format!("training panicked: {e}")))?
+        .map_err(|e| match e {
+            LearnerError::Invalid(m) | LearnerError::Objective(m) => {
+                status(ErrorKind::InvalidArgument, m)
+            }
+            other => status(ErrorKind::Internal, other.to_string()),
+        })?;
+        let (version, m, published) = outcome;
+        {
+            let mut v = versions.write().await;
+            v.insert(version, published);
+            while v.len() > keep + 1 {
+                let Some(oldest) = v.keys().copied().find(|&k| k != 0) else {
+                    break;
+                };
+                v.remove(&oldest);
+            }
+        }
+        tracing::info!(version, loss = m.loss, steps = m.steps, "policy updated");
+        let done = v1::TrainDone {
+            policy_version: version,
+            metrics: Some(v1::TrainMetrics {
+                loss: m.loss,
+                chosen_reward: m.chosen_reward,
+                rejected_reward: m.rejected_reward,
+                accuracy: m.accuracy,
+                kl: m.kl,
+                tokens: m.tokens,
+                seconds: m.seconds,
+                rejected_nonfinite: m.rejected_nonfinite,
+                grad_norm: m.grad_norm,
+                extra: m.extra.into_iter().collect(),
+            }),
+        };
+        let _ = tx
+            .send(Ok(v1::TrainEvent {
+                event: Some(v1::train_event::Event::Done(done)),
+            }))
+            .await;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_weights(
+        &self,
+        request: Request<v1::FetchWeightsRequest>,
+    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
+        let version = request.into_inner().version;
+        let published = self
+            .versions
+            .read()
+            .await
+            .get(&version)
+            .cloned()
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::NotFound,
+                    format!(
+                        "policy version {version} is not kept (current {})",
+                        self.progress().0
+                    ),
+                )
+            })?;
+        let chunks = rlhf_proto::chunk_weights(
+            version,
+            &published.payload,
+            &published.sha256,
+            rlhf_proto::WEIGHT_CHUNK_BYTES,
+        );
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for c in chunks {
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        request: Request<v1::SaveCheckpointRequest>,
+    ) -> Result<Response<v1::SaveCheckpointResponse>, Status> {
+        let path = PathBuf::from(request.into_inner().path);
+        if path.as_os_str().is_empty() {
+            return Err(status(ErrorKind::InvalidArgument, "missing `path`"));
+        }
+        let state = self.state.clone();
+        let tokenizer_from = self.config.model.clone();
+        let progress = self.progress.clone();
+        let out = path.clone();
+        let version = tokio::task::spawn_blocking(move || -> Result<u64, LearnerError> {
+            let st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let version = progress.lock().unwrap_or_else(|p| p.into_inner()).0;
+            st.policy
+                .valid()
+                .save_pretrained(&out, Some(&tokenizer_from))?;
+            Ok(version)
+        })
+        .await
+        .map_err(|e| status(ErrorKind::Internal, format!("saving panicked: {e}")))?
+        .map_err(|e| {
+            status(
+                ErrorKind::Internal,
+                format!("saving {}: {e}", path.display()),
+            )
+        })?;
+        Ok(Response::new(v1::SaveCheckpointResponse {
+            path: path.display().to_string(),
+            policy_version: version,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<v1::LearnerStatusRequest>,
+    ) -> Result<Response<v1::LearnerStatus>, Status> {
+        let (policy_version, updates) = self.progress();
+        Ok(Response::new(v1::LearnerStatus {
+            policy_version,
+            updates,
+        }))
+    }
+}

@@ -1,0 +1,443 @@
+//! One policy update: sequence log-probs of the units' completions under the policy (with
+//! gradients) and the reference (without), the configured objective, global-norm clipping and
+//! AdamW. Non-finite losses or gradients skip the step and are counted, never applied.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use rlhf_algo::binary::BinaryBatch;
+use rlhf_algo::listwise::ListBatch;
+use rlhf_algo::pairwise::PairBatch;
+use rlhf_algo::{Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss};
+use rlhf_model::load::host_vec;
+use rlhf_model::{PaddingSide, TokenBatch, Transformer, masked_sum};
+
+use crate::LearnerError;
+use crate::clip::{grad_norm, scale_grads};
+
+/// One completion to train on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seq {
+    pub prompt: Vec<u32>,
+    pub completion: Vec<u32>,
+    pub reward: f64,
+}
+
+/// A training unit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unit {
+    /// Chosen, rejected, preference strength.
+    Pair(Seq, Seq, f64),
+    /// Best first.
+    List(Vec<Seq>),
+    /// A sample and whether it is desirable.
+    Binary(Seq, bool),
+}
+
+impl Unit {
+    fn kind(&self) -> UnitKind {
+        match self {
+            Unit::Pair(..) => UnitKind::Pairs,
+            Unit::List(_) => UnitKind::Lists,
+            Unit::Binary(..) => UnitKind::Binary,
+        }
+    }
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimSettings {
+    pub lr: f64,
+    pub weight_decay: f32,
+    /// Global gradient-norm limit; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Units per optimizer step.
+    pub batch_units: usize,
+    /// Passes over the units of one update.
+    pub epochs: usize,
+}
+
+/// Aggregated metrics of one update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateMetrics {
+    pub loss: f64,
+    pub chosen_reward: f64,
+    pub rejected_reward: f64,
+    pub accuracy: f64,
+    pub kl: f64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub rejected_nonfinite: u32,
+    pub grad_norm: f64,
+    pub steps: u32,
+    pub extra: Vec<(String, f64)>,
+}
+
+/// The learner's training state.
+pub struct TrainState<B: AutodiffBackend> {
+    pub policy: Transformer<B>,
+    pub reference: Transformer<B::InnerBackend>,
+    optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    pub objective: Objective,
+    objective_state: ObjectiveState,
+    pub settings: OptimSettings,
+    pad: u32,
+}
+
+impl<B: AutodiffBackend> TrainState<B> {
+    pub fn new(
+        policy: Transformer<B>,
+        reference: Transformer<B::InnerBackend>,
+        objective: Objective,
+        settings: OptimSettings,
+    ) -> Self {
+        let optim = AdamWConfig::new()
+            .with_weight_decay(settings.weight_decay)
+            .init::<B, Transformer<B>>();
+        let pad = policy.config.pad_token_id.unwrap_or(0);
+        Self {
+            policy,
+            reference,
+            optim,
+            objective,
+            objective_state: ObjectiveState::default(),
+            settings,
+            pad,
+        }
+    }
+
+    /// Replaces the reference by the current policy.
+    pub fn refresh_reference(&mut self) {
+        self.reference = self.policy.valid();
+    }
+
+    /// Trains on `units` (`epochs` passes of `batch_units`-sized steps).
+    pub fn update(&mut self, units: &[Unit]) -> Result<UpdateMetrics, LearnerError> {
+        let want = self.objective.kind();
+        if let Some(bad) = units.iter().find(|u| u.kind() != want) {
+            return Err(LearnerError::Invalid(format!(
+                "objective `{}` trains on {want:?}, got a {:?} unit",
+                self.objective.name(),
+                bad.kind()
+            )));
+        }
+        let start = Instant::now();
+        let mut m = UpdateMetrics::default();
+        let mut sums = [0f64; 5]; // loss, chosen, rejected, accuracy, kl
+        let mut extra: Vec<(String, f64)> = vec![];
+        for _ in 0..self.settings.epochs.max(1) {
+            for chunk in units.chunks(self.settings.batch_units.max(1)) {
+                match self.step(chunk)? {
+                    Some(s) => {
+                        m.steps += 1;
+                        m.tokens += s.tokens;
+                        m.grad_norm += s.grad_norm;
+                        for (acc, v) in sums
+                            .iter_mut()
+                            .zip([s.loss, s.chosen, s.rejected, s.accuracy, s.kl])
+                        {
+                            *acc += v;
+                        }
+                        for (k, v) in s.extra {
+                            match extra.iter_mut().find(|(n, _)| *n == k) {
+                                Some(e) => e.1 += v,
+                                None => extra.push((k, v)),
+                            }
+                        }
+                    }
+                    None => m.rejected_nonfinite += chunk.len() as u32,
+                }
+            }
+        }
+        let n = f64::from(m.steps.max(1));
+        m.loss = sums[0] / n;
+        m.chosen_reward = sums[1] / n;
+        m.rejected_reward = sums[2] / n;
+        m.accuracy = sums[3] / n;
+        m.kl = sums[4] / n;
+        m.grad_norm /= n;
+        m.extra = extra.into_iter().map(|(k, v)| (k, v / n)).collect();
+        m.seconds = start.elapsed().as_secs_f64();
+        Ok(m)
+    }
+
+    /// One optimizer step; `None` when the loss or gradient was not finite (step skipped).
+    fn step(&mut self, units: &[Unit]) -> Result<Option<StepStats>, LearnerError> {
+        let device = self.policy.device();
+        let (seqs, layout) = flatten(units);
+        let (policy_lp, counts) = seq_logps(&self.policy, &seqs, self.pad)?;
+        let (ref_lp, _) = seq_logps(&self.reference, &seqs, self.pad)?;
+        let ref_host = host_vec(ref_lp.into_data())?;
+        let policy_host = host_vec(policy_lp.clone().detach().into_data())?;
+        if policy_host.iter().chain(&ref_host).any(|x| !x.is_finite()) {
+            tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
+            return Ok(None);
+        }
+        let reference =
+            Tensor::<B, 1>::from_data(TensorData::new(ref_host.clone(), [seqs.len()]), &device);
+        let counts_t =
+            Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [seqs.len()]), &device);
+        let input = build_input(&layout, units, policy_lp, reference, counts_t, &device);
+        let out = match compute_loss(&self.objective, &input, &mut self.objective_state) {
+            Ok(out) => out,
+            Err(e) if e.to_string().contains("finite") => {
+                tracing::warn!(error = %e, "objective rejected the batch");
+                return Ok(None);
+            }
+            Err(e) => return Err(LearnerError::Objective(e.to_string())),
+        };
+        let loss_value = out.stats.loss();
+        if !loss_value.is_finite() {
+            tracing::warn!("non-finite loss: step skipped");
+            return Ok(None);
+        }
+        let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
+        let norm = grad_norm(&self.policy, &grads);
+        if !norm.is_finite() {
+            tracing::warn!("non-finite gradient norm: step skipped");
+            return Ok(None);
+        }
+        if self.settings.max_grad_norm > 0.0 && norm > self.settings.max_grad_norm {
+            scale_grads(&self.policy, &mut grads, self.settings.max_grad_norm / norm);
+        }
+        // The optimizer takes the module by value; module clones share parameter storage.
+        self.policy = self
+            .optim
+            .step(self.settings.lr, self.policy.clone(), grads);
+        let kl = policy_host
+            .iter()
+            .zip(&ref_host)
+            .map(|(p, r)| f64::from(p - r))
+            .sum::<f64>()
+            / seqs.len().max(1) as f64;
+        let (chosen, rejected, accuracy, extra) = match out.stats {
+            Stats::Pair(s) => (
+                f64::from(s.reward_chosen),
+                f64::from(s.reward_rejected),
+                f64::from(s.accuracy),
+                vec![("margin".to_string(), f64::from(s.margin))],
+            ),
+            Stats::Binary(s) => (
+                f64::from(s.reward_desirable),
+                f64::from(s.reward_undesirable),
+                0.0,
+                vec![("reference_point".to_string(), f64::from(s.reference_point))],
+            ),
+            Stats::List(s) => (
+                0.0,
+                0.0,
+                f64::from(s.top1_accuracy),
+                vec![("ranking".to_string(), f64::from(s.ranking))],
+            ),
+            other => (
+                0.0,
+                0.0,
+                0.0,
+                other
+                    .metrics()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), f64::from(v)))
+                    .collect(),
+            ),
+        };
+        Ok(Some(StepStats {
+            loss: f64::from(loss_value),
+            chosen,
+            rejected,
+            accuracy,
+            kl,
+            tokens: counts.iter().map(|&c| c as u64).sum(),
+            grad_norm: norm,
+            extra,
+        }))
+    }
+}
+
+struct StepStats {
+    loss: f64,
+    chosen: f64,
+    rejected: f64,
+    accuracy: f64,
+    kl: f64,
+    tokens: u64,
+    grad_norm: f64,
+    extra: Vec<(String, f64)>,
+}
+
+/// How flattened sequences map back to units.
+enum Layout {
+    /// `k` pairs: rows `0..k` chosen, `k..2k` rejected.
+    Pairs(usize),
+    /// `k` lists padded to `n` entries: row `i * n + j`; `valid[i]` entries are real.
+    Lists {
+        k: usize,
+        n: usize,
+        valid: Vec<usize>,
+    },
+    /// One row per sample.
+    Binary,
+}
+
+fn flatten(units: &[Unit]) -> (Vec<&Seq>, Layout) {
+    match units.first() {
+        Some(Unit::Pair(..)) => {
+            let mut seqs: Vec<&Seq> = units
+                .iter()
+                .filter_map(|u| {
+                    if let Unit::Pair(c, _, _) = u {
+                        Some(c)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            seqs.extend(units.iter().filter_map(|u| {
+                if let Unit::Pair(_, r, _) = u {
+                    Some(r)
+                } else {
+                    None
+                }
+            }));
+            (seqs, Layout::Pairs(units.len()))
+        }
+        Some(Unit::List(_)) => {
+            let lists: Vec<&Vec<Seq>> = units
+                .iter()
+                .filter_map(|u| if let Unit::List(l) = u { Some(l) } else { None })
+                .collect();
+            let n = lists.iter().map(|l| l.len()).max().unwrap_or(1).max(1);
+            let mut seqs = vec![];
+            let mut valid = vec![];
+            for l in &lists {
+                valid.push(l.len());
+                for j in 0..n {
+                    // Padding entries repeat the first sequence: finite, masked out.
+                    seqs.push(l.get(j).unwrap_or(&l[0]));
+                }
+            }
+            (
+                seqs,
+                Layout::Lists {
+                    k: lists.len(),
+                    n,
+                    valid,
+                },
+            )
+        }
+        Some(Unit::Binary(..)) | None => {
+            let seqs: Vec<&Seq> = units
+                .iter()
+                .filter_map(|u| {
+                    if let Unit::Binary(s, _) = u {
+                        Some(s)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            (seqs, Layout::Binary)
+        }
+    }
+}
+
+fn build_input<B: AutodiffBackend>(
+    layout: &Layout,
+    units: &[Unit],
+    policy: Tensor<B, 1>,
+    reference: Tensor<B, 1>,
+    counts: Tensor<B, 1>,
+    device: &B::Device,
+) -> ObjectiveInput<B> {
+    match layout {
+        Layout::Pairs(k) => {
+            let k = *k;
+            let strength: Vec<f32> = units
+                .iter()
+                .map(|u| {
+                    if let Unit::Pair(_, _, s) = u {
+                        *s as f32
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let mut b = PairBatch::new(policy.clone().slice(0..k), policy.slice(k..2 * k))
+                .with_reference(reference.clone().slice(0..k), reference.slice(k..2 * k));
+            b.chosen_tokens = Some(counts.clone().slice(0..k));
+            b.rejected_tokens = Some(counts.slice(k..2 * k));
+            b.preference = Some(Tensor::from_data(TensorData::new(strength, [k]), device));
+            ObjectiveInput::Pairs(b)
+        }
+        Layout::Lists { k, n, valid } => {
+            let (k, n) = (*k, *n);
+            let mask: Vec<f32> = valid
+                .iter()
+                .flat_map(|&v| (0..n).map(move |j| if j < v { 1.0 } else { 0.0 }))
+                .collect();
+            let scores: Vec<f32> = units
+                .iter()
+                .flat_map(|u| {
+                    let l = if let Unit::List(l) = u {
+                        l.as_slice()
+                    } else {
+                        &[]
+                    };
+                    (0..n).map(move |j| l.get(j).map(|s| s.reward as f32).unwrap_or(0.0))
+                })
+                .collect();
+            let mut b =
+                ListBatch::new(policy.reshape([k, n])).with_reference(reference.reshape([k, n]));
+            b.token_counts = Some(counts.reshape([k, n]));
+            b.scores = Some(Tensor::from_data(TensorData::new(scores, [k, n]), device));
+            b.mask = Some(Tensor::from_data(TensorData::new(mask, [k, n]), device));
+            ObjectiveInput::Lists(b)
+        }
+        Layout::Binary => {
+            let desirable = units
+                .iter()
+                .map(|u| matches!(u, Unit::Binary(_, true)))
+                .collect();
+            ObjectiveInput::Binary(BinaryBatch::new(policy, reference, desirable))
+        }
+    }
+}
+
+/// Summed completion log-probs `[n]` of sequences (prompt tokens excluded) and their
+/// completion token counts.
+pub fn seq_logps<B: Backend>(
+    model: &Transformer<B>,
+    seqs: &[&Seq],
+    pad: u32,
+) -> Result<(Tensor<B, 1>, Vec<f32>), LearnerError> {
+    let full: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|s| s.prompt.iter().chain(&s.completion).copied().collect())
+        .collect();
+    if let Some(i) = seqs
+        .iter()
+        .position(|s| s.prompt.is_empty() || s.completion.is_empty())
+    {
+        return Err(LearnerError::Invalid(format!(
+            "sequence {i} has an empty prompt or completion"
+        )));
+    }
+    let batch = TokenBatch::pad(&full, pad, PaddingSide::Right)?;
+    let l = batch.len;
+    let mut mask = vec![0f32; seqs.len() * (l - 1)];
+    for (r, s) in seqs.iter().enumerate() {
+        let (p, f) = (s.prompt.len(), s.prompt.len() + s.completion.len());
+        // Target position t predicts token t + 1: completion tokens are targets p..f.
+        for t in p - 1..f - 1 {
+            mask[r * (l - 1) + t] = 1.0;
+        }
+    }
+    let lp = model.token_logprobs(&batch)?;
+    let mask =
+        Tensor::<B, 2>::from_data(TensorData::new(mask, [seqs.len(), l - 1]), &model.device());
+    let counts = seqs.iter().map(|s| s.completion.len() as f32).collect();
+    Ok((masked_sum(lp, mask), counts))
+}

@@ -1,0 +1,221 @@
+//! A weighted ensemble of scorers: `value = Σ weightᵢ · valueᵢ` over named members, scored
+//! concurrently. By default a sample that any member cannot score has no ensemble score (the
+//! error names the member); with `on_missing = "skip"` the present members' weighted sum is
+//! rescaled by `Σ all weights / Σ present weights` instead.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ScorerConfig;
+use crate::error::{RewardError, ScoreError};
+use crate::scorer::{CheckedScorer, Score, ScoreInput, Scorer};
+
+/// What to do when a member has no score for a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// The sample gets an error naming the member.
+    #[default]
+    Error,
+    /// Leave the member out and renormalise over the members present.
+    Skip,
+}
+
+/// One member of an ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleMember {
+    /// The member's name in components and errors (default: its scorer's name, e.g. `regex`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The member's weight.
+    pub weight: f64,
+    /// The member's scorer.
+    pub scorer: ScorerConfig,
+}
+
+impl EnsembleMember {
+    /// The name used in components and errors.
+    pub fn effective_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.scorer.default_name())
+    }
+}
+
+/// Config of an [`EnsembleScorer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// The members, with their weights.
+    pub members: Vec<EnsembleMember>,
+    /// Error (default) or skip when a member has no score.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+}
+
+impl EnsembleConfig {
+    /// Checks the members recursively; `at` is this config's path for error messages.
+    pub fn validate(&self, at: &str) -> Result<(), RewardError> {
+        if self.members.is_empty() {
+            return Err(RewardError::config(
+                format!("{at}members"),
+                "an ensemble needs at least one member",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (k, m) in self.members.iter().enumerate() {
+            let here = format!("{at}members[{k}].");
+            if !m.weight.is_finite() || (self.on_missing == OnMissing::Skip && m.weight <= 0.0) {
+                return Err(RewardError::config(
+                    format!("{here}weight"),
+                    match self.on_missing {
+                        OnMissing::Skip => format!(
+                            "must be positive with on_missing = \"skip\", got {}",
+                            m.weight
+                        ),
+                        OnMissing::Error => format!("must be finite, got {}", m.weight),
+                    },
+                ));
+            }
+            let name = m.effective_name();
+            if name.trim().is_empty() {
+                return Err(RewardError::config(
+                    format!("{here}name"),
+                    "the member name is empty",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(RewardError::config(
+                    format!("{here}name"),
+                    format!(
+                        "another member is already named `{name}`: give each member a distinct `name`"
+                    ),
+                ));
+            }
+            m.scorer.validate_at(&format!("{here}scorer."))?;
+        }
+        if self.members.iter().all(|m| m.weight == 0.0) {
+            return Err(RewardError::config(
+                format!("{at}members"),
+                "all weights are zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A built member.
+struct Member {
+    name: String,
+    weight: f64,
+    scorer: CheckedScorer,
+}
+
+/// Combines several scorers.
+pub struct EnsembleScorer {
+    members: Vec<Member>,
+    on_missing: OnMissing,
+}
+
+impl EnsembleScorer {
+    /// An ensemble of already-built scorers: `(name, weight, scorer)`. Each member is wrapped in
+    /// a [`CheckedScorer`], so a member's non-finite value is that member's error.
+    pub fn new(members: Vec<(String, f64, Box<dyn Scorer>)>, on_missing: OnMissing) -> Self {
+        Self {
+            members: members
+                .into_iter()
+                .map(|(name, weight, scorer)| Member {
+                    name,
+                    weight,
+                    scorer: CheckedScorer::new(scorer),
+                })
+                .collect(),
+            on_missing,
+        }
+    }
+
+    /// The member names, in order.
+    pub fn member_names(&self) -> Vec<&str> {
+        self.members.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    fn combine(&self, results: Vec<Result<Score, ScoreError>>) -> Result<Score, ScoreError> {
+        let missing = |m: &Member, e: ScoreError| ScoreError::Member {
+            member: m.name.clone(),
+            source: Box::new(e),
+        };
+        let mut value = 0.0;
+        let mut total_weight = 0.0;
+        let mut present_weight = 0.0;
+        let mut first_error = None;
+        let mut present = 0usize;
+        let mut provenance = Vec::new();
+        let mut score = Score::new(0.0, "");
+        for (m, r) in self.members.iter().zip(results) {
+            total_weight += m.weight;
+            match r {
+                Ok(s) => {
+                    value += m.weight * s.value;
+                    present_weight += m.weight;
+                    present += 1;
+                    score.components.insert(m.name.clone(), s.value);
+                    for (k, v) in s.components {
+                        score.components.insert(format!("{}.{k}", m.name), v);
+                    }
+                    provenance.push(format!("{}={}", m.name, s.provenance));
+                }
+                Err(e) => {
+                    if self.on_missing == OnMissing::Error {
+                        return Err(missing(m, e));
+                    }
+                    first_error.get_or_insert_with(|| missing(m, e));
+                    provenance.push(format!("{}=missing", m.name));
+                }
+            }
+        }
+        if present_weight <= 0.0 {
+            return Err(first_error.unwrap_or_else(|| {
+                ScoreError::internal("ensemble", "no member has a positive weight")
+            }));
+        }
+        if present < self.members.len() {
+            value *= total_weight / present_weight;
+            score
+                .components
+                .insert("members_present".into(), present as f64);
+        }
+        score.value = value;
+        score.provenance = format!("ensemble({})", provenance.join(", "));
+        Ok(score)
+    }
+}
+
+#[async_trait]
+impl Scorer for EnsembleScorer {
+    fn name(&self) -> &str {
+        "ensemble"
+    }
+
+    async fn score(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
+        let per_member = join_all(self.members.iter().map(|m| m.scorer.score(inputs))).await;
+        let mut columns: Vec<_> = per_member.into_iter().map(Vec::into_iter).collect();
+        (0..inputs.len())
+            .map(|_| {
+                let row = columns
+                    .iter_mut()
+                    .map(|c| {
+                        // Members are checked scorers: they always return one result per input.
+                        c.next().unwrap_or_else(|| {
+                            Err(ScoreError::internal("ensemble", "member result missing"))
+                        })
+                    })
+                    .collect();
+                self.combine(row)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,40 @@
+//! rlhf-reward: the reward scorers of the online loop.
+//!
+//! Every reward source implements the async, object-safe [`Scorer`] trait: a batch of
+//! [`ScoreInput`]s in, one `Result<`[`Score`]`, `[`ScoreError`]`>` per input out. A missing
+//! reward is an explicit error with a kind (timeout, unreachable, invalid, non-finite, ...),
+//! never a silent 0.
+//!
+//! - [`scorer`]: the trait, its types, and [`CheckedScorer`] (rejects and counts non-finite
+//!   values).
+//! - [`rules`]: regex, exact-answer and length-target rewards, and task functions registered by
+//!   name in a [`RuleRegistry`].
+//! - [`reward_model`]: a Hugging Face sequence-classification reward model on the CPU.
+//! - [`judge`]: an LLM judge over the OpenAI chat-completions API, pointwise or pairwise with
+//!   position-bias calibration, with deadlines and retries.
+//! - [`ensemble`]: a weighted combination of scorers.
+//! - [`config`]: the typed, strict [`ScorerConfig`] that validates and builds all of the above.
+//! - [`error`]: [`ScoreError`] (per sample) and [`RewardError`] (building).
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod ensemble;
+pub mod error;
+pub mod judge;
+pub mod reward_model;
+pub mod rules;
+pub mod scorer;
+pub mod service;
+
+pub use config::ScorerConfig;
+pub use ensemble::{EnsembleConfig, EnsembleMember, EnsembleScorer, OnMissing};
+pub use error::{RewardError, ScoreError, ScoreErrorKind};
+pub use judge::{Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict};
+pub use reward_model::{RewardModelConfig, RewardModelScorer};
+pub use rules::{
+    ExactAnswerConfig, ExactAnswerScorer, Extract, LengthTargetConfig, LengthTargetScorer,
+    LengthUnit, RegexConfig, RegexMode, RegexScorer, RuleConfig, RuleFn, RuleRegistry, RuleScorer,
+};
+pub use scorer::{CheckedScorer, Score, ScoreInput, ScoreStats, Scorer};
+pub use service::{RewardService, ScorerServiceConfig, builtin_rules, run};

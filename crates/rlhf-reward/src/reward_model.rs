@@ -1,0 +1,291 @@
+//! A Hugging Face sequence-classification reward model (`LlamaForSequenceClassification`, ...)
+//! run through rlhf-model on the CPU. Inputs are tokenized as the chat template renders the
+//! prompt's messages plus the completion as the assistant's turn, or as `prompt + completion`
+//! when there are no messages; they are sorted by length, batched, padded on the right, and the
+//! score is read at each row's last real token.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rlhf_core::ChatMessage;
+use rlhf_model::load::host_vec;
+use rlhf_model::{Cpu, DeviceSpec, PaddingSide, TokenBatch, Tokenizer, Transformer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RewardError, ScoreError, ensure_finite};
+use crate::scorer::{Score, ScoreInput, Scorer};
+
+/// Default number of sequences per forward pass.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+/// Default device.
+pub const DEFAULT_DEVICE: &str = "cpu";
+
+/// Config of a [`RewardModelScorer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelConfig {
+    /// The checkpoint folder (`config.json`, safetensors, `tokenizer.json`).
+    pub path: PathBuf,
+    /// Sequences per forward pass.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Where to run: `cpu` (the only device this build supports for reward models).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Which output of a multi-label head is the reward.
+    #[serde(default)]
+    pub label: usize,
+    /// Longer inputs are an error rather than silently truncated (default: the model's
+    /// `max_position_embeddings`).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+}
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+
+fn default_device() -> String {
+    DEFAULT_DEVICE.into()
+}
+
+impl RewardModelConfig {
+    /// A config with defaults for the checkpoint at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            device: default_device(),
+            label: 0,
+            max_tokens: None,
+        }
+    }
+
+    /// Checks the fields that can be checked without loading the model.
+    pub fn validate(&self, at: &str) -> Result<(), RewardError> {
+        if self.batch_size == 0 {
+            return Err(RewardError::config(
+                format!("{at}batch_size"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(RewardError::config(
+                format!("{at}max_tokens"),
+                "must be at least 1",
+            ));
+        }
+        let device: DeviceSpec = self
+            .device
+            .parse()
+            .map_err(|e: String| RewardError::config(format!("{at}device"), e))?;
+        if device != DeviceSpec::Cpu {
+            return Err(RewardError::config(
+                format!("{at}device"),
+                format!("`{device}`: reward models run on `cpu` only in this build"),
+            ));
+        }
+        if !self.path.join("config.json").is_file() {
+            return Err(RewardError::config(
+                format!("{at}path"),
+                format!("{} has no config.json", self.path.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the blocking worker needs.
+struct Inner {
+    model: Mutex<Transformer<Cpu>>,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    label: usize,
+    num_labels: usize,
+    batch_size: usize,
+    max_tokens: usize,
+    provenance: String,
+}
+
+/// Scores with a sequence-classification reward model.
+pub struct RewardModelScorer {
+    inner: Arc<Inner>,
+}
+
+impl RewardModelScorer {
+    /// Loads the model and tokenizer (at start-up: this reads the weights).
+    pub fn load(config: &RewardModelConfig) -> Result<Self, RewardError> {
+        Self::load_at(config, "")
+    }
+
+    /// [`load`](Self::load), naming fields under `at` in errors.
+    pub fn load_at(config: &RewardModelConfig, at: &str) -> Result<Self, RewardError> {
+        config.validate(at)?;
+        let model = Transformer::<Cpu>::load(&config.path, &Default::default())?;
+        if model.score.is_none() {
+            return Err(RewardError::config(
+                format!("{at}path"),
+                format!(
+                    "{} is not a sequence-classification model (no score head)",
+                    config.path.display()
+                ),
+            ));
+        }
+        let num_labels = model.config.num_labels;
+        if config.label >= num_labels {
+            return Err(RewardError::config(
+                format!("{at}label"),
+                format!(
+                    "the model has {num_labels} label(s), label {} does not exist",
+                    config.label
+                ),
+            ));
+        }
+        let tokenizer = Tokenizer::from_dir(&config.path)?;
+        let pad_id = model
+            .config
+            .pad_token_id
+            .or_else(|| tokenizer.pad_id())
+            .or_else(|| tokenizer.eos_id())
+            .unwrap_or(0);
+        let max_tokens = config
+            .max_tokens
+            .unwrap_or(model.config.max_position_embeddings);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model: Mutex::new(model),
+                tokenizer,
+                pad_id,
+                label: config.label,
+                num_labels,
+                batch_size: config.batch_size,
+                max_tokens,
+                provenance: format!("reward_model:{}", config.path.display()),
+            }),
+        })
+    }
+
+    /// The provenance its scores carry (`reward_model:<path>`).
+    pub fn provenance(&self) -> &str {
+        &self.inner.provenance
+    }
+}
+
+impl Inner {
+    fn name(&self) -> &'static str {
+        "reward_model"
+    }
+
+    /// The token ids the model reads for one input.
+    fn tokens(&self, input: &ScoreInput) -> Result<Vec<u32>, ScoreError> {
+        let invalid = |m: String| ScoreError::invalid(self.name(), m);
+        let ids = match &input.messages {
+            Some(messages) if self.tokenizer.has_chat_template() => {
+                let mut conversation = messages.clone();
+                conversation.push(ChatMessage::new("assistant", input.completion.as_str()));
+                self.tokenizer
+                    .encode_chat(&conversation, false)
+                    .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?
+            }
+            _ => {
+                let text = format!("{}{}", input.prompt, input.completion);
+                self.tokenizer
+                    .encode(&text, true)
+                    .map_err(|e| invalid(e.to_string()))?
+            }
+        };
+        if ids.is_empty() {
+            return Err(invalid("the input has no tokens".into()));
+        }
+        if ids.len() > self.max_tokens {
+            return Err(invalid(format!(
+                "the input has {} tokens, more than max_tokens = {}",
+                ids.len(),
+                self.max_tokens
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// One forward pass over `seqs`: the scores of every label, row-major.
+    fn forward(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>, String> {
+        let batch =
+            TokenBatch::pad(seqs, self.pad_id, PaddingSide::Right).map_err(|e| e.to_string())?;
+        let model = self
+            .model
+            .lock()
+            .map_err(|_| "the model lock is poisoned".to_string())?;
+        let scores = model.scores(&batch).map_err(|e| e.to_string())?;
+        host_vec(scores.into_data()).map_err(|e| e.to_string())
+    }
+
+    fn score_all(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
+        let mut results: Vec<Result<Score, ScoreError>> = Vec::with_capacity(inputs.len());
+        let mut ready = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match self.tokens(input) {
+                Ok(ids) => {
+                    ready.push((i, ids));
+                    results.push(Err(ScoreError::internal(self.name(), "not scored")));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // Similar lengths together: less padding.
+        ready.sort_by_key(|(_, ids)| ids.len());
+        for chunk in ready.chunks(self.batch_size) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+            match self.forward(&seqs) {
+                Ok(flat) => {
+                    for (row, (i, _)) in chunk.iter().enumerate() {
+                        let labels = &flat[row * self.num_labels..(row + 1) * self.num_labels];
+                        results[*i] = self.score_row(labels);
+                    }
+                }
+                Err(message) => {
+                    tracing::error!(%message, rows = chunk.len(), "reward model forward failed");
+                    for (i, _) in chunk {
+                        results[*i] = Err(ScoreError::internal(self.name(), message.clone()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    fn score_row(&self, labels: &[f32]) -> Result<Score, ScoreError> {
+        let value = ensure_finite(self.name(), f64::from(labels[self.label]))?;
+        let mut score = Score::new(value, &self.provenance);
+        if self.num_labels > 1 {
+            for (k, v) in labels.iter().enumerate() {
+                score = score.with_component(format!("label_{k}"), f64::from(*v));
+            }
+        }
+        Ok(score)
+    }
+}
+
+#[async_trait]
+impl Scorer for RewardModelScorer {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn score(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
+        let inner = Arc::clone(&self.inner);
+        let owned = inputs.to_vec();
+        match tokio::task::spawn_blocking(move || inner.score_all(&owned)).await {
+            Ok(results) => results,
+            Err(e) => inputs
+                .iter()
+                .map(|_| {
+                    Err(ScoreError::internal(
+                        self.name(),
+                        format!("the scoring task failed: {e}"),
+                    ))
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The `Rollout` gRPC service: version switching and batched sampling.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use futures::StreamExt;
+use rlhf_core::{ErrorKind, status};
+use rlhf_model::generate::mix;
+use rlhf_model::{ModelConfig, SamplingParams, Tokenizer, Transformer};
+use rlhf_proto::v1::learner_client::LearnerClient;
+use rlhf_proto::v1::{self, rollout_server::Rollout};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, RwLock, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{RolloutConfig, RolloutError};
+
+/// The policy in use and its version.
+struct Policy<B: Backend> {
+    version: u64,
+    model: Arc<Transformer<B>>,
+}
+
+/// A rollout worker.
+pub struct RolloutService<B: Backend> {
+    config: RolloutConfig,
+    device: B::Device,
+    base: ModelConfig,
+    tokenizer: Arc<Tokenizer>,
+    policy: RwLock<Policy<B>>,
+    /// Serialises weight fetches so that concurrent requests fetch a version once.
+    fetching: Mutex<()>,
+    /// Completions and tokens generated since start (shared with sampling tasks).
+    counters: Arc<(AtomicU64, AtomicU64)>,
+}
+
+/// The seed of sample `index` of prompt `prompt_id` under a request's base seed.
+pub fn sample_seed(seed: u64, prompt_id: &str, index: u32) -> u64 {
+    // FNV-1a over the prompt id, then SplitMix with the seed and the index.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(mix(seed, h), u64::from(index))
+}
+
+impl<B: Backend> RolloutService<B> {
+    /// Loads the initial policy (version 0) and its tokenizer.
+    pub fn load(config: RolloutConfig, device: B::Device) -> Result<Self, RolloutError> {
+        let tokenizer = Tokenizer::from_dir(&config.model)?;
+        let model = Transformer::<B>::load(&config.model, &device)?;
+        Ok(Self {
+            base: model.config.clone(),
+            config,
+            device,
+            tokenizer: Arc::new(tokenizer),
+            policy: RwLock::new(Policy {
+                version: 0,
+                model: Arc::new(model),
+            }),
+            fetching: Mutex::new(()),
+            counters: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+        })
+    }
+
+    /// Makes `version` the policy in use, fetching it from `from` if needed; returns the
+    /// seconds spent (0 when already current).
+    async fn ensure_version(&self, version: u64, from: &str) -> Result<f64, Status> {
+        if self.policy.read().await.version == version {
+            return Ok(0.0);
+        }
+        let _guard = self.fetching.lock().await;
+        if self.policy.read().await.version == version {
+            return Ok(0.0);
+        }
+        if from.is_empty() {
+            return Err(status(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "policy version {version} requested, worker has {} and no `weights_from`",
+                    self.policy.read().await.version
+                ),
+            ));
+        }
+        let start = Instant::now();
+        let mut client = LearnerClient::connect(from.to_string())
+            .await
+            .map_err(|e| status(ErrorKind::Unavailable, format!("learner at {from}: {e}")))?
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes);
+        let mut stream = client
+            .fetch_weights(v1::FetchWeightsRequest { version })
+            .await?
+            .into_inner();
+        let mut assembler = rlhf_proto::ChunkAssembler::default();
+        let mut payload = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            match assembler.push(chunk) {
+                Ok(Some(done)) => {
+                    payload = Some(done);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(status(
+                        ErrorKind::Aborted,
+                        format!("weights v{version}: {e}"),
+                    ));
+                }
+            }
+        }
+        let Some((got, bytes, sha)) = payload else {
+            return Err(status(
+                ErrorKind::Aborted,
+                format!("weights v{version}: stream ended early"),
+            ));
+        };
+        if got != version {
+            return Err(status(
+                ErrorKind::Aborted,
+                format!("asked for weights v{version}, received v{got}"),
+            ));
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        if digest != sha {
+            return Err(status(
+                ErrorKind::Aborted,
+                format!("weights v{version}: SHA-256 mismatch ({digest} vs {sha})"),
+            ));
+        }
+        let base = self.base.clone();
+        let device = self.device.clone();
+        let model = tokio::task::spawn_blocking(move || {
+            Transformer::<B>::from_safetensors_bytes(
+                base,
+                &bytes,
+                std::path::Path::new("<weight stream>"),
+                &device,
+            )
+        })
+        .await
+        .map_err(|e| {
+            status(
+                ErrorKind::Internal,
+                format!("loading weights panicked: {e}"),
+            )
+        })?
+        .map_err(|e| {
+            status(
+                ErrorKind::InvalidArgument,
+                format!("weights v{version}: {e}"),
+            )
+        })?;
+        *self.policy.write().await = Policy {
+            version,
+            model: Arc::new(model),
+        };
+        tracing::info!(worker = %self.config.name, version, "switched policy version");
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Token ids of a prompt as the policy sees it.
+    fn prompt_ids(&self, p: &v1::Prompt) -> Result<Vec<u32>, Status> {
+        let ids = if p.messages.is_empty() {
+            self.tokenizer.encode(&p.text, true)
+        } else {
+            let msgs: Vec<rlhf_core::ChatMessage> = p.messages.iter().map(Into::into).collect();
+            self.tokenizer.encode_chat(&msgs, true)
+        }
+        .map_err(|e| {
+            status(
+                ErrorKind::InvalidArgument,
+                format!("prompt `{}`: {e}", p.prompt_id),
+            )
+        })?;
+        if ids.is_empty() {
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!("prompt `{}` is empty", p.prompt_id),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sampling(req: &v1::GenerateRequest, stop: &[u32]) -> Result<SamplingParams, Status> {
+    let s = rlhf_proto::required(req.sampling.as_ref(), "sampling")?;
+    let mut stop_ids = stop.to_vec();
+    for id in &s.stop_ids {
+        if !stop_ids.contains(id) {
+            stop_ids.push(*id);
+        }
+    }
+    let p = SamplingParams {
+        max_new_tokens: s.max_new_tokens as usize,
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        stop_ids,
+        seed: req.seed,
+    };
+    p.validate()
+        .map_err(|e| status(ErrorKind::InvalidArgument, format!("sampling: {e}")))?;
+    Ok(p)
+}
+
+type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Rollout for RolloutService<B> {
+    type GenerateStream = GenerateStream;
+
+    #[tracing::instrument(skip_all, fields(worker = %self.config.name, lease = %request.get_ref().lease_id))]
+    async fn generate(
+        &self,
+        request: Request<v1::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let req = request.into_inner();
+        if req.n == 0 {
+            return Err(status(ErrorKind::InvalidArgument, "n must be at least 1"));
+        }
+        if req.prompts.is_empty() {
+            return Err(status(ErrorKind::InvalidArgument, "no prompts"));
+        }
+        let mut stop = self.base.eos_token_ids.clone();
+        if let Some(id) = self.tokenizer.eos_id()
+            && !stop.contains(&id)
+        {
+            stop.push(id);
+        }
+        let params = sampling(&req, &stop)?;
+        let sync_seconds = self
+            .ensure_version(req.policy_version, &req.weights_from)
+            .await?;
+        let (version, model) = {
+            let p = self.policy.read().await;
+            (p.version, p.model.clone())
+        };
+        // One row per (prompt, sample index).
+        let mut rows = Vec::with_capacity(req.prompts.len() * req.n as usize);
+        for p in &req.prompts {
+            let ids = self.prompt_ids(p)?;
+            for i in 0..req.n {
+                rows.push((
+                    p.prompt_id.clone(),
+                    i,
+                    ids.clone(),
+                    sample_seed(req.seed, &p.prompt_id, i),
+                ));
+            }
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let chunk = self.config.max_batch_rows;
+        let tokenizer = self.tokenizer.clone();
+        let iteration = req.iteration;
+        let lease_id = req.lease_id.clone();
+        let stats = self.counters.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            for batch in rows.chunks(chunk) {
+                let prompts: Vec<Vec<u32>> = batch.iter().map(|r| r.2.clone()).collect();
+                let seeds: Vec<u64> = batch.iter().map(|r| r.3).collect();
+                let m = model.clone();
+                let p = params.clone();
+                let start = Instant::now();
+                let out =
+                    tokio::task::spawn_blocking(move || m.generate_seeded(&prompts, &p, &seeds))
+                        .await;
+                let out = match out {
+                    Ok(Ok(out)) => out,
+                    Ok(Err(e)) => {
+                        let _ = tx
+                            .send(Err(status(
+                                ErrorKind::Internal,
+                                format!("generation failed: {e}"),
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(status(
+                                ErrorKind::Internal,
+                                format!("generation panicked: {e}"),
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let seconds = start.elapsed().as_secs_f64();
+                let mut completions = Vec::with_capacity(out.len());
+                for (row, c) in batch.iter().zip(out) {
+                    let text = match tokenizer.decode(&c.completion_ids, true) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(status(ErrorKind::Internal, e.to_string())))
+                                .await;
+                            return;
+                        }
+                    };
+                    stats.0.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .1
+                        .fetch_add(c.completion_ids.len() as u64, Ordering::Relaxed);
+                    completions.push(v1::Completion {
+                        id: Some(v1::SampleId {
+                            iteration,
+                            prompt_id: row.0.clone(),
+                            sample_index: row.1,
+                        }),
+                        policy_version: version,
+                        prompt_ids: c.prompt_ids,
+                        completion_ids: c.completion_ids,
+                        logprobs: c.logprobs,
+                        text,
+                        finish_reason: c.finish_reason.as_str().to_string(),
+                    });
+                }
+                let resp = v1::GenerateResponse {
+                    lease_id: lease_id.clone(),
+                    completions,
+                    weight_sync_seconds: if first { sync_seconds } else { 0.0 },
+                    generate_seconds: seconds,
+                };
+                first = false;
+                if tx.send(Ok(resp)).await.is_err() {
+                    // The coordinator went away (lease cancelled): stop sampling.
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<v1::RolloutStatusRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        Ok(Response::new(v1::RolloutStatus {
+            policy_version: self.policy.read().await.version,
+            completions: self.counters.0.load(Ordering::Relaxed),
+            tokens: self.counters.1.load(Ordering::Relaxed),
+        }))
+    }
+}
