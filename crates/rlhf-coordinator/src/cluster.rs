@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rlhf_membership::{Member, Membership, Role};
 use rlhf_proto::v1::learner_client::LearnerClient;
@@ -18,14 +18,20 @@ use crate::CoordinatorError;
 pub struct Cluster {
     membership: Arc<dyn Membership>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Addresses that failed recently, and until when they are avoided.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
     max_message_bytes: usize,
 }
+
+/// How long a member that failed a request is avoided (when others are available).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 impl Cluster {
     pub fn new(membership: Arc<dyn Membership>, max_message_bytes: usize) -> Self {
         Self {
             membership,
             channels: Arc::default(),
+            suspects: Arc::default(),
             max_message_bytes,
         }
     }
@@ -48,6 +54,25 @@ impl Cluster {
             )));
         }
         Ok(m)
+    }
+
+    /// Marks a member's address as failing: [`Cluster::healthy`] avoids it for a while.
+    pub fn suspect(&self, address: &str) {
+        let mut s = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(address.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
+    /// The members not recently failing; all of them when every one is suspect.
+    pub fn healthy(&self, members: Vec<Member>) -> Vec<Member> {
+        let now = Instant::now();
+        let mut s = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|_, until| *until > now);
+        let ok: Vec<Member> = members
+            .iter()
+            .filter(|m| !s.contains_key(&m.address))
+            .cloned()
+            .collect();
+        if ok.is_empty() { members } else { ok }
     }
 
     /// A channel to `address` (connected lazily, reused).

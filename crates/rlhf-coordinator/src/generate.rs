@@ -87,7 +87,11 @@ pub async fn generate(
     prompts: &[PromptCtx],
     plan: &GenPlan,
 ) -> Result<GenOutcome, CoordinatorError> {
-    let workers = cluster.members(Role::Rollout).await?;
+    let workers = cluster.healthy(cluster.members(Role::Rollout).await?);
+    // Workers still taking leases this round; one that fails leaves the round unless it is the
+    // last one (then it retries with backoff, up to the attempt limit).
+    let active = Mutex::new(workers.len());
+    let in_flight = Mutex::new(0usize);
     let chunks: Vec<&[PromptCtx]> = prompts.chunks(plan.prompts_per_lease).collect();
     let queue: Mutex<VecDeque<(usize, u32)>> =
         Mutex::new((0..chunks.len()).map(|i| (i, 0)).collect());
@@ -101,9 +105,25 @@ pub async fn generate(
             if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
                 return;
             }
-            let Some((ci, attempt)) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                return;
+            // Pop a lease; with none queued, wait while others are in flight (a failed one
+            // comes back to the queue), and stop once everything is done.
+            let next = {
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut f = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                match q.pop_front() {
+                    Some(item) => {
+                        *f += 1;
+                        Some(item)
+                    }
+                    None if *f == 0 => return,
+                    None => None,
+                }
             };
+            let Some((ci, attempt)) = next else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let _done = InFlight(&in_flight);
             let chunk = chunks[ci];
             // Lease the prompts in the ledger.
             let mut leases: Vec<LeaseId> = vec![];
@@ -156,6 +176,16 @@ pub async fn generate(
                         }
                     }
                     *releases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    cluster.suspect(&w.address);
+                    let last_one = {
+                        let mut a = active.lock().unwrap_or_else(|p| p.into_inner());
+                        if *a > 1 {
+                            *a -= 1;
+                            false
+                        } else {
+                            true
+                        }
+                    };
                     if attempt + 1 >= plan.attempts {
                         *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(CoordinatorError::Rollout(format!(
                             "lease of {} prompts failed {} times, last on worker `{}` ({}): {msg}",
@@ -167,8 +197,10 @@ pub async fn generate(
                         return;
                     }
                     queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((ci, attempt + 1));
-                    // Give other workers the first chance at the re-lease.
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                    if !last_one {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
                 }
             }
         }
@@ -200,6 +232,16 @@ pub async fn generate(
         out.completions.extend(resp.completions);
     }
     Ok(out)
+}
+
+/// Decrements the in-flight lease count when a lease attempt ends, however it ends.
+struct InFlight<'a>(&'a Mutex<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *f = f.saturating_sub(1);
+    }
 }
 
 /// The sample id of a completion (checked present by [`run_lease`]).

@@ -422,3 +422,35 @@ fn random_legal_runs_always_validate() -> Result<(), Box<dyn std::error::Error>>
     }
     Ok(())
 }
+
+#[test]
+fn abandoning_a_stopped_run_leaves_a_finished_history() -> Result<(), LedgerError> {
+    let mut l = Ledger::new(2).map_err(|e| LedgerError {
+        kind: ViolationKind::Lost,
+        message: e.to_string(),
+    })?;
+    // p: fully trained; q: generated, one scored; r: leased only.
+    let lp = l.lease(0, "p", "w")?;
+    for i in 0..2 {
+        l.generated(lp, &sid(0, "p", i), PolicyVersion(0))?;
+        l.scored(&sid(0, "p", i))?;
+        l.trained(&sid(0, "p", i))?;
+    }
+    let lq = l.lease(0, "q", "w")?;
+    l.generated(lq, &sid(0, "q", 0), PolicyVersion(0))?;
+    l.generated(lq, &sid(0, "q", 1), PolicyVersion(0))?;
+    l.scored(&sid(0, "q", 0))?;
+    l.lease(0, "r", "w")?;
+    assert_eq!(l.unfinished().len(), 4);
+    assert!(
+        !validate(l.history(), Expect::Finished)
+            .violations
+            .is_empty()
+    );
+    assert_eq!(l.abandon_unfinished("stopped")?, 4);
+    assert!(l.unfinished().is_empty());
+    let report = validate(l.history(), Expect::Finished);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(l.sample_state(&sid(0, "p", 0)), Some(SampleState::Trained));
+    Ok(())
+}
