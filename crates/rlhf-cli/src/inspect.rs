@@ -15,22 +15,22 @@ use serde_json::{Value, json};
 /// Runs `$body` with `B` bound to the backend of `$device` and `device` to its device value.
 macro_rules! with_backend {
     ($spec:expr, |$device:ident: $b:ident| $body:expr) => {{
-        let spec: DeviceSpec = $spec;
+        let spec: rlhf_model::DeviceSpec = $spec;
         spec.check_supported().map_err(anyhow::Error::msg)?;
         match spec {
-            DeviceSpec::Cpu => {
+            rlhf_model::DeviceSpec::Cpu => {
                 type $b = rlhf_model::Cpu;
                 let $device = Default::default();
                 $body
             }
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(n) => {
+            rlhf_model::DeviceSpec::Cuda(n) => {
                 type $b = rlhf_model::backend::Cuda;
                 let $device = burn::backend::cuda::CudaDevice::new(n);
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceSpec::Cuda(_) => unreachable!("rejected by check_supported"),
+            rlhf_model::DeviceSpec::Cuda(_) => unreachable!("rejected by check_supported"),
         }
     }};
 }

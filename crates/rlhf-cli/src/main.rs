@@ -4,6 +4,7 @@ mod bench;
 mod inspect;
 mod run;
 mod runfile;
+mod sft;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,8 @@ enum Command {
     Scorer(run::RoleArgs),
     /// Run only the learner of a run file's `[cluster]`.
     Learner(run::RoleArgs),
+    /// Supervised fine-tuning on chat data (prompt tokens masked).
+    Sft(sft::SftArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Rollout(args) => run::role(rlhf_membership::Role::Rollout, args),
         Command::Scorer(args) => run::role(rlhf_membership::Role::Scorer, args),
         Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
+        Command::Sft(args) => sft::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -8,6 +8,7 @@
 
 mod clip;
 mod service;
+pub mod sft;
 pub mod trainer;
 
 use std::net::SocketAddr;

@@ -1,0 +1,200 @@
+//! `rlhf sft CONFIG`: supervised fine-tuning on chat JSONL/Parquet (prompt tokens masked), so a
+//! run can start from a sensible policy. Writes a Hugging Face checkpoint and a loss log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use rlhf_core::ChatMessage;
+use rlhf_data::{LoadOptions, Prompt};
+use rlhf_learner::sft::{SftSettings, tokenize_example, train_sft};
+use rlhf_model::{Tokenizer, Transformer};
+use serde::Deserialize;
+
+use crate::inspect::with_backend;
+use crate::runfile::ModelSection;
+
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// The SFT file (TOML): `[model]` and `[sft]`.
+    config: PathBuf,
+}
+
+/// The `[sft]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftSection {
+    /// JSONL or Parquet: `messages` ending with the assistant's answer, or `prompt` + `answer`.
+    data: PathBuf,
+    /// Where the fine-tuned checkpoint goes.
+    output_dir: PathBuf,
+    #[serde(default = "default_lr")]
+    lr: f64,
+    #[serde(default)]
+    weight_decay: f32,
+    #[serde(default = "default_clip")]
+    max_grad_norm: f64,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+    #[serde(default = "default_epochs")]
+    epochs: usize,
+    /// Longer examples are skipped (and counted).
+    #[serde(default = "default_max_len")]
+    max_len: usize,
+    #[serde(default)]
+    skip_malformed: bool,
+}
+
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_batch() -> usize {
+    8
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_max_len() -> usize {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftFile {
+    model: ModelSection,
+    sft: SftSection,
+}
+
+pub fn run(args: SftArgs) -> Result<()> {
+    let path = &args.config;
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut f: SftFile = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ").trim()
+        )
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut f.model.path, &mut f.sft.data] {
+        if p.is_relative() && base.join(&*p).exists() {
+            *p = base.join(&*p);
+        }
+    }
+    let s = &f.sft;
+    if !(s.lr > 0.0 && s.lr.is_finite()) {
+        bail!("{}: sft.lr must be a positive number", path.display());
+    }
+    if s.batch_size == 0 || s.epochs == 0 || s.max_len < 2 {
+        bail!(
+            "{}: sft.batch_size and sft.epochs must be at least 1, sft.max_len at least 2",
+            path.display()
+        );
+    }
+    let device: rlhf_model::DeviceSpec = if f.model.device.is_empty() {
+        rlhf_model::DeviceSpec::Cpu
+    } else {
+        f.model
+            .device
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{}: model.device: {e}", path.display()))?
+    };
+    with_backend!(device, |dev: B| sft_on::<burn::backend::Autodiff<B>>(
+        &f, &dev
+    ))
+}
+
+fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
+    let s = &f.sft;
+    let tokenizer = Tokenizer::from_dir(&f.model.path)?;
+    let report = rlhf_data::load_prompts(
+        &s.data,
+        LoadOptions {
+            skip_malformed: s.skip_malformed,
+        },
+    )?;
+    let mut examples = vec![];
+    let mut too_long = 0;
+    for r in &report.records {
+        let messages: Vec<ChatMessage> = match (&r.prompt, &r.answer) {
+            (Prompt::Messages(m), None) => m.clone(),
+            (Prompt::Text(t), Some(a)) => vec![
+                ChatMessage::new("user", t.clone()),
+                ChatMessage::new("assistant", a.clone()),
+            ],
+            (Prompt::Messages(_), Some(_)) => bail!(
+                "{}: record `{}`: give the answer as the last assistant message or as `answer` with a `prompt`, not both",
+                s.data.display(),
+                r.id
+            ),
+            (Prompt::Text(_), None) => bail!(
+                "{}: record `{}`: a `prompt` needs an `answer`",
+                s.data.display(),
+                r.id
+            ),
+        };
+        let ex = tokenize_example(&tokenizer, &messages)
+            .map_err(|e| anyhow::anyhow!("{}: record `{}`: {e}", s.data.display(), r.id))?;
+        if ex.prompt.len() + ex.completion.len() > s.max_len {
+            too_long += 1;
+            continue;
+        }
+        examples.push(ex);
+    }
+    if examples.is_empty() {
+        bail!(
+            "{}: no usable examples ({too_long} longer than sft.max_len = {})",
+            s.data.display(),
+            s.max_len
+        );
+    }
+    eprintln!(
+        "sft: {} examples ({} skipped as malformed, {too_long} too long), {} epochs",
+        examples.len(),
+        report.skipped.len(),
+        s.epochs
+    );
+    let policy = Transformer::<B>::load(&f.model.path, device)?;
+    std::fs::create_dir_all(&s.output_dir).with_context(|| s.output_dir.display().to_string())?;
+    let log_path = s.output_dir.join("sft_log.jsonl");
+    let mut log =
+        std::fs::File::create(&log_path).with_context(|| log_path.display().to_string())?;
+    let settings = SftSettings {
+        lr: s.lr,
+        weight_decay: s.weight_decay,
+        max_grad_norm: s.max_grad_norm,
+        batch_size: s.batch_size,
+        epochs: s.epochs,
+        max_len: s.max_len,
+    };
+    let mut write_err = None;
+    let (policy, r) = train_sft(policy, &examples, settings, |step, total, loss| {
+        if let Err(e) = writeln!(log, "{}", serde_json::json!({"step": step, "loss": loss})) {
+            write_err.get_or_insert(e);
+        }
+        if step == 1 || step == total || step % 10 == 0 {
+            eprintln!("sft: step {step}/{total} loss {loss:.4}");
+        }
+    })?;
+    if let Some(e) = write_err {
+        bail!("{}: {e}", log_path.display());
+    }
+    policy
+        .valid()
+        .save_pretrained(&s.output_dir, Some(&f.model.path))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "steps": r.steps, "first_loss": r.first_loss, "last_loss": r.last_loss,
+            "skipped_nonfinite_steps": r.skipped_nonfinite_steps, "tokens": r.tokens,
+            "seconds": r.seconds, "output_dir": s.output_dir.display().to_string(),
+        })
+    );
+    Ok(())
+}
