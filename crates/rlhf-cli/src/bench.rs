@@ -20,8 +20,27 @@ use crate::inspect::with_backend;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Decoder throughput on random weights: generation and one training step.
+    /// Decoder throughput (random weights or a checkpoint): generation and one training step.
     Model(ModelBenchArgs),
+    /// The learner's DPO update (policy + reference log-probs, loss, backward, AdamW) in pairs/s.
+    Dpo(DpoBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DpoBenchArgs {
+    /// Hugging Face checkpoint folder.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Optimizer steps timed (after one warm-up step).
+    #[arg(long, default_value_t = 12)]
+    steps: usize,
+    #[arg(long, default_value_t = 12)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 24)]
+    completion_len: usize,
 }
 
 /// Model shapes for benchmarks.
@@ -29,6 +48,9 @@ pub enum BenchCommand {
 pub enum Size {
     /// The shape of tests/fixtures/hf-tiny/tiny-llama3 (0.1M parameters).
     Tiny,
+    /// The shape of the 0.5M-parameter GPT in ../shared/bench/cpu_peers.py: hidden 128,
+    /// 2 layers, 4 heads, MLP 512, vocab 512.
+    Small,
     /// About 25M parameters: hidden 512, 6 layers, 8 heads / 4 KV heads, vocab 16384, tied.
     #[value(name = "25m")]
     M25,
@@ -38,6 +60,9 @@ pub enum Size {
 pub struct ModelBenchArgs {
     #[arg(long, value_enum, default_value = "tiny")]
     size: Size,
+    /// Load this checkpoint instead of random weights of `--size`.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
     /// Training batch size (sequences).
     #[arg(long, default_value_t = 4)]
     train_batch: usize,
@@ -65,6 +90,7 @@ fn config(size: Size) -> ModelConfig {
     let arch = Architecture::LlamaForCausalLM;
     let mut c = match size {
         Size::Tiny => ModelConfig::synthetic(arch, 512, 64, 2, 4, 2, 176),
+        Size::Small => ModelConfig::synthetic(arch, 512, 128, 2, 4, 4, 512),
         Size::M25 => ModelConfig::synthetic(arch, 16384, 512, 6, 8, 4, 1408),
     };
     if let Size::M25 = size {
@@ -96,15 +122,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 burn::backend::Autodiff<B>,
             >(&args, &device))
         }
+        BenchCommand::Dpo(args) => dpo_bench(&args),
     }
 }
 
 fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) -> Result<()> {
-    let cfg = config(args.size);
-    let vocab = cfg.vocab_size;
-    let params = cfg.num_parameters();
-    eprintln!("model: {}", cfg.describe());
-    let model = Transformer::<B>::random(cfg, 1, device);
+    let model = match &args.model {
+        Some(dir) => Transformer::<B>::load(dir, device)?,
+        None => Transformer::<B>::random(config(args.size), 1, device),
+    };
+    let vocab = model.config.vocab_size;
+    let params = model.config.num_parameters();
+    eprintln!("model: {}", model.config.describe());
 
     // Generation (inference backend, no autodiff graph).
     let infer = model.valid();
@@ -170,6 +199,57 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "generate": gen_results,
             "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps},
         })
+    );
+    Ok(())
+}
+
+/// Times the learner's DPO update on synthetic pairs (the shape of TRL's DPO step in
+/// ../shared/bench/cpu_peers.py: 8 pairs, 12 prompt + 24 completion tokens).
+fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
+    use rlhf_learner::{OptimSettings, Seq, TrainState, Unit};
+    type B = burn::backend::Autodiff<rlhf_model::Cpu>;
+    if args.batch == 0 || args.steps == 0 {
+        bail!("--batch and --steps must be positive");
+    }
+    let device = Default::default();
+    let policy = Transformer::<B>::load(&args.model, &device)?;
+    let reference = policy.valid();
+    let vocab = policy.config.vocab_size;
+    let settings = OptimSettings {
+        lr: 1e-4,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        batch_units: args.batch,
+        epochs: 1,
+    };
+    let objective = rlhf_algo::Objective::Dpo(Default::default());
+    let mut state = TrainState::new(policy, reference, objective, settings);
+    let seq = |salt: u64| Seq {
+        prompt: tokens(args.prompt_len, vocab, salt),
+        completion: tokens(args.completion_len, vocab, salt + 7),
+        reward: 0.0,
+    };
+    let units: Vec<Unit> = (0..args.batch as u64)
+        .map(|i| Unit::Pair(seq(3 * i), seq(3 * i + 1), 1.0))
+        .collect();
+    state.update(&units)?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        state.update(&units)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let pairs = (args.batch * args.steps) as f64;
+    eprintln!(
+        "dpo: {} steps of {} pairs ({} + {} tokens) in {secs:.2}s = {:.1} pairs/s",
+        args.steps,
+        args.batch,
+        args.prompt_len,
+        args.completion_len,
+        pairs / secs
+    );
+    println!(
+        "{}",
+        json!({"pairs_per_s": pairs / secs, "seconds": secs, "steps": args.steps, "batch": args.batch})
     );
     Ok(())
 }

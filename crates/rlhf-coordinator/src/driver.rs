@@ -523,7 +523,9 @@ pub(crate) async fn run_loop(
     // Pipelined: the producer runs ahead by up to `max_policy_lag` iterations.
     let (tx, mut rx) =
         mpsc::channel::<Result<Produced, CoordinatorError>>(cfg.max_policy_lag as usize);
-    let (version_tx, version_rx) = watch::channel(consumer.version);
+    // (iterations consumed, policy version) as the consumer advances.
+    let (version_tx, version_rx) = watch::channel((0u64, consumer.version));
+    let lag = cfg.max_policy_lag;
     let producer = consumer.producer.clone();
     let stop = shutdown.child_token();
     let stop_producer = stop.clone();
@@ -532,7 +534,18 @@ pub(crate) async fn run_loop(
             if stop_producer.is_cancelled() {
                 return cursor;
             }
-            let version = *version_rx.borrow();
+            // Start iteration `it` only once `it - max_policy_lag` iterations are trained: every
+            // update adds at most one version, so no sample lags by more than that.
+            let needed = it.saturating_sub(lag);
+            let mut progress = version_rx.clone();
+            let ready = tokio::select! {
+                r = progress.wait_for(|(consumed, _)| *consumed >= needed) => r.is_ok(),
+                _ = stop_producer.cancelled() => false,
+            };
+            if !ready {
+                return cursor;
+            }
+            let version = version_rx.borrow().1;
             let out = producer.produce(it, batch(&mut cursor), version).await;
             let failed = out.is_err();
             if tx.send(out).await.is_err() || failed {
@@ -557,7 +570,7 @@ pub(crate) async fn run_loop(
                     break Err(e);
                 }
                 done += 1;
-                let _ = version_tx.send(consumer.version);
+                let _ = version_tx.send((done, consumer.version));
             }
             Err(e) => break Err(e),
         }
