@@ -184,6 +184,20 @@ async fn run_all(f: RunFile, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Waits up to two minutes for `addr` (host:port) to accept TCP connections.
+async fn wait_reachable(addr: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{addr} did not accept connections within 120 s (is the role process running?)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn addr_of(list: &[String], index: usize, role: &str) -> Result<String> {
     list.get(index).cloned().with_context(|| {
         format!(
@@ -255,6 +269,15 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
                             STATIC_TTL,
                         )
                         .await?;
+                }
+                // Static members may still be loading their models: wait until each accepts.
+                for a in c
+                    .rollout
+                    .iter()
+                    .chain(&c.scorer)
+                    .chain(std::iter::once(&learner))
+                {
+                    wait_reachable(a).await?;
                 }
                 let listener = match &c.coordinator {
                     Some(a) => Some(bind(a).await?),

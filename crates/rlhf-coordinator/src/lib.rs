@@ -135,14 +135,19 @@ pub async fn run(
     });
     let serve_stop = shutdown.child_token();
     let server = deps.listener.map(|listener| {
+        let limit = config.max_message_bytes;
         let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
             status: status.clone(),
             membership: deps.membership.clone(),
-        });
+        })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
         let members =
             rlhf_proto::v1::coordinator_server::CoordinatorServer::new(admin::MembershipService {
                 membership: deps.membership.clone(),
-            });
+            })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?addr, "admin API serving");
         let stop = serve_stop.clone();
