@@ -143,6 +143,12 @@ impl LearnerConfig {
         self.objective
             .validate()
             .map_err(|e| LearnerError::Config(format!("learner.objective: {e}")))?;
+        if let Some(why) = unsupported(&self.objective) {
+            return Err(LearnerError::Config(format!(
+                "learner.objective: `{}` {why}",
+                self.objective.name()
+            )));
+        }
         self.device()?;
         Ok(())
     }
@@ -155,6 +161,24 @@ impl LearnerConfig {
             batch_units: self.batch_units,
             epochs: self.epochs,
         }
+    }
+}
+
+/// Why the policy learner cannot train with an objective, if it cannot.
+pub fn unsupported(objective: &Objective) -> Option<&'static str> {
+    use rlhf_algo::UnitKind;
+    match objective {
+        Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => Some(
+            "trains a reward model, not a policy (reward-model training is not served by the learner yet)",
+        ),
+        o if !matches!(
+            o.kind(),
+            UnitKind::Pairs | UnitKind::Lists | UnitKind::Binary
+        ) =>
+        {
+            Some("trains on groups or rollouts (PPO/GRPO), which the learner does not serve yet")
+        }
+        _ => None,
     }
 }
 
