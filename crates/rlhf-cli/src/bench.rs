@@ -54,6 +54,10 @@ pub enum Size {
     /// About 25M parameters: hidden 512, 6 layers, 8 heads / 4 KV heads, vocab 16384, tied.
     #[value(name = "25m")]
     M25,
+    /// Qwen2.5-0.5B-shaped (random weights): hidden 896, 24 layers, 14 / 2 heads, MLP 4864,
+    /// vocab 151936, tied — the GPU issue's reference shape.
+    #[value(name = "qwen0.5b")]
+    Qwen05b,
 }
 
 #[derive(Debug, Args)]
@@ -92,8 +96,11 @@ fn config(size: Size) -> ModelConfig {
         Size::Tiny => ModelConfig::synthetic(arch, 512, 64, 2, 4, 2, 176),
         Size::Small => ModelConfig::synthetic(arch, 512, 128, 2, 4, 4, 512),
         Size::M25 => ModelConfig::synthetic(arch, 16384, 512, 6, 8, 4, 1408),
+        Size::Qwen05b => {
+            ModelConfig::synthetic(Architecture::Qwen2ForCausalLM, 151936, 896, 24, 14, 2, 4864)
+        }
     };
-    if let Size::M25 = size {
+    if let Size::M25 | Size::Qwen05b = size {
         c.tie_word_embeddings = true;
     }
     c
@@ -186,8 +193,10 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let tps = (bsz * len) as f64 / mean;
+    // Model FLOPs of a training step: 6 · parameters · tokens (attention excluded).
+    let tflops = 6.0 * params as f64 * tps / 1e12;
     eprintln!(
-        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW)"
+        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s"
     );
     println!(
         "{}",
@@ -197,7 +206,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "device": args.device.to_string(),
             "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
             "generate": gen_results,
-            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps},
+            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps, "model_tflops": tflops},
         })
     );
     Ok(())
