@@ -285,7 +285,9 @@ impl<B: Backend> Transformer<B> {
                 let dims = hidden.dims();
                 let hd = dims[D - 1];
                 let rows = hidden.shape().num_elements() / hd;
-                let flat = hidden.reshape([rows, hd]).matmul(w.transpose());
+                // `W · hᵀ`, then transpose the small result: multiplying by `Wᵀ` directly makes
+                // the ndarray backend copy the whole [vocab, hidden] matrix on every call.
+                let flat = w.matmul(hidden.reshape([rows, hd]).transpose()).transpose();
                 let mut out = dims;
                 out[D - 1] = self.config.vocab_size;
                 Ok(flat.reshape(out))
