@@ -1,6 +1,7 @@
 //! The `rlhf` binary: parses the command line and calls into the library crates.
 
 mod bench;
+mod eval;
 mod inspect;
 mod run;
 mod runfile;
@@ -41,6 +42,8 @@ enum Command {
     Scorer(run::RoleArgs),
     /// Run only the learner of a run file's `[cluster]`.
     Learner(run::RoleArgs),
+    /// Evaluate policies: reward, win rate under a judge, ranking accuracy, length, KL.
+    Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
     Sft(sft::SftArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Rollout(args) => run::role(rlhf_membership::Role::Rollout, args),
         Command::Scorer(args) => run::role(rlhf_membership::Role::Scorer, args),
         Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
+        Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
