@@ -83,10 +83,35 @@ pub fn run(args: RunArgs) -> Result<()> {
     f.coordinator
         .validate(&f.data, f.learner.objective.kind())
         .with_context(|| format!("{}: after command-line overrides", args.config.display()))?;
-    runtime()?.block_on(run_all(f, args.quiet))
+    let base = args.config.parent().map(PathBuf::from).unwrap_or_default();
+    runtime()?.block_on(run_all(f, args.quiet, base))
 }
 
-async fn run_all(f: RunFile, quiet: bool) -> Result<()> {
+/// Evaluates the initial policy, every checkpoint and the final policy with `[eval]`.
+async fn evaluate_checkpoints(f: &RunFile, base: PathBuf) -> Result<()> {
+    let out = &f.coordinator.output_dir;
+    let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let mut policies = vec![("initial".to_string(), abs(f.model.path.clone()))];
+    let mut checkpoints: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    checkpoints.sort();
+    for c in checkpoints {
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        policies.push((name, abs(c)));
+    }
+    policies.push(("final".to_string(), abs(out.join("final"))));
+    let config = f.eval_config(policies, &base)?;
+    eprintln!("evaluating {} policies ([eval]) ...", config.policies.len());
+    let report = rlhf_eval::run_eval(&config, |line| tracing::info!("eval: {line}")).await?;
+    print!("{}", report.to_table());
+    Ok(())
+}
+
+async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
     let shutdown = CancellationToken::new();
     rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
     let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
@@ -168,6 +193,9 @@ async fn run_all(f: RunFile, quiet: bool) -> Result<()> {
     let summary = result?;
     let out = &f.coordinator.output_dir;
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    if f.eval.is_some() {
+        evaluate_checkpoints(&f, base).await?;
+    }
     eprintln!(
         "run finished: {} iterations, held-out reward {} -> {}; outputs in {} (metrics.jsonl, samples.jsonl, plot.svg, final/)",
         summary.iterations,

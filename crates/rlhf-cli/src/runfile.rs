@@ -83,6 +83,10 @@ pub struct RunFile {
     pub scorer: ScorerServiceConfig,
     #[serde(default)]
     pub cluster: ClusterSection,
+    /// An `rlhf eval` config (docs/eval.md) without `[[policies]]`: after the run, the initial
+    /// policy, every checkpoint and the final policy are evaluated with it.
+    #[serde(default)]
+    pub eval: Option<toml::Table>,
 }
 
 fn default_learner() -> LearnerConfig {
@@ -148,7 +152,55 @@ impl RunFile {
         f.rollout_config(0)
             .validate()
             .with_context(|| ctx("invalid [rollout]"))?;
+        if f.eval.is_some() {
+            f.eval_config(vec![("initial".into(), f.model.path.clone())], base)
+                .with_context(|| ctx("invalid [eval]"))?;
+        }
         Ok(f)
+    }
+
+    /// The `[eval]` section as an evaluation of `policies` (name, folder); outputs default to
+    /// `<output_dir>/eval`.
+    pub fn eval_config(
+        &self,
+        policies: Vec<(String, PathBuf)>,
+        base: &Path,
+    ) -> Result<rlhf_eval::EvalConfig> {
+        let mut table = self.eval.clone().unwrap_or_default();
+        if table.contains_key("policies") {
+            bail!("eval.policies: leave it out, `rlhf run` evaluates its own checkpoints");
+        }
+        let list = policies
+            .into_iter()
+            .map(|(name, path)| {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name));
+                t.insert(
+                    "path".into(),
+                    toml::Value::String(path.display().to_string()),
+                );
+                toml::Value::Table(t)
+            })
+            .collect();
+        table.insert("policies".into(), toml::Value::Array(list));
+        let output = table
+            .entry("output")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(o) = output {
+            o.entry("dir").or_insert_with(|| {
+                toml::Value::String(
+                    self.coordinator
+                        .output_dir
+                        .join("eval")
+                        .display()
+                        .to_string(),
+                )
+            });
+        }
+        let text = toml::to_string(&table).context("eval: re-serialising the section")?;
+        let config = rlhf_eval::EvalConfig::from_toml_str(&text, base)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// The config of rollout worker `i`.

@@ -341,3 +341,49 @@ fn bad_input_fails_at_start_up_naming_the_field() {
     );
     run_ok(&cfg, &[]);
 }
+
+#[test]
+fn an_eval_section_evaluates_every_checkpoint_after_the_run() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        d.path(),
+        "iterations = 2\ncheckpoint_every = 1",
+        "builtin = \"letters\"\nbuiltin_prompts = 64",
+        "",
+    );
+    let mut text = std::fs::read_to_string(&cfg).expect("read");
+    text.push_str(
+        "\n[eval.prompts]\nbuiltin = \"letters\"\nbuiltin_prompts = 64\nlimit = 4\n\n[eval.generation]\nsamples_per_prompt = 1\nmax_new_tokens = 6\n\n[[eval.scorers]]\nname = \"letters\"\nscorer = { type = \"rule\", name = \"letters\" }\n",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let (code, stdout, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--quiet"]);
+    assert_eq!(code, 0, "{stderr}");
+    for name in ["initial", "iter-00001", "final"] {
+        assert!(
+            stdout.contains(name),
+            "{name} missing from the eval table: {stdout}"
+        );
+    }
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("out/eval/report.json")).expect("report.json"),
+    )
+    .expect("json");
+    assert_eq!(report["policies"].as_array().map(Vec::len), Some(3));
+    // A bad [eval] section fails at start-up, before any training.
+    let bad = config(
+        &d.path().join("bad"),
+        "iterations = 2",
+        "builtin = \"letters\"",
+        "",
+    );
+    let mut text = std::fs::read_to_string(&bad).expect("read");
+    text.push_str("\n[eval.generation]\ntop_p = 0.0\n");
+    std::fs::write(&bad, text).expect("write");
+    let (code, _, stderr) = rlhf(&["run", bad.to_str().expect("utf-8"), "--quiet"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("[eval]") && stderr.contains("top_p"),
+        "{stderr}"
+    );
+    assert!(!d.path().join("bad/out/metrics.jsonl").exists());
+}
