@@ -31,6 +31,9 @@ pub const DEFAULT_CI_LEVEL: f64 = 0.95;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
+    /// Where models run: `cpu` (default) or `cuda:N` (builds with the `cuda` feature).
+    #[serde(default)]
+    pub device: String,
     /// The policies to evaluate, each a Hugging Face checkpoint folder with a unique name.
     pub policies: Vec<PolicyConfig>,
     /// The prompts to sample from (needed for rewards, lengths, KL and win rates).
@@ -348,6 +351,20 @@ impl EvalConfig {
     /// Makes relative input paths (policies, prompts, ranking, reference, reward models)
     /// relative to `base` when they exist there; `output.dir` stays relative to the working
     /// folder.
+    /// The parsed `device` (`cpu` when empty).
+    pub fn device(&self) -> Result<rlhf_model::DeviceSpec, EvalError> {
+        if self.device.is_empty() {
+            return Ok(rlhf_model::DeviceSpec::Cpu);
+        }
+        let d: rlhf_model::DeviceSpec = self
+            .device
+            .parse()
+            .map_err(|e: String| EvalError::config("device", e))?;
+        d.check_supported()
+            .map_err(|e| EvalError::config("device", e))?;
+        Ok(d)
+    }
+
     pub fn resolve_paths(&mut self, base: &Path) {
         for p in &mut self.policies {
             p.path = resolve(base, &p.path);

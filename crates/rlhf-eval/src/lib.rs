@@ -18,13 +18,15 @@
 //! - [`cache`]: the JSONL result cache that makes a run resumable.
 //! - [`report`], [`table`]: the report ([`EvalReport`], JSON) and its text table.
 //!
-//! Models run on the CPU backend (`rlhf_model::Cpu`); GPU evaluation comes with the GPU issue.
+//! Models run on the device `device` names (`cpu`, or `cuda:N` in builds with the `cuda`
+//! feature).
 //! Samples use the rollout workers' per-sample seeds (`rlhf_rollout::sample_seed`), so an eval
 //! with a run's seed sees the samples the loop would.
 
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod model;
 pub mod pairwise;
 pub mod prompts;
 pub mod ranking;

@@ -63,10 +63,11 @@ pub async fn run_eval(
         None => None,
     };
     let how = config.output.fingerprint;
+    let device = config.device()?;
     let reference = match &config.reference {
         Some(r) => {
             progress(&format!("loading the reference from {}", r.path.display()));
-            Some(Policy::load("reference", &r.path, how).await?)
+            Some(Policy::load("reference", &r.path, how, device).await?)
         }
         None => None,
     };
@@ -112,7 +113,7 @@ pub async fn run_eval(
             pc.name,
             pc.path.display()
         ));
-        let policy = Policy::load(&pc.name, &pc.path, how).await?;
+        let policy = Policy::load(&pc.name, &pc.path, how, device).await?;
         let mut report = PolicyReport {
             name: pc.name.clone(),
             path: pc.path.display().to_string(),
@@ -157,7 +158,10 @@ pub async fn run_eval(
             report.length = Some(summary::lengths(&samples, &all));
             report.groups = summary::groups(&group_of, &samples, &keep.grids, &boot);
             if let (Some(r), Some(rc)) = (&reference, &config.reference) {
-                let (pv, rv) = (policy.model.config.vocab_size, r.model.config.vocab_size);
+                let (pv, rv) = (
+                    policy.model.config().vocab_size,
+                    r.model.config().vocab_size,
+                );
                 if pv != rv {
                     return Err(EvalError::model(
                         &pc.name,

@@ -1,6 +1,6 @@
-//! Policies and their samples: loading a checkpoint (CPU backend; GPU comes with the GPU
-//! issue), batched seeded generation through the cache, and teacher-forced sequence
-//! log-probs (for KL under the reference and for ranking accuracy).
+//! Policies and their samples: loading a checkpoint on the configured device, batched seeded
+//! generation through the cache, and teacher-forced sequence log-probs (for KL under the
+//! reference and for ranking accuracy).
 //!
 //! Sample `k` of prompt `p` is drawn with `rlhf_rollout::sample_seed(seed, p, k)`, the seed a
 //! rollout worker uses, so an eval with a run's seed sees the same samples the loop would.
@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rlhf_data::PromptRecord;
-use rlhf_learner::trainer::{Seq, seq_logps};
-use rlhf_model::{Cpu, FinishReason, SamplingParams, Tokenizer, Transformer};
+use rlhf_learner::trainer::Seq;
+use rlhf_model::{DeviceSpec, FinishReason, SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cache::{Cache, Kind, fingerprint, key_of};
 use crate::config::{Fingerprint, GenerationConfig};
 use crate::error::{EvalError, joined};
+use crate::model::EvalModel;
 use crate::prompts;
 use crate::report::WorkCounts;
 
@@ -29,22 +30,26 @@ pub struct Policy {
     /// Its identity in cache keys.
     pub fingerprint: String,
     /// The model (shared with blocking workers).
-    pub model: Arc<Transformer<Cpu>>,
+    pub model: Arc<EvalModel>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
 }
 
 impl Policy {
     /// Loads a checkpoint folder and fingerprints it, off the async threads.
-    pub async fn load(name: &str, path: &Path, how: Fingerprint) -> Result<Self, EvalError> {
+    pub async fn load(
+        name: &str,
+        path: &Path,
+        how: Fingerprint,
+        device: DeviceSpec,
+    ) -> Result<Self, EvalError> {
         let (name, path) = (name.to_owned(), path.to_path_buf());
         let task = tokio::task::spawn_blocking(move || {
             let err = |e: &dyn std::fmt::Display| {
                 EvalError::model(&name, format!("{}: {e}", path.display()))
             };
             let tokenizer = Tokenizer::from_dir(&path).map_err(|e| err(&e))?;
-            let model =
-                Transformer::<Cpu>::load(&path, &Default::default()).map_err(|e| err(&e))?;
+            let model = EvalModel::load(&path, device).map_err(|e| err(&e))?;
             let fingerprint = fingerprint(&path, how)?;
             Ok(Policy {
                 name,
@@ -59,7 +64,7 @@ impl Policy {
 
     /// The ids that end a completion: the model's EOS ids and the tokenizer's EOS.
     pub fn stop_ids(&self) -> Vec<u32> {
-        let mut stop = self.model.config.eos_token_ids.clone();
+        let mut stop = self.model.config().eos_token_ids.clone();
         if let Some(id) = self.tokenizer.eos_id()
             && !stop.contains(&id)
         {
@@ -203,12 +208,12 @@ pub async fn generate(
 
 /// Summed completion log-probs of `seqs` under `model`, `batch` sequences per forward pass.
 pub async fn sequence_logps(
-    model: &Arc<Transformer<Cpu>>,
+    model: &Arc<EvalModel>,
     seqs: Vec<Seq>,
     batch: usize,
 ) -> Result<Vec<f64>, String> {
-    let pad = model.config.pad_token_id.unwrap_or(0);
-    let vocab = model.config.vocab_size;
+    let pad = model.config().pad_token_id.unwrap_or(0);
+    let vocab = model.config().vocab_size;
     if let Some(bad) = seqs
         .iter()
         .flat_map(|s| s.prompt.iter().chain(&s.completion))
@@ -223,8 +228,7 @@ pub async fn sequence_logps(
         let (m, chunk) = (model.clone(), chunk.to_vec());
         let task = tokio::task::spawn_blocking(move || {
             let refs: Vec<&Seq> = chunk.iter().collect();
-            let (sums, _) = seq_logps(&m, &refs, pad).map_err(|e| e.to_string())?;
-            rlhf_model::load::host_vec(sums.into_data()).map_err(|e| e.to_string())
+            m.seq_logps(&refs, pad)
         });
         let sums = task
             .await

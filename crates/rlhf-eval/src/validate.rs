@@ -11,6 +11,7 @@ impl EvalConfig {
     /// what the scorer configs check, so it is cheap to call at start-up.
     pub fn validate(&self) -> Result<(), EvalError> {
         let bad = |f: &str, m: &str| Err(EvalError::config(f, m));
+        self.device()?;
         if self.policies.is_empty() {
             return bad(
                 "policies",

@@ -38,3 +38,25 @@ fn the_eval_future_is_send() -> anyhow::Result<()> {
     assert_send(&future);
     Ok(())
 }
+
+#[test]
+fn the_device_is_checked_at_load() -> anyhow::Result<()> {
+    let base = std::path::Path::new(".");
+    let text = "device = \"tpu:0\"\n[[policies]]\nname = \"p\"\npath = \"x\"\n";
+    let err = rlhf_eval::EvalConfig::from_toml_str(text, base)?
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("device"), "{err}");
+    if !cfg!(feature = "cuda") {
+        let text = text.replace("tpu:0", "cuda:0");
+        let err = rlhf_eval::EvalConfig::from_toml_str(&text, base)?
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("device") && err.contains("CUDA"), "{err}");
+    }
+    Ok(())
+}

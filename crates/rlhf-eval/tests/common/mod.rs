@@ -40,6 +40,7 @@ pub fn letters_scorer() -> NamedScorer {
 /// `prompts` prompts of the built-in `letters` task, `n` samples each, short completions.
 pub fn config(policies: Vec<PolicyConfig>, prompts: usize, n: u32) -> EvalConfig {
     EvalConfig {
+        device: String::new(),
         policies,
         prompts: Some(PromptsConfig {
             path: None,
