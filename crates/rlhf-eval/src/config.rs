@@ -348,23 +348,15 @@ impl EvalConfig {
         Ok(config)
     }
 
+    /// The parsed `device` (`cpu` when empty).
+    pub fn device(&self) -> Result<rlhf_model::DeviceSpec, EvalError> {
+        rlhf_model::DeviceSpec::from_setting(&self.device)
+            .map_err(|e| EvalError::config("device", e))
+    }
+
     /// Makes relative input paths (policies, prompts, ranking, reference, reward models)
     /// relative to `base` when they exist there; `output.dir` stays relative to the working
     /// folder.
-    /// The parsed `device` (`cpu` when empty).
-    pub fn device(&self) -> Result<rlhf_model::DeviceSpec, EvalError> {
-        if self.device.is_empty() {
-            return Ok(rlhf_model::DeviceSpec::Cpu);
-        }
-        let d: rlhf_model::DeviceSpec = self
-            .device
-            .parse()
-            .map_err(|e: String| EvalError::config("device", e))?;
-        d.check_supported()
-            .map_err(|e| EvalError::config("device", e))?;
-        Ok(d)
-    }
-
     pub fn resolve_paths(&mut self, base: &Path) {
         for p in &mut self.policies {
             p.path = resolve(base, &p.path);

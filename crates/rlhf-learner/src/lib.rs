@@ -108,12 +108,8 @@ impl LearnerConfig {
 
     /// The parsed device (`cpu` when empty).
     pub fn device(&self) -> Result<DeviceSpec, LearnerError> {
-        if self.device.is_empty() {
-            return Ok(DeviceSpec::Cpu);
-        }
-        let d: DeviceSpec = self.device.parse().map_err(LearnerError::Config)?;
-        d.check_supported().map_err(LearnerError::Config)?;
-        Ok(d)
+        DeviceSpec::from_setting(&self.device)
+            .map_err(|e| LearnerError::Config(format!("learner.device: {e}")))
     }
 
     /// Checks the settings, naming the bad field.

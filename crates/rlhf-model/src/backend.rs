@@ -54,6 +54,16 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// Parses a `device` setting (empty means `cpu`) and checks this binary supports it.
+    pub fn from_setting(setting: &str) -> Result<Self, String> {
+        if setting.trim().is_empty() {
+            return Ok(DeviceSpec::Cpu);
+        }
+        let d: DeviceSpec = setting.parse()?;
+        d.check_supported()?;
+        Ok(d)
+    }
+
     /// Whether this binary can run on that device.
     pub fn check_supported(self) -> Result<(), String> {
         match self {
@@ -77,5 +87,7 @@ mod tests {
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert!("gpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert_eq!(DeviceSpec::from_setting(""), Ok(DeviceSpec::Cpu));
+        assert!(DeviceSpec::from_setting("gpu").is_err());
     }
 }

@@ -66,12 +66,8 @@ impl RolloutConfig {
 
     /// The parsed device (`cpu` when empty).
     pub fn device(&self) -> Result<DeviceSpec, RolloutError> {
-        if self.device.is_empty() {
-            return Ok(DeviceSpec::Cpu);
-        }
-        let d: DeviceSpec = self.device.parse().map_err(RolloutError::Config)?;
-        d.check_supported().map_err(RolloutError::Config)?;
-        Ok(d)
+        DeviceSpec::from_setting(&self.device)
+            .map_err(|e| RolloutError::Config(format!("rollout.device: {e}")))
     }
 
     /// Checks the settings, naming the bad field.
