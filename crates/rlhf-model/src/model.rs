@@ -76,6 +76,9 @@ pub struct Transformer<B: Backend> {
     pub config: ModelConfig,
 }
 
+/// Up to this many rows, tied-embedding logits are computed as `W · hᵀ` (see `logits`).
+const FEW_ROWS: usize = 64;
+
 /// The cached keys and values of one layer.
 type LayerKv<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
@@ -285,9 +288,16 @@ impl<B: Backend> Transformer<B> {
                 let dims = hidden.dims();
                 let hd = dims[D - 1];
                 let rows = hidden.shape().num_elements() / hd;
-                // `W · hᵀ`, then transpose the small result: multiplying by `Wᵀ` directly makes
-                // the ndarray backend copy the whole [vocab, hidden] matrix on every call.
-                let flat = w.matmul(hidden.reshape([rows, hd]).transpose()).transpose();
+                let h = hidden.reshape([rows, hd]);
+                // Few rows (decoding): `W · hᵀ`, then transpose the small result — multiplying by
+                // `Wᵀ` makes the ndarray backend copy the whole [vocab, hidden] matrix per call.
+                // Many rows (training): `h · Wᵀ`, whose copy of `W` is amortised and whose
+                // backward pass is cheaper.
+                let flat = if rows <= FEW_ROWS {
+                    w.matmul(h.transpose()).transpose()
+                } else {
+                    h.matmul(w.transpose())
+                };
                 let mut out = dims;
                 out[D - 1] = self.config.vocab_size;
                 Ok(flat.reshape(out))
