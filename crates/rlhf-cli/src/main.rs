@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod inspect;
+mod rm;
 mod run;
 mod runfile;
 mod sft;
@@ -46,6 +47,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
     Sft(sft::SftArgs),
+    /// Train a Bradley–Terry reward model on preference pairs.
+    Rm(rm::RmArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
+        Command::Rm(args) => rm::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Override coordinator.max_policy_lag (0 = synchronous).
     #[arg(long)]
     max_policy_lag: Option<u64>,
+    /// Override learner.objective: a name (`grpo`: its default hyperparameters) or a JSON
+    /// object (`'{"name": "dpo", "beta": 0.2}'`).
+    #[arg(long)]
+    objective: Option<String>,
     /// Sample from the initial policy only (the offline-DPO baseline).
     #[arg(long)]
     offline: bool,
@@ -80,11 +84,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         f.coordinator.max_policy_lag = l;
     }
     f.coordinator.offline |= args.offline;
+    if let Some(o) = &args.objective {
+        f.learner.objective = parse_objective(o)?;
+        f.learner
+            .validate()
+            .with_context(|| format!("--objective {o}"))?;
+    }
     f.coordinator
         .validate(&f.data, f.learner.objective.kind())
         .with_context(|| format!("{}: after command-line overrides", args.config.display()))?;
     let base = args.config.parent().map(PathBuf::from).unwrap_or_default();
     runtime()?.block_on(run_all(f, args.quiet, base))
+}
+
+/// `--objective`: a bare name or a JSON object.
+fn parse_objective(text: &str) -> Result<rlhf_algo::Objective> {
+    let value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).with_context(|| format!("--objective: not JSON: {text}"))?
+    } else {
+        serde_json::json!({ "name": text.trim() })
+    };
+    serde_json::from_value(value).with_context(|| {
+        format!(
+            "--objective {text}: expected one of {}",
+            rlhf_algo::Objective::NAMES.join(", ")
+        )
+    })
 }
 
 /// Evaluates the initial policy, every checkpoint and the final policy with `[eval]`.

@@ -208,6 +208,103 @@ fn pipelined_mode_admits_samples_at_most_one_version_old() {
 }
 
 #[test]
+fn group_objectives_train_whole_groups_with_importance_weights_when_stale() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        d.path(),
+        "iterations = 6\nmax_policy_lag = 1",
+        "builtin = \"letters\"\nbuiltin_prompts = 64",
+        "",
+    );
+    let s = run_ok(&cfg, &["--objective", "grpo"]);
+    let out = d.path().join("out");
+    // Every sample belongs to its prompt's group and is trained.
+    assert_eq!(check_ledger(&out), 6 * 8 * 4);
+    assert_eq!(s["samples_trained"], 6 * 8 * 4);
+    let metrics = read_metrics(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .records;
+    let get = |m: &rlhf_data::MetricsRecord, k: &str| m.extra.get(k).copied();
+    assert!(metrics.iter().all(|m| {
+        get(m, "objective_ratio_mean").is_some_and(f64::is_finite) && get(m, "units") == Some(8.0)
+    }));
+    // Pipelined: samples one version old are reweighted by truncated π_old/μ.
+    assert!(
+        metrics.iter().any(|m| m.staleness.is_some_and(|x| x > 0.0)
+            && get(m, "objective_importance_weight").is_some()),
+        "{metrics:?}"
+    );
+    // A name that is not an objective lists the names.
+    let (code, _, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--objective", "grpoo"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--objective grpoo") && stderr.contains("dr_grpo"),
+        "{stderr}"
+    );
+    // Reward-model losses do not train a policy: refused before anything runs.
+    let (code, _, stderr) = rlhf(&[
+        "run",
+        cfg.to_str().expect("utf-8"),
+        "--objective",
+        "bradley_terry",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("reward model"), "{stderr}");
+}
+
+#[test]
+fn ppo_trains_every_sample_with_a_critic() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        d.path(),
+        "iterations = 4",
+        "builtin = \"letters\"\nbuiltin_prompts = 64",
+        "critic_lr = 0.01",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("run file");
+    std::fs::write(
+        &cfg,
+        text.replace("name = \"dpo\", beta = 0.1", "name = \"ppo\""),
+    )
+    .expect("run file");
+    let s = run_ok(&cfg, &[]);
+    let out = d.path().join("out");
+    assert_eq!(check_ledger(&out), 4 * 8 * 4);
+    assert_eq!(s["samples_trained"], 4 * 8 * 4);
+    let metrics = read_metrics(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .records;
+    assert!(
+        metrics.iter().all(|m| {
+            m.extra.get("units") == Some(&32.0)
+                && m.extra
+                    .get("objective_value_loss")
+                    .is_some_and(|v| v.is_finite())
+        }),
+        "{metrics:?}"
+    );
+    // The final checkpoint carries the critic, which loads as a one-output score model.
+    let (code, stdout, stderr) = rlhf(&[
+        "score",
+        "--model",
+        out.join("final/critic").to_str().expect("utf-8"),
+        "--text",
+        "aaa",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let scores: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(
+        scores["scores"][0].as_f64().is_some_and(f64::is_finite),
+        "{stdout}"
+    );
+    // A critic for another objective is a config error naming the field.
+    let (code, _, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--objective", "dpo"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("learner.critic"), "{stderr}");
+}
+
+#[test]
 fn missing_answers_score_nan_and_are_rejected_and_counted() {
     let d = tempfile::tempdir().expect("tempdir");
     // Half the prompts lack the `answer` the rule needs: their samples score NaN.

@@ -88,6 +88,10 @@ pub struct UnitsConfig {
     /// Binary labels: undesirable when the score is below this.
     #[serde(default = "default_threshold")]
     pub undesirable_below: f32,
+    /// Groups (GRPO, RLOO, ...): skip prompts whose samples all scored the same (their
+    /// advantages are all zero; DAPO's dynamic sampling). Off by default, as in GRPO.
+    #[serde(default)]
+    pub drop_uniform_groups: bool,
 }
 
 fn default_threshold() -> f32 {
@@ -101,6 +105,7 @@ impl Default for UnitsConfig {
             margin: 0.0,
             desirable_at_least: default_threshold(),
             undesirable_below: default_threshold(),
+            drop_uniform_groups: false,
         }
     }
 }
@@ -227,7 +232,7 @@ impl CoordinatorConfig {
             return bad("coordinator.prompts_per_lease", "must be at least 1".into());
         }
         let min_samples = match kind {
-            UnitKind::Pairs | UnitKind::Lists => 2,
+            UnitKind::Pairs | UnitKind::Lists | UnitKind::Groups => 2,
             _ => 1,
         };
         if self.samples_per_prompt < min_samples {
@@ -238,11 +243,18 @@ impl CoordinatorConfig {
                 ),
             );
         }
-        if !matches!(kind, UnitKind::Pairs | UnitKind::Lists | UnitKind::Binary) {
+        if !matches!(
+            kind,
+            UnitKind::Pairs
+                | UnitKind::Lists
+                | UnitKind::Binary
+                | UnitKind::Groups
+                | UnitKind::Rollouts
+        ) {
             return bad(
                 "learner.objective",
                 format!(
-                    "objectives that train on {kind:?} are not supported by the online loop yet (pairs, lists, binary are)"
+                    "objectives that train on {kind:?} are not supported by the online loop yet (pairs, lists, binary labels, groups and rollouts are)"
                 ),
             );
         }

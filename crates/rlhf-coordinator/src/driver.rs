@@ -247,7 +247,12 @@ impl Consumer {
                 });
             }
         }
-        let built = build_units(self.kind, &self.cfg().units, &groups)?;
+        let built = build_units(
+            self.kind,
+            &self.cfg().units,
+            &groups,
+            self.cfg().samples_per_prompt as usize,
+        )?;
         let learner = self.producer.cluster.members(Role::Learner).await?[0]
             .address
             .clone();

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use futures::StreamExt;
 use rlhf_algo::UnitKind;
 use rlhf_algo::units::{
-    BinaryThresholds, Scored, UnitReport, best_vs_worst, binary_labels, pairs_above_margin,
-    rankings,
+    BinaryThresholds, Scored, UnitReport, best_vs_worst, binary_labels, groups as full_groups,
+    pairs_above_margin, rankings,
 };
 use rlhf_proto::v1;
 
@@ -45,11 +45,13 @@ fn sequence(c: &v1::Completion, reward: f64) -> v1::Sequence {
     }
 }
 
-/// Builds units from samples grouped by prompt (`groups[p]` = that prompt's samples).
+/// Builds units from samples grouped by prompt (`groups[p]` = that prompt's samples; group
+/// units need all `group_size` of them).
 pub fn build_units(
     kind: UnitKind,
     cfg: &UnitsConfig,
     groups: &[Vec<Eligible<'_>>],
+    group_size: usize,
 ) -> Result<BuiltUnits, CoordinatorError> {
     let scored: Vec<Vec<Scored<usize>>> = groups
         .iter()
@@ -124,6 +126,47 @@ pub fn build_units(
                             sample: Some(sequence(e.completion, e.reward)),
                             desirable: u.desirable,
                         })),
+                    });
+                }
+            }
+        }
+        UnitKind::Groups => {
+            for (p, s) in scored.iter().enumerate() {
+                let built =
+                    full_groups(std::slice::from_ref(s), group_size, cfg.drop_uniform_groups)
+                        .map_err(|e| CoordinatorError::Config(format!("coordinator.units: {e}")))?;
+                merge(&mut out.report, &built.report);
+                for u in built.units {
+                    let items = u.items.iter().map(|&j| {
+                        let e = at(p, j);
+                        out.used.insert(e.index);
+                        sequence(e.completion, e.reward)
+                    });
+                    out.units.push(v1::TrainingUnit {
+                        unit: Some(v1::training_unit::Unit::Group(v1::Group {
+                            items: items.collect(),
+                        })),
+                    });
+                }
+            }
+        }
+        UnitKind::Rollouts => {
+            // PPO: every sample with a finite score is a unit of its own.
+            for g in groups {
+                out.report.prompts += 1;
+                out.report.samples += g.len();
+                for e in g {
+                    if !e.reward.is_finite() {
+                        out.report.non_finite += 1;
+                        continue;
+                    }
+                    out.used.insert(e.index);
+                    out.report.units += 1;
+                    out.units.push(v1::TrainingUnit {
+                        unit: Some(v1::training_unit::Unit::Rollout(sequence(
+                            e.completion,
+                            e.reward,
+                        ))),
                     });
                 }
             }

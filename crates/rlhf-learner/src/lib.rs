@@ -7,6 +7,9 @@
 //! (`FetchWeights`): weights go learner → generators directly, never through the coordinator.
 
 mod clip;
+mod groups;
+mod ppo;
+pub mod reward_model;
 mod service;
 pub mod sft;
 pub mod trainer;
@@ -20,8 +23,9 @@ use rlhf_model::DeviceSpec;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use ppo::PpoState;
 pub use service::LearnerService;
-pub use trainer::{OptimSettings, Seq, TrainState, Unit, UpdateMetrics};
+pub use trainer::{OptimSettings, Sampled, Seq, TrainState, Unit, UpdateMetrics};
 
 /// Settings of the learner.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +58,13 @@ pub struct LearnerConfig {
     /// Passes over each update's units.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// PPO's critic: a checkpoint with a one-output score head, or a causal LM that gets a fresh
+    /// (zero) value head. Defaults to the initial policy with a fresh value head.
+    #[serde(default)]
+    pub critic: Option<PathBuf>,
+    /// The critic's learning rate (defaults to `lr`).
+    #[serde(default)]
+    pub critic_lr: Option<f64>,
     /// Replace the reference by the policy every k updates (0 = fixed reference).
     #[serde(default)]
     pub reference_refresh_every: u64,
@@ -100,6 +111,8 @@ impl LearnerConfig {
             max_grad_norm: default_max_grad_norm(),
             batch_units: default_batch_units(),
             epochs: default_epochs(),
+            critic: None,
+            critic_lr: None,
             reference_refresh_every: 0,
             keep_versions: default_keep_versions(),
             max_message_bytes: default_max_message_bytes(),
@@ -136,6 +149,18 @@ impl LearnerConfig {
         if self.keep_versions == 0 {
             return bad("learner.keep_versions must be at least 1");
         }
+        let is_ppo = matches!(self.objective, Objective::Ppo(_));
+        if self.critic.is_some() && !is_ppo {
+            return bad("learner.critic: only the `ppo` objective trains a critic");
+        }
+        if self.critic_lr.is_some() && !is_ppo {
+            return bad("learner.critic_lr: only the `ppo` objective trains a critic");
+        }
+        if let Some(lr) = self.critic_lr
+            && !(lr > 0.0 && lr.is_finite())
+        {
+            return bad("learner.critic_lr must be a positive number");
+        }
         self.objective
             .validate()
             .map_err(|e| LearnerError::Config(format!("learner.objective: {e}")))?;
@@ -162,18 +187,10 @@ impl LearnerConfig {
 
 /// Why the policy learner cannot train with an objective, if it cannot.
 pub fn unsupported(objective: &Objective) -> Option<&'static str> {
-    use rlhf_algo::UnitKind;
     match objective {
         Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => Some(
             "trains a reward model, not a policy (reward-model training is not served by the learner yet)",
         ),
-        o if !matches!(
-            o.kind(),
-            UnitKind::Pairs | UnitKind::Lists | UnitKind::Binary
-        ) =>
-        {
-            Some("trains on groups or rollouts (PPO/GRPO), which the learner does not serve yet")
-        }
         _ => None,
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, RwLock, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::trainer::{Seq, TrainState, Unit};
+use crate::trainer::{Sampled, Seq, TrainState, Unit};
 use crate::{LearnerConfig, LearnerError};
 
 /// A serialized policy version.
@@ -67,7 +67,17 @@ impl<B: AutodiffBackend> LearnerService<B> {
             )));
         }
         let v0 = publish(&policy.valid())?;
-        let state = TrainState::new(policy, reference, config.objective, config.optim());
+        let mut state = TrainState::new(policy, reference, config.objective, config.optim());
+        if matches!(config.objective, rlhf_algo::Objective::Ppo(_)) {
+            // Loaded on its own (never a clone of the policy): separate parameters.
+            let dir = config.critic.as_ref().unwrap_or(&config.model);
+            let critic = Transformer::<B>::load(dir, &device)?;
+            let critic = match critic.config.architecture.head() {
+                rlhf_model::HeadKind::CausalLm => critic.with_score_head(1),
+                rlhf_model::HeadKind::SequenceClassification => critic,
+            };
+            state = state.with_critic(critic, config.critic_lr.unwrap_or(config.lr))?;
+        }
         Ok(Self {
             config,
             state: Arc::new(StdMutex::new(state)),
@@ -100,6 +110,25 @@ fn seq(s: Option<&v1::Sequence>, what: &str) -> Result<Seq, Status> {
         prompt: s.prompt_ids.clone(),
         completion: s.completion_ids.clone(),
         reward: s.reward,
+    })
+}
+
+/// A sequence with the sampler's log-probs (group and rollout units).
+fn sampled(s: &v1::Sequence, what: &str) -> Result<Sampled, Status> {
+    if s.behaviour_logprobs.len() != s.completion_ids.len() {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!(
+                "`{what}` has {} behaviour_logprobs for {} completion_ids",
+                s.behaviour_logprobs.len(),
+                s.completion_ids.len()
+            ),
+        ));
+    }
+    Ok(Sampled {
+        seq: seq(Some(s), what)?,
+        behaviour_logprobs: s.behaviour_logprobs.clone(),
+        policy_version: s.policy_version,
     })
 }
 
@@ -137,6 +166,14 @@ fn unit(u: &v1::TrainingUnit) -> Result<Unit, Status> {
         Some(training_unit::Unit::Binary(b)) => {
             Ok(Unit::Binary(seq(b.sample.as_ref(), "sample")?, b.desirable))
         }
+        Some(training_unit::Unit::Group(g)) => {
+            if g.items.is_empty() {
+                return Err(status(ErrorKind::InvalidArgument, "an empty group"));
+            }
+            let items = g.items.iter().map(|s| sampled(s, "items"));
+            Ok(Unit::Group(items.collect::<Result<_, _>>()?))
+        }
+        Some(training_unit::Unit::Rollout(s)) => Ok(Unit::Rollout(sampled(s, "rollout")?)),
         None => Err(status(ErrorKind::InvalidArgument, "empty training unit")),
     }
 }
@@ -185,7 +222,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 let metrics = st.update(&units)?;
                 let published = publish(&st.policy.valid())?;
                 let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-                p.0 += 1;
+                p.0 = st.version;
                 p.1 += 1;
                 if refresh > 0 && p.1.is_multiple_of(refresh) {
                     st.refresh_reference();
@@ -291,6 +328,13 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
             st.policy
                 .valid()
                 .save_pretrained(&out, Some(&tokenizer_from))?;
+            // PPO: the critic next to it (a `*ForSequenceClassification` folder that
+            // `learner.critic` accepts, to continue from this checkpoint).
+            if let Some(ppo) = &st.ppo {
+                ppo.critic
+                    .valid()
+                    .save_pretrained(&out.join("critic"), Some(&tokenizer_from))?;
+            }
             Ok(version)
         })
         .await

@@ -27,6 +27,16 @@ pub struct Seq {
     pub reward: f64,
 }
 
+/// A completion with what its sampler recorded, for policy-gradient objectives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub seq: Seq,
+    /// Log-prob of each completion token under the policy that sampled it (one per token).
+    pub behaviour_logprobs: Vec<f32>,
+    /// The policy version that sampled it.
+    pub policy_version: u64,
+}
+
 /// A training unit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Unit {
@@ -36,6 +46,10 @@ pub enum Unit {
     List(Vec<Seq>),
     /// A sample and whether it is desirable.
     Binary(Seq, bool),
+    /// All scored samples of one prompt (GRPO, Dr. GRPO, RLOO, REINFORCE++).
+    Group(Vec<Sampled>),
+    /// One scored sample (PPO with a critic).
+    Rollout(Sampled),
 }
 
 impl Unit {
@@ -44,6 +58,8 @@ impl Unit {
             Unit::Pair(..) => UnitKind::Pairs,
             Unit::List(_) => UnitKind::Lists,
             Unit::Binary(..) => UnitKind::Binary,
+            Unit::Group(_) => UnitKind::Groups,
+            Unit::Rollout(_) => UnitKind::Rollouts,
         }
     }
 }
@@ -81,11 +97,15 @@ pub struct UpdateMetrics {
 pub struct TrainState<B: AutodiffBackend> {
     pub policy: Transformer<B>,
     pub reference: Transformer<B::InnerBackend>,
-    optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    pub(crate) optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
     pub objective: Objective,
     objective_state: ObjectiveState,
     pub settings: OptimSettings,
-    pad: u32,
+    pub(crate) pad: u32,
+    /// The policy version: 0 for the initial policy, +1 per [`TrainState::update`].
+    pub version: u64,
+    /// PPO's critic and KL controller (see [`TrainState::with_critic`]).
+    pub ppo: Option<crate::ppo::PpoState<B>>,
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
@@ -107,6 +127,8 @@ impl<B: AutodiffBackend> TrainState<B> {
             objective_state: ObjectiveState::default(),
             settings,
             pad,
+            version: 0,
+            ppo: None,
         }
     }
 
@@ -129,9 +151,36 @@ impl<B: AutodiffBackend> TrainState<B> {
         let mut m = UpdateMetrics::default();
         let mut sums = [0f64; 5]; // loss, chosen, rejected, accuracy, kl
         let mut extra: Vec<(String, f64)> = vec![];
+        // Policy-gradient ratios need log π_old of the policy as it was before this update:
+        // the samplers' log-probs when they sampled with this very version, else one forward.
+        let old = if matches!(want, UnitKind::Groups | UnitKind::Rollouts) {
+            self.old_logprobs(units)?
+        } else {
+            None
+        };
+        let (prepared, sampled_kl) = if want == UnitKind::Rollouts {
+            let (p, kl) = self.ppo_prepare(units, old.as_deref())?;
+            (p, Some(kl))
+        } else {
+            (vec![], None)
+        };
+        let per_step = self.settings.batch_units.max(1);
         for _ in 0..self.settings.epochs.max(1) {
-            for chunk in units.chunks(self.settings.batch_units.max(1)) {
-                match self.step(chunk)? {
+            for (i, chunk) in units.chunks(per_step).enumerate() {
+                let range = i * per_step..i * per_step + chunk.len();
+                let step = match want {
+                    UnitKind::Groups => {
+                        let old = old.as_ref().map(|o| &o[range]);
+                        match self.group_input(chunk, old)? {
+                            Some((input, kl, tokens)) => self.optimise(input, kl, tokens)?,
+                            None => None,
+                        }
+                    }
+                    // One sample per rollout unit: unit and sample indices coincide.
+                    UnitKind::Rollouts => self.ppo_step(chunk, &prepared[range], old.is_some())?,
+                    _ => self.step(chunk)?,
+                };
+                match step {
                     Some(s) => {
                         m.steps += 1;
                         m.tokens += s.tokens;
@@ -161,7 +210,12 @@ impl<B: AutodiffBackend> TrainState<B> {
         m.kl = sums[4] / n;
         m.grad_norm /= n;
         m.extra = extra.into_iter().map(|(k, v)| (k, v / n)).collect();
+        if let Some(kl) = sampled_kl {
+            self.ppo_observe_kl(kl, units.len() as u64);
+            m.extra.push(("sampled_kl".into(), kl));
+        }
         m.seconds = start.elapsed().as_secs_f64();
+        self.version += 1;
         Ok(m)
     }
 
@@ -182,6 +236,24 @@ impl<B: AutodiffBackend> TrainState<B> {
         let counts_t =
             Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [seqs.len()]), &device);
         let input = build_input(&layout, units, policy_lp, reference, counts_t, &device);
+        let kl = policy_host
+            .iter()
+            .zip(&ref_host)
+            .map(|(p, r)| f64::from(p - r))
+            .sum::<f64>()
+            / seqs.len().max(1) as f64;
+        let tokens = counts.iter().map(|&c| c as u64).sum();
+        self.optimise(input, kl, tokens)
+    }
+
+    /// Loss, backward, clipping and the AdamW step; `None` when the loss or gradient was not
+    /// finite (step skipped). `kl` (a sequence-level KL estimate) and `tokens` are reported.
+    pub(crate) fn optimise(
+        &mut self,
+        input: ObjectiveInput<B>,
+        kl: f64,
+        tokens: u64,
+    ) -> Result<Option<StepStats>, LearnerError> {
         let out = match compute_loss(&self.objective, &input, &mut self.objective_state) {
             Ok(out) => out,
             Err(e) if e.to_string().contains("finite") => {
@@ -208,12 +280,6 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.policy = self
             .optim
             .step(self.settings.lr, self.policy.clone(), grads);
-        let kl = policy_host
-            .iter()
-            .zip(&ref_host)
-            .map(|(p, r)| f64::from(p - r))
-            .sum::<f64>()
-            / seqs.len().max(1) as f64;
         let (chosen, rejected, accuracy, extra) = match out.stats {
             Stats::Pair(s) => (
                 f64::from(s.reward_chosen),
@@ -250,22 +316,22 @@ impl<B: AutodiffBackend> TrainState<B> {
             rejected,
             accuracy,
             kl,
-            tokens: counts.iter().map(|&c| c as u64).sum(),
+            tokens,
             grad_norm: norm,
             extra,
         }))
     }
 }
 
-struct StepStats {
-    loss: f64,
-    chosen: f64,
-    rejected: f64,
-    accuracy: f64,
-    kl: f64,
-    tokens: u64,
-    grad_norm: f64,
-    extra: Vec<(String, f64)>,
+pub(crate) struct StepStats {
+    pub(crate) loss: f64,
+    pub(crate) chosen: f64,
+    pub(crate) rejected: f64,
+    pub(crate) accuracy: f64,
+    pub(crate) kl: f64,
+    pub(crate) tokens: u64,
+    pub(crate) grad_norm: f64,
+    pub(crate) extra: Vec<(String, f64)>,
 }
 
 /// How flattened sequences map back to units.
@@ -328,7 +394,7 @@ fn flatten(units: &[Unit]) -> (Vec<&Seq>, Layout) {
                 },
             )
         }
-        Some(Unit::Binary(..)) | None => {
+        Some(Unit::Binary(..) | Unit::Group(_) | Unit::Rollout(_)) | None => {
             let seqs: Vec<&Seq> = units
                 .iter()
                 .filter_map(|u| {
@@ -413,19 +479,7 @@ pub fn seq_logps<B: Backend>(
     seqs: &[&Seq],
     pad: u32,
 ) -> Result<(Tensor<B, 1>, Vec<f32>), LearnerError> {
-    let full: Vec<Vec<u32>> = seqs
-        .iter()
-        .map(|s| s.prompt.iter().chain(&s.completion).copied().collect())
-        .collect();
-    if let Some(i) = seqs
-        .iter()
-        .position(|s| s.prompt.is_empty() || s.completion.is_empty())
-    {
-        return Err(LearnerError::Invalid(format!(
-            "sequence {i} has an empty prompt or completion"
-        )));
-    }
-    let batch = TokenBatch::pad(&full, pad, PaddingSide::Right)?;
+    let batch = full_batch(seqs, pad)?;
     let l = batch.len;
     let mut mask = vec![0f32; seqs.len() * (l - 1)];
     for (r, s) in seqs.iter().enumerate() {
@@ -440,4 +494,21 @@ pub fn seq_logps<B: Backend>(
         Tensor::<B, 2>::from_data(TensorData::new(mask, [seqs.len(), l - 1]), &model.device());
     let counts = seqs.iter().map(|s| s.completion.len() as f32).collect();
     Ok((masked_sum(lp, mask), counts))
+}
+
+/// Prompt + completion of each sequence, right-padded; errors on an empty prompt or completion.
+pub(crate) fn full_batch(seqs: &[&Seq], pad: u32) -> Result<TokenBatch, LearnerError> {
+    if let Some(i) = seqs
+        .iter()
+        .position(|s| s.prompt.is_empty() || s.completion.is_empty())
+    {
+        return Err(LearnerError::Invalid(format!(
+            "sequence {i} has an empty prompt or completion"
+        )));
+    }
+    let full: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|s| s.prompt.iter().chain(&s.completion).copied().collect())
+        .collect();
+    Ok(TokenBatch::pad(&full, pad, PaddingSide::Right)?)
 }

@@ -23,7 +23,9 @@ use crate::pairwise::{
     CdpoConfig, DpoConfig, IpoConfig, LnDpoConfig, RdpoConfig, RpoConfig, SimpoConfig,
     SoftDpoConfig,
 };
-use crate::policy::{DrGrpoConfig, GrpoConfig, PpoConfig, ReinforcePpConfig, RlooConfig};
+use crate::policy::{
+    DrGrpoConfig, GrpoConfig, KlControl, PpoConfig, ReinforcePpConfig, RlooConfig,
+};
 use crate::reward_model::BradleyTerryConfig;
 
 pub use dispatch::{ObjectiveInput, ObjectiveState, compute_loss};
@@ -187,7 +189,7 @@ impl Objective {
         match self {
             Objective::Simpo(_) | Objective::Pro(_) => false,
             Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => false,
-            Objective::Ppo(c) => c.kl_coef > 0.0,
+            Objective::Ppo(c) => c.kl_coef > 0.0 || c.kl_reward != KlControl::Fixed { coef: 0.0 },
             Objective::Rloo(c) => c.kl_coef > 0.0,
             Objective::Grpo(c) => c.kl_coef > 0.0,
             Objective::DrGrpo(c) => c.kl_coef > 0.0,

@@ -6,13 +6,14 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::advantages::{
-    DEFAULT_GRPO_STD_EPS, dr_grpo_advantages, grpo_advantages, reinforce_pp_advantages,
-    rloo_advantages,
+    DEFAULT_GAMMA, DEFAULT_GRPO_STD_EPS, DEFAULT_LAMBDA, GaeConfig, dr_grpo_advantages,
+    grpo_advantages, reinforce_pp_advantages, rloo_advantages,
 };
+use super::kl_control::KlControl;
 use super::terms::{KlEstimator, SurrogateConfig, clipped_surrogate, clipped_value_loss};
 use super::{TokenBatch, check_tokens};
 use crate::error::{AlgoError, Result};
-use crate::ops::{TokenReduction, check_non_negative, checked_loss, from_host};
+use crate::ops::{TokenReduction, check_non_negative, check_range, checked_loss, from_host};
 use crate::output::{LossOutput, PolicyStats};
 
 /// PPO's clip ε (Schulman et al. 2017).
@@ -25,6 +26,8 @@ pub const DEFAULT_VALUE_COEF: f64 = 0.1;
 pub const DEFAULT_GRPO_KL_COEF: f64 = 0.04;
 /// REINFORCE++'s KL-in-reward coefficient. Our default, in the range Hu 2025 reports.
 pub const DEFAULT_REINFORCE_PP_KL_COEF: f64 = 0.01;
+/// PPO's KL-in-reward coefficient β (TRL `PPOConfig.kl_coef`).
+pub const DEFAULT_PPO_KL_REWARD_COEF: f64 = 0.05;
 /// Truncated-IS cap for stale samples (Yao et al. 2025 use C = 2).
 pub const DEFAULT_IMPORTANCE_CAP: f64 = 2.0;
 
@@ -102,6 +105,16 @@ pub struct PpoConfig {
     pub reduction: TokenReduction,
     /// Truncated-IS cap for stale samples (≥ 1).
     pub importance_cap: f64,
+    /// Rollout preparation (the learner's side): GAE discount γ in `[0, 1]`.
+    pub gamma: f64,
+    /// GAE trace decay λ in `[0, 1]`.
+    pub lambda: f64,
+    /// The per-token KL penalty in the reward, `−β (log π_old − log π_ref)` (Ouyang et al. 2022;
+    /// the score is added on the last token): `{ name = "fixed", coef = 0.05 }` or
+    /// `{ name = "adaptive", target = 6, ... }` (Ziegler et al. 2019).
+    pub kl_reward: KlControl,
+    /// Normalise the advantages of each update to mean 0, std 1 over its valid tokens.
+    pub whiten_advantages: bool,
 }
 
 impl Default for PpoConfig {
@@ -116,6 +129,12 @@ impl Default for PpoConfig {
             kl_estimator: KlEstimator::K3,
             reduction: TokenReduction::TokenMean,
             importance_cap: DEFAULT_IMPORTANCE_CAP,
+            gamma: DEFAULT_GAMMA,
+            lambda: DEFAULT_LAMBDA,
+            kl_reward: KlControl::Fixed {
+                coef: DEFAULT_PPO_KL_REWARD_COEF,
+            },
+            whiten_advantages: true,
         }
     }
 }
@@ -126,7 +145,39 @@ impl PpoConfig {
     pub fn validate(&self) -> Result<()> {
         self.surrogate().validate("ppo")?;
         check_non_negative("ppo.value_clip", self.value_clip)?;
-        check_non_negative("ppo.value_coef", self.value_coef)
+        check_non_negative("ppo.value_coef", self.value_coef)?;
+        check_range("ppo.gamma", self.gamma, 0.0, 1.0, true, true)?;
+        check_range("ppo.lambda", self.lambda, 0.0, 1.0, true, true)?;
+        match self.kl_reward {
+            KlControl::Fixed { coef } => check_non_negative("ppo.kl_reward.coef", coef),
+            KlControl::Adaptive {
+                init_coef,
+                target,
+                horizon,
+            } => {
+                for (field, v) in [
+                    ("ppo.kl_reward.init_coef", init_coef),
+                    ("ppo.kl_reward.target", target),
+                    ("ppo.kl_reward.horizon", horizon),
+                ] {
+                    if !(v > 0.0 && v.is_finite()) {
+                        return Err(AlgoError::config(
+                            field,
+                            format!("must be positive, got {v}"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The GAE settings.
+    pub fn gae(&self) -> GaeConfig {
+        GaeConfig {
+            gamma: self.gamma,
+            lambda: self.lambda,
+        }
     }
 }
 
