@@ -4,7 +4,7 @@
 //! `*ForSequenceClassification` checkpoint that a `reward_model` scorer loads.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
@@ -19,7 +19,7 @@ use rlhf_model::{DeviceSpec, Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
-use crate::runfile::ModelSection;
+use crate::runfile::{ModelSection, read_toml, resolve_beside};
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
@@ -96,20 +96,8 @@ struct RmFile {
 
 pub fn run(args: RmArgs) -> Result<()> {
     let path = &args.config;
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let mut f: RmFile = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {}",
-            path.display(),
-            e.to_string().replace('\n', " ").trim()
-        )
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut f.model.path, &mut f.rm.data] {
-        if p.is_relative() && base.join(&*p).exists() {
-            *p = base.join(&*p);
-        }
-    }
+    let mut f: RmFile = read_toml(path)?;
+    resolve_beside(path, &mut [&mut f.model.path, &mut f.rm.data]);
     let at = path.display();
     let s = &f.rm;
     match s.objective {

@@ -94,6 +94,26 @@ fn default_learner() -> LearnerConfig {
 }
 
 /// Resolves a relative path against the run file's folder when it exists there.
+/// Reads a TOML file into `T`; a parse error names the file, on one line.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ").trim()
+        )
+    })
+}
+
+/// Resolves each relative path against the folder of `file` when it exists there.
+pub fn resolve_beside(file: &Path, paths: &mut [&mut PathBuf]) {
+    let base = file.parent().unwrap_or(Path::new("."));
+    for p in paths.iter_mut() {
+        **p = resolve(base, p);
+    }
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() || p.as_os_str().is_empty() {
         return p.to_path_buf();
@@ -109,14 +129,7 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 impl RunFile {
     /// Reads, fills in shared settings and validates a run file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-        let mut f: RunFile = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {}",
-                path.display(),
-                e.to_string().replace('\n', " ").trim()
-            )
-        })?;
+        let mut f: RunFile = read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         f.model.path = resolve(base, &f.model.path);
         if !f.model.path.join("config.json").exists() {

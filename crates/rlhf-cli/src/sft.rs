@@ -2,7 +2,7 @@
 //! run can start from a sensible policy. Writes a Hugging Face checkpoint and a loss log.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
@@ -15,7 +15,7 @@ use rlhf_model::{Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
-use crate::runfile::ModelSection;
+use crate::runfile::{ModelSection, read_toml, resolve_beside};
 
 #[derive(Debug, Args)]
 pub struct SftArgs {
@@ -73,20 +73,8 @@ struct SftFile {
 
 pub fn run(args: SftArgs) -> Result<()> {
     let path = &args.config;
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let mut f: SftFile = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {}",
-            path.display(),
-            e.to_string().replace('\n', " ").trim()
-        )
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut f.model.path, &mut f.sft.data] {
-        if p.is_relative() && base.join(&*p).exists() {
-            *p = base.join(&*p);
-        }
-    }
+    let mut f: SftFile = read_toml(path)?;
+    resolve_beside(path, &mut [&mut f.model.path, &mut f.sft.data]);
     let s = &f.sft;
     if !(s.lr > 0.0 && s.lr.is_finite()) {
         bail!("{}: sft.lr must be a positive number", path.display());

@@ -3,30 +3,16 @@
 //! checkpoint it writes scores through `rlhf score`. Bad configs name the field.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
-}
-
-fn rlhf(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
-        .output()
-        .expect("the rlhf binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{rlhf, tiny_qwen2};
 
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let cfg = format!(
         "[model]\npath = \"{}\"\n\n[rm]\ndata = \"prefs.jsonl\"\noutput_dir = \"{}\"\nlr = 0.003\nbatch_size = 8\nepochs = 6\nheldout_fraction = 0.25\n{extra}\n",
-        fixture().display(),
+        tiny_qwen2().display(),
         dir.join("out").display()
     );
     let path = dir.join("rm.toml");

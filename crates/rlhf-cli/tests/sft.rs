@@ -2,31 +2,17 @@
 //! the answers (greedy generation reproduces them).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
-}
-
-fn rlhf(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
-        .output()
-        .expect("the rlhf binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{rlhf, tiny_qwen2};
 
 fn write_config(dir: &Path, data: &str) -> PathBuf {
     std::fs::write(dir.join("data.jsonl"), data).expect("write data");
     let cfg = format!(
         "[model]\npath = \"{}\"\n\n[sft]\ndata = \"data.jsonl\"\noutput_dir = \"{}\"\nlr = 0.01\nbatch_size = 4\nepochs = 40\n",
-        fixture().display(),
+        tiny_qwen2().display(),
         dir.join("out").display()
     );
     let path = dir.join("sft.toml");

@@ -26,7 +26,7 @@ use crate::LearnerError;
 use crate::trainer::{Sampled, Seq, TrainState, Unit, full_batch};
 
 /// The entropy-bonus coefficient of a group objective (0 for the others).
-pub(crate) fn entropy_coef(objective: &Objective) -> f64 {
+fn entropy_coef(objective: &Objective) -> f64 {
     match objective {
         Objective::Grpo(c) => c.entropy_coef,
         Objective::DrGrpo(c) => c.entropy_coef,
@@ -99,6 +99,25 @@ pub(crate) fn padded(rows: &[&[f32]], width: usize) -> Vec<f32> {
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
+    /// The policy's (differentiable) completion log-probs `[rows, width]` picked by `idx`, and
+    /// their per-token entropies when the objective has an entropy bonus.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn policy_completion_logp(
+        &self,
+        batch: &TokenBatch,
+        idx: Tensor<B, 2, Int>,
+    ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>), LearnerError> {
+        if entropy_coef(&self.objective) > 0.0 {
+            let logits = self.policy.forward_logits(batch)?;
+            let [b, s, v] = logits.dims();
+            let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]));
+            let logp = gather_logprobs(logits, batch).gather(1, idx.clone());
+            Ok((logp, Some(entropy.gather(1, idx))))
+        } else {
+            Ok((self.policy.token_logprobs(batch)?.gather(1, idx), None))
+        }
+    }
+
     /// log π_old per sample (`[unit][item][token]`; rollouts have one item) when some sample of
     /// `units` was drawn by another version than the current one; `None` when the samplers'
     /// log-probs serve.
@@ -163,15 +182,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = if entropy_coef(&self.objective) > 0.0 {
-            let logits = self.policy.forward_logits(&batch)?;
-            let [b, s, v] = logits.dims();
-            let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]));
-            let logp = gather_logprobs(logits, &batch).gather(1, idx.clone());
-            (logp, Some(entropy.gather(1, idx)))
-        } else {
-            (self.policy.token_logprobs(&batch)?.gather(1, idx), None)
-        };
+        let (logp, entropy) = self.policy_completion_logp(&batch, idx)?;
         let reference = completion_logprobs(&self.reference, &seqs, self.pad)?;
         let behaviour: Vec<&[f32]> = items
             .iter()

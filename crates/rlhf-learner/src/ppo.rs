@@ -15,16 +15,14 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rlhf_algo::policy::{
-    KlController, RolloutBatch, TokenBatch as PgTokens, ValueBatch, entropy_from_logits, gae,
-};
-use rlhf_algo::{Objective, ObjectiveInput, compute_loss};
+use rlhf_algo::policy::{KlController, RolloutBatch, TokenBatch as PgTokens, ValueBatch, gae};
+use rlhf_algo::{Objective, ObjectiveInput};
+use rlhf_model::Transformer;
 use rlhf_model::load::host_vec;
-use rlhf_model::{Transformer, gather_logprobs};
 
 use crate::LearnerError;
 use crate::clip::{grad_norm, scale_grads};
-use crate::groups::{completion_columns, completion_logprobs, entropy_coef, padded, samples};
+use crate::groups::{completion_columns, completion_logprobs, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
 /// The critic, its optimizer and the KL-in-reward controller.
@@ -231,18 +229,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = if entropy_coef(&self.objective) > 0.0 {
-            let logits = self.policy.forward_logits(&batch)?;
-            let [b, s, v] = logits.dims();
-            let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]));
-            let logp = gather_logprobs(logits, &batch).gather(1, idx.clone());
-            (logp, Some(entropy.gather(1, idx.clone())))
-        } else {
-            (
-                self.policy.token_logprobs(&batch)?.gather(1, idx.clone()),
-                None,
-            )
-        };
+        let (logp, entropy) = self.policy_completion_logp(&batch, idx.clone())?;
         let Some(ppo) = self.ppo.as_ref() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
@@ -290,19 +277,10 @@ impl<B: AutodiffBackend> TrainState<B> {
                 returns: tensor(field(|p| &p.returns)),
             }),
         });
-        let out = match compute_loss(&self.objective, &input, &mut Default::default()) {
-            Ok(out) => out,
-            Err(e) if e.to_string().contains("finite") => {
-                tracing::warn!(error = %e, "objective rejected the batch");
-                return Ok(None);
-            }
-            Err(e) => return Err(LearnerError::Objective(e.to_string())),
+        let Some(out) = self.checked_loss(&input)? else {
+            return Ok(None);
         };
         let loss_value = out.stats.loss();
-        if !loss_value.is_finite() {
-            tracing::warn!("non-finite loss: step skipped");
-            return Ok(None);
-        }
         let mut grads = out.loss.backward();
         let Some(ppo) = self.ppo.as_mut() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));

@@ -12,7 +12,9 @@ use burn::tensor::{Tensor, TensorData};
 use rlhf_algo::binary::BinaryBatch;
 use rlhf_algo::listwise::ListBatch;
 use rlhf_algo::pairwise::PairBatch;
-use rlhf_algo::{Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss};
+use rlhf_algo::{
+    LossOutput, Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss,
+};
 use rlhf_model::load::host_vec;
 use rlhf_model::{PaddingSide, TokenBatch, Transformer, masked_sum};
 
@@ -246,6 +248,26 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.optimise(input, kl, tokens)
     }
 
+    /// The objective's loss on `input`; `None` (logged) when an input or the loss is not finite.
+    pub(crate) fn checked_loss(
+        &mut self,
+        input: &ObjectiveInput<B>,
+    ) -> Result<Option<LossOutput<B, Stats>>, LearnerError> {
+        let out = match compute_loss(&self.objective, input, &mut self.objective_state) {
+            Ok(out) => out,
+            Err(e) if e.to_string().contains("finite") => {
+                tracing::warn!(error = %e, "objective rejected the batch");
+                return Ok(None);
+            }
+            Err(e) => return Err(LearnerError::Objective(e.to_string())),
+        };
+        if !out.stats.loss().is_finite() {
+            tracing::warn!("non-finite loss: step skipped");
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
     /// Loss, backward, clipping and the AdamW step; `None` when the loss or gradient was not
     /// finite (step skipped). `kl` (a sequence-level KL estimate) and `tokens` are reported.
     pub(crate) fn optimise(
@@ -254,19 +276,10 @@ impl<B: AutodiffBackend> TrainState<B> {
         kl: f64,
         tokens: u64,
     ) -> Result<Option<StepStats>, LearnerError> {
-        let out = match compute_loss(&self.objective, &input, &mut self.objective_state) {
-            Ok(out) => out,
-            Err(e) if e.to_string().contains("finite") => {
-                tracing::warn!(error = %e, "objective rejected the batch");
-                return Ok(None);
-            }
-            Err(e) => return Err(LearnerError::Objective(e.to_string())),
+        let Some(out) = self.checked_loss(&input)? else {
+            return Ok(None);
         };
         let loss_value = out.stats.loss();
-        if !loss_value.is_finite() {
-            tracing::warn!("non-finite loss: step skipped");
-            return Ok(None);
-        }
         let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
         let norm = grad_norm(&self.policy, &grads);
         if !norm.is_finite() {
