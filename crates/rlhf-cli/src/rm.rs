@@ -1,19 +1,23 @@
-//! `rlhf rm CONFIG`: trains a Bradley–Terry reward model on preference pairs (the format of
-//! `rlhf eval`'s ranking data: `prompt` or `messages`, `chosen`, `rejected`), measures pair
-//! accuracy on a held-out split before and after, and writes a Hugging Face
+//! `rlhf rm CONFIG`: trains a reward model and writes a Hugging Face
 //! `*ForSequenceClassification` checkpoint that a `reward_model` scorer loads.
+//! - `bradley_terry` on preference pairs (the format of `rlhf eval`'s ranking data: `prompt` or
+//!   `messages`, `chosen`, `rejected`); reports held-out pair accuracy before and after.
+//! - `armo_regression` on rated answers (`prompt` or `messages`, `response`, `ratings`: one
+//!   number or null per objective); a K-output model; reports held-out MSE before and after.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use rlhf_algo::Objective;
+use rlhf_data::Prompt;
 use rlhf_eval::ranking::{load_pairs, tokenize};
 use rlhf_learner::reward_model::{
-    RewardSettings, TokenPair, as_reward_model, pair_accuracy, train_reward_model,
+    Rated, RewardSettings, TokenPair, as_reward_model, pair_accuracy, ratings_mse,
+    train_ratings_model, train_reward_model,
 };
 use rlhf_model::{DeviceSpec, Tokenizer, Transformer};
 use serde::Deserialize;
@@ -31,11 +35,13 @@ pub struct RmArgs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RmSection {
-    /// Preference pairs, JSONL: `prompt` (or `messages`), `chosen`, `rejected`.
+    /// JSONL: preference pairs (`prompt` or `messages`, `chosen`, `rejected`) for
+    /// `bradley_terry`; rated answers (`prompt` or `messages`, `response`, `ratings`) for
+    /// `armo_regression`.
     data: PathBuf,
     /// Where the reward model goes.
     output_dir: PathBuf,
-    /// `{ name = "bradley_terry", beta = 1.0 }` (the only reward-model loss on pairs).
+    /// `{ name = "bradley_terry", beta = 1.0 }` or `{ name = "armo_regression" }`.
     #[serde(default = "default_objective")]
     objective: Objective,
     #[serde(default = "default_lr")]
@@ -104,11 +110,9 @@ pub fn run(args: RmArgs) -> Result<()> {
         Objective::BradleyTerry(c) => c
             .validate()
             .map_err(|e| anyhow::anyhow!("{at}: rm.objective: {e}"))?,
-        Objective::ArmoRegression(_) => bail!(
-            "{at}: rm.objective: `armo_regression` regresses per-objective ratings, which `rlhf rm` does not read yet (it trains on preference pairs: use `bradley_terry`)"
-        ),
+        Objective::ArmoRegression(_) => {}
         other => bail!(
-            "{at}: rm.objective: `{}` trains a policy (use it in `rlhf run`); `rlhf rm` trains a reward model with `bradley_terry`",
+            "{at}: rm.objective: `{}` trains a policy (use it in `rlhf run`); `rlhf rm` trains reward models with `bradley_terry` or `armo_regression`",
             other.name()
         ),
     }
@@ -128,11 +132,194 @@ pub fn run(args: RmArgs) -> Result<()> {
     ))
 }
 
+/// One line of a ratings file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatedLine {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<rlhf_core::ChatMessage>>,
+    response: String,
+    ratings: Vec<Option<f64>>,
+}
+
+/// Reads rated answers: (id, prompt, response, ratings); every line has the same number of
+/// ratings; errors name the file and the line.
+#[allow(clippy::type_complexity)]
+fn load_rated(path: &Path) -> Result<Vec<(String, Prompt, String, Vec<Option<f32>>)>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}: line {}", path.display(), i + 1);
+        let l: RatedLine = serde_json::from_str(line).with_context(at)?;
+        let prompt = match (l.prompt, l.messages) {
+            (Some(p), None) => Prompt::Text(p),
+            (None, Some(m)) if !m.is_empty() => Prompt::Messages(m),
+            _ => bail!("{}: set exactly one of `prompt` and `messages`", at()),
+        };
+        if l.ratings.is_empty() || l.ratings.iter().all(Option::is_none) {
+            bail!("{}: `ratings` holds no rating", at());
+        }
+        if let Some(x) = l.ratings.iter().flatten().find(|x| !x.is_finite()) {
+            bail!("{}: `ratings` holds a non-finite value {x}", at());
+        }
+        if let Some((_, _, _, first)) = out.first()
+            && Vec::len(first) != l.ratings.len()
+        {
+            bail!(
+                "{}: {} ratings, the first line has {}",
+                at(),
+                l.ratings.len(),
+                Vec::len(first)
+            );
+        }
+        let id = match l.id {
+            None | Some(serde_json::Value::Null) => i.to_string(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(v) => v.to_string(),
+        };
+        let ratings = l.ratings.iter().map(|x| x.map(|v| v as f32)).collect();
+        out.push((id, prompt, l.response, ratings));
+    }
+    if out.is_empty() {
+        bail!("{}: no rated answers", path.display());
+    }
+    Ok(out)
+}
+
+fn settings(s: &RmSection) -> RewardSettings {
+    RewardSettings {
+        lr: s.lr,
+        weight_decay: s.weight_decay,
+        max_grad_norm: s.max_grad_norm,
+        batch_size: s.batch_size,
+        epochs: s.epochs,
+    }
+}
+
+/// A JSONL log of the steps, and the progress lines.
+struct StepLog {
+    file: std::fs::File,
+    path: PathBuf,
+    error: Option<std::io::Error>,
+}
+
+impl StepLog {
+    fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        let path = dir.join("rm_log.jsonl");
+        let file = std::fs::File::create(&path).with_context(|| path.display().to_string())?;
+        Ok(Self {
+            file,
+            path,
+            error: None,
+        })
+    }
+
+    fn step(&mut self, step: u64, total: u64, loss: f64, accuracy: Option<f64>) {
+        let line = serde_json::json!({"step": step, "loss": loss, "accuracy": accuracy});
+        if let Err(e) = writeln!(self.file, "{line}") {
+            self.error.get_or_insert(e);
+        }
+        if step == 1 || step == total || step.is_multiple_of(10) {
+            let acc = accuracy
+                .map(|a| format!(" accuracy {a:.3}"))
+                .unwrap_or_default();
+            eprintln!("rm: step {step}/{total} loss {loss:.4}{acc}");
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self.error {
+            Some(e) => bail!("{}: {e}", self.path.display()),
+            None => Ok(()),
+        }
+    }
+}
+
 fn rm_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
+    match f.rm.objective {
+        Objective::BradleyTerry(c) => pairs_on::<B>(f, c, device),
+        _ => ratings_on::<B>(f, device),
+    }
+}
+
+fn ratings_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
     let s = &f.rm;
-    let Objective::BradleyTerry(objective) = s.objective else {
-        bail!("rm.objective: only bradley_terry");
+    let tokenizer = Tokenizer::from_dir(&f.model.path)?;
+    let lines = load_rated(&s.data)?;
+    let k = lines[0].3.len();
+    let (mut train, mut heldout): (Vec<Rated>, Vec<Rated>) = (vec![], vec![]);
+    let mut too_long = 0;
+    for (id, prompt, response, ratings) in lines {
+        let seq = tokenize(&tokenizer, &prompt, &response, s.chat)
+            .map_err(|e| anyhow::anyhow!("{}: answer `{id}`: {e}", s.data.display()))?;
+        if seq.prompt.len() + seq.completion.len() > s.max_len {
+            too_long += 1;
+            continue;
+        }
+        if rlhf_data::is_held_out(&id, s.heldout_fraction, s.seed) {
+            heldout.push((seq, ratings));
+        } else {
+            train.push((seq, ratings));
+        }
+    }
+    if train.is_empty() {
+        bail!(
+            "{}: no training answers ({} held out, {too_long} longer than rm.max_len = {})",
+            s.data.display(),
+            heldout.len(),
+            s.max_len
+        );
+    }
+    eprintln!(
+        "rm: {} rated answers ({k} objectives), {} held out, {too_long} too long; {} epochs",
+        train.len(),
+        heldout.len(),
+        s.epochs
+    );
+    let model = as_reward_model(Transformer::<B>::load(&f.model.path, device)?, k)?;
+    let mse = |m: &Transformer<B::InnerBackend>| -> Result<Option<f64>> {
+        if heldout.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ratings_mse(m, &heldout, s.batch_size)?))
     };
+    let before = mse(&model.valid())?;
+    let mut log = StepLog::create(&s.output_dir)?;
+    let (model, r) = train_ratings_model(model, &train, settings(s), |step, total, loss, _| {
+        log.step(step, total, loss, None)
+    })?;
+    log.finish()?;
+    let model = model.valid();
+    let after = mse(&model)?;
+    model.save_pretrained(&s.output_dir, Some(&f.model.path))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "objective": "armo_regression", "outputs": k,
+            "steps": r.steps, "first_loss": r.first_loss, "last_loss": r.last_loss,
+            "heldout_answers": heldout.len(), "heldout_mse_before": before,
+            "heldout_mse_after": after, "skipped_too_long": too_long,
+            "skipped_nonfinite_steps": r.skipped_nonfinite_steps, "seconds": r.seconds,
+            "output_dir": s.output_dir.display().to_string(),
+        })
+    );
+    Ok(())
+}
+
+fn pairs_on<B: AutodiffBackend>(
+    f: &RmFile,
+    objective: rlhf_algo::reward_model::BradleyTerryConfig,
+    device: &B::Device,
+) -> Result<()> {
+    let s = &f.rm;
     let tokenizer = Tokenizer::from_dir(&f.model.path)?;
     let pairs = load_pairs(&s.data, None)?;
     let (mut train, mut heldout) = (vec![], vec![]);
@@ -168,7 +355,7 @@ fn rm_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
         heldout.len(),
         s.epochs
     );
-    let model = as_reward_model(Transformer::<B>::load(&f.model.path, device)?)?;
+    let model = as_reward_model(Transformer::<B>::load(&f.model.path, device)?, 1)?;
     let accuracy = |m: &Transformer<B::InnerBackend>| -> Result<Option<f64>> {
         if heldout.is_empty() {
             return Ok(None);
@@ -176,37 +363,22 @@ fn rm_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
         Ok(Some(pair_accuracy(m, &heldout, s.batch_size)?))
     };
     let before = accuracy(&model.valid())?;
-    std::fs::create_dir_all(&s.output_dir).with_context(|| s.output_dir.display().to_string())?;
-    let log_path = s.output_dir.join("rm_log.jsonl");
-    let mut log =
-        std::fs::File::create(&log_path).with_context(|| log_path.display().to_string())?;
-    let settings = RewardSettings {
-        lr: s.lr,
-        weight_decay: s.weight_decay,
-        max_grad_norm: s.max_grad_norm,
-        batch_size: s.batch_size,
-        epochs: s.epochs,
+    let mut log = StepLog::create(&s.output_dir)?;
+    let (model, r) = train_reward_model(
+        model,
+        &train,
+        settings(s),
         objective,
-    };
-    let mut write_err = None;
-    let (model, r) = train_reward_model(model, &train, settings, |step, total, loss, acc| {
-        let line = serde_json::json!({"step": step, "loss": loss, "accuracy": acc});
-        if let Err(e) = writeln!(log, "{line}") {
-            write_err.get_or_insert(e);
-        }
-        if step == 1 || step == total || step % 10 == 0 {
-            eprintln!("rm: step {step}/{total} loss {loss:.4} accuracy {acc:.3}");
-        }
-    })?;
-    if let Some(e) = write_err {
-        bail!("{}: {e}", log_path.display());
-    }
+        |step, total, loss, acc| log.step(step, total, loss, Some(acc)),
+    )?;
+    log.finish()?;
     let model = model.valid();
     let after = accuracy(&model)?;
     model.save_pretrained(&s.output_dir, Some(&f.model.path))?;
     println!(
         "{}",
         serde_json::json!({
+            "objective": "bradley_terry",
             "steps": r.steps, "first_loss": r.first_loss, "last_loss": r.last_loss,
             "train_accuracy_last_epoch": r.last_epoch_accuracy,
             "heldout_pairs": heldout.len(), "heldout_accuracy_before": before,

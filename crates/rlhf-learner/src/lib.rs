@@ -188,9 +188,9 @@ impl LearnerConfig {
 /// Why the policy learner cannot train with an objective, if it cannot.
 pub fn unsupported(objective: &Objective) -> Option<&'static str> {
     match objective {
-        Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => Some(
-            "trains a reward model, not a policy (reward-model training is not served by the learner yet)",
-        ),
+        Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => {
+            Some("trains a reward model, not a policy: use `rlhf rm` (docs/user-guide.md)")
+        }
         _ => None,
     }
 }
