@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod inspect;
+mod offline;
 mod rm;
 mod run;
 mod runfile;

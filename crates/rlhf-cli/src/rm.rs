@@ -5,7 +5,6 @@
 //! - `armo_regression` on rated answers (`prompt` or `messages`, `response`, `ratings`: one
 //!   number or null per objective); a K-output model; reports held-out MSE before and after.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -23,6 +22,7 @@ use rlhf_model::{DeviceSpec, Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
+use crate::offline::{self, StepLog};
 use crate::runfile::{ModelSection, read_toml, resolve_beside};
 
 #[derive(Debug, Args)]
@@ -44,18 +44,18 @@ struct RmSection {
     /// `{ name = "bradley_terry", beta = 1.0 }` or `{ name = "armo_regression" }`.
     #[serde(default = "default_objective")]
     objective: Objective,
-    #[serde(default = "default_lr")]
+    #[serde(default = "offline::default_lr")]
     lr: f64,
     #[serde(default)]
     weight_decay: f32,
-    #[serde(default = "default_clip")]
+    #[serde(default = "offline::default_clip")]
     max_grad_norm: f64,
-    #[serde(default = "default_batch")]
+    #[serde(default = "offline::default_batch")]
     batch_size: usize,
-    #[serde(default = "default_epochs")]
+    #[serde(default = "offline::default_epochs")]
     epochs: usize,
     /// Pairs whose longer side (prompt + answer tokens) exceeds this are skipped and counted.
-    #[serde(default = "default_max_len")]
+    #[serde(default = "offline::default_max_len")]
     max_len: usize,
     /// Fraction of pairs (by id hash) held out to measure accuracy.
     #[serde(default = "default_heldout")]
@@ -70,21 +70,6 @@ struct RmSection {
 
 fn default_objective() -> Objective {
     Objective::BradleyTerry(Default::default())
-}
-fn default_lr() -> f64 {
-    1e-4
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_batch() -> usize {
-    8
-}
-fn default_epochs() -> usize {
-    1
-}
-fn default_max_len() -> usize {
-    1024
 }
 fn default_heldout() -> f64 {
     0.1
@@ -116,12 +101,7 @@ pub fn run(args: RmArgs) -> Result<()> {
             other.name()
         ),
     }
-    if !(s.lr > 0.0 && s.lr.is_finite()) {
-        bail!("{at}: rm.lr must be a positive number");
-    }
-    if s.batch_size == 0 || s.epochs == 0 || s.max_len < 2 {
-        bail!("{at}: rm.batch_size and rm.epochs must be at least 1, rm.max_len at least 2");
-    }
+    offline::check_optim(path, "rm", s.lr, s.batch_size, s.epochs, s.max_len)?;
     if !(0.0..1.0).contains(&s.heldout_fraction) {
         bail!("{at}: rm.heldout_fraction must be in [0, 1)");
     }
@@ -203,46 +183,6 @@ fn settings(s: &RmSection) -> RewardSettings {
     }
 }
 
-/// A JSONL log of the steps, and the progress lines.
-struct StepLog {
-    file: std::fs::File,
-    path: PathBuf,
-    error: Option<std::io::Error>,
-}
-
-impl StepLog {
-    fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-        let path = dir.join("rm_log.jsonl");
-        let file = std::fs::File::create(&path).with_context(|| path.display().to_string())?;
-        Ok(Self {
-            file,
-            path,
-            error: None,
-        })
-    }
-
-    fn step(&mut self, step: u64, total: u64, loss: f64, accuracy: Option<f64>) {
-        let line = serde_json::json!({"step": step, "loss": loss, "accuracy": accuracy});
-        if let Err(e) = writeln!(self.file, "{line}") {
-            self.error.get_or_insert(e);
-        }
-        if step == 1 || step == total || step.is_multiple_of(10) {
-            let acc = accuracy
-                .map(|a| format!(" accuracy {a:.3}"))
-                .unwrap_or_default();
-            eprintln!("rm: step {step}/{total} loss {loss:.4}{acc}");
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        match self.error {
-            Some(e) => bail!("{}: {e}", self.path.display()),
-            None => Ok(()),
-        }
-    }
-}
-
 fn rm_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
     match f.rm.objective {
         Objective::BradleyTerry(c) => pairs_on::<B>(f, c, device),
@@ -292,9 +232,10 @@ fn ratings_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> 
         Ok(Some(ratings_mse(m, &heldout, s.batch_size)?))
     };
     let before = mse(&model.valid())?;
-    let mut log = StepLog::create(&s.output_dir)?;
+    let mut log = StepLog::create(&s.output_dir, "rm")?;
     let (model, r) = train_ratings_model(model, &train, settings(s), |step, total, loss, _| {
-        log.step(step, total, loss, None)
+        let record = serde_json::json!({"step": step, "loss": loss, "accuracy": null});
+        log.step(step, total, record, &format!("loss {loss:.4}"))
     })?;
     log.finish()?;
     let model = model.valid();
@@ -363,13 +304,21 @@ fn pairs_on<B: AutodiffBackend>(
         Ok(Some(pair_accuracy(m, &heldout, s.batch_size)?))
     };
     let before = accuracy(&model.valid())?;
-    let mut log = StepLog::create(&s.output_dir)?;
+    let mut log = StepLog::create(&s.output_dir, "rm")?;
     let (model, r) = train_reward_model(
         model,
         &train,
         settings(s),
         objective,
-        |step, total, loss, acc| log.step(step, total, loss, Some(acc)),
+        |step, total, loss, acc| {
+            let record = serde_json::json!({"step": step, "loss": loss, "accuracy": acc});
+            log.step(
+                step,
+                total,
+                record,
+                &format!("loss {loss:.4} accuracy {acc:.3}"),
+            )
+        },
     )?;
     log.finish()?;
     let model = model.valid();

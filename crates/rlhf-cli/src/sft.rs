@@ -1,10 +1,9 @@
 //! `rlhf sft CONFIG`: supervised fine-tuning on chat JSONL/Parquet (prompt tokens masked), so a
 //! run can start from a sensible policy. Writes a Hugging Face checkpoint and a loss log.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
@@ -15,6 +14,7 @@ use rlhf_model::{Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
+use crate::offline::{self, StepLog};
 use crate::runfile::{ModelSection, read_toml, resolve_beside};
 
 #[derive(Debug, Args)]
@@ -31,37 +31,21 @@ struct SftSection {
     data: PathBuf,
     /// Where the fine-tuned checkpoint goes.
     output_dir: PathBuf,
-    #[serde(default = "default_lr")]
+    #[serde(default = "offline::default_lr")]
     lr: f64,
     #[serde(default)]
     weight_decay: f32,
-    #[serde(default = "default_clip")]
+    #[serde(default = "offline::default_clip")]
     max_grad_norm: f64,
-    #[serde(default = "default_batch")]
+    #[serde(default = "offline::default_batch")]
     batch_size: usize,
-    #[serde(default = "default_epochs")]
+    #[serde(default = "offline::default_epochs")]
     epochs: usize,
     /// Longer examples are skipped (and counted).
-    #[serde(default = "default_max_len")]
+    #[serde(default = "offline::default_max_len")]
     max_len: usize,
     #[serde(default)]
     skip_malformed: bool,
-}
-
-fn default_lr() -> f64 {
-    1e-4
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_batch() -> usize {
-    8
-}
-fn default_epochs() -> usize {
-    1
-}
-fn default_max_len() -> usize {
-    1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,23 +60,9 @@ pub fn run(args: SftArgs) -> Result<()> {
     let mut f: SftFile = read_toml(path)?;
     resolve_beside(path, &mut [&mut f.model.path, &mut f.sft.data]);
     let s = &f.sft;
-    if !(s.lr > 0.0 && s.lr.is_finite()) {
-        bail!("{}: sft.lr must be a positive number", path.display());
-    }
-    if s.batch_size == 0 || s.epochs == 0 || s.max_len < 2 {
-        bail!(
-            "{}: sft.batch_size and sft.epochs must be at least 1, sft.max_len at least 2",
-            path.display()
-        );
-    }
-    let device: rlhf_model::DeviceSpec = if f.model.device.is_empty() {
-        rlhf_model::DeviceSpec::Cpu
-    } else {
-        f.model
-            .device
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("{}: model.device: {e}", path.display()))?
-    };
+    offline::check_optim(path, "sft", s.lr, s.batch_size, s.epochs, s.max_len)?;
+    let device = rlhf_model::DeviceSpec::from_setting(&f.model.device)
+        .map_err(|e| anyhow::anyhow!("{}: model.device: {e}", path.display()))?;
     with_backend!(device, |dev: B| sft_on::<burn::backend::Autodiff<B>>(
         &f, &dev
     ))
@@ -149,10 +119,7 @@ fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
         s.epochs
     );
     let policy = Transformer::<B>::load(&f.model.path, device)?;
-    std::fs::create_dir_all(&s.output_dir).with_context(|| s.output_dir.display().to_string())?;
-    let log_path = s.output_dir.join("sft_log.jsonl");
-    let mut log =
-        std::fs::File::create(&log_path).with_context(|| log_path.display().to_string())?;
+    let mut log = StepLog::create(&s.output_dir, "sft")?;
     let settings = SftSettings {
         lr: s.lr,
         weight_decay: s.weight_decay,
@@ -161,18 +128,11 @@ fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
         epochs: s.epochs,
         max_len: s.max_len,
     };
-    let mut write_err = None;
     let (policy, r) = train_sft(policy, &examples, settings, |step, total, loss| {
-        if let Err(e) = writeln!(log, "{}", serde_json::json!({"step": step, "loss": loss})) {
-            write_err.get_or_insert(e);
-        }
-        if step == 1 || step == total || step % 10 == 0 {
-            eprintln!("sft: step {step}/{total} loss {loss:.4}");
-        }
+        let record = serde_json::json!({"step": step, "loss": loss});
+        log.step(step, total, record, &format!("loss {loss:.4}"))
     })?;
-    if let Some(e) = write_err {
-        bail!("{}: {e}", log_path.display());
-    }
+    log.finish()?;
     policy
         .valid()
         .save_pretrained(&s.output_dir, Some(&f.model.path))?;

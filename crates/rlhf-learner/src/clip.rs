@@ -40,11 +40,23 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     }
 }
 
-/// The global L2 norm of all gradients of `module`.
-pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+/// Global-norm clipping: returns the L2 norm of all of `module`'s gradients and, when it is
+/// finite and above `max_norm` (> 0), rescales them to `max_norm`. A non-finite norm leaves
+/// the gradients untouched: the caller must skip the step.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
-    grads: &GradientsParams,
+    grads: &mut GradientsParams,
+    max_norm: f64,
 ) -> f64 {
+    let norm = grad_norm(module, grads);
+    if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
+        scale_grads(module, grads, max_norm / norm);
+    }
+    norm
+}
+
+/// The global L2 norm of all gradients of `module`.
+fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
     let mut v = SquaredNorm::<B> {
         grads,
         ids: vec![],
@@ -58,7 +70,7 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 /// Rescales every gradient by `factor`.
-pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     factor: f64,

@@ -21,7 +21,7 @@ use rlhf_model::Transformer;
 use rlhf_model::load::host_vec;
 
 use crate::LearnerError;
-use crate::clip::{grad_norm, scale_grads};
+use crate::clip::clip_global_norm;
 use crate::groups::{completion_columns, completion_logprobs, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
@@ -287,18 +287,12 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
         let mut critic_grads = GradientsParams::from_module(&mut grads, &ppo.critic);
-        let policy_norm = grad_norm(&self.policy, &policy_grads);
-        let critic_norm = grad_norm(&ppo.critic, &critic_grads);
+        let limit = self.settings.max_grad_norm;
+        let policy_norm = clip_global_norm(&self.policy, &mut policy_grads, limit);
+        let critic_norm = clip_global_norm(&ppo.critic, &mut critic_grads, limit);
         if !(policy_norm.is_finite() && critic_norm.is_finite()) {
             tracing::warn!("non-finite gradient norm: step skipped");
             return Ok(None);
-        }
-        let limit = self.settings.max_grad_norm;
-        if limit > 0.0 && policy_norm > limit {
-            scale_grads(&self.policy, &mut policy_grads, limit / policy_norm);
-        }
-        if limit > 0.0 && critic_norm > limit {
-            scale_grads(&ppo.critic, &mut critic_grads, limit / critic_norm);
         }
         self.policy = self
             .optim

@@ -21,7 +21,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{HeadKind, Transformer};
 
 use crate::LearnerError;
-use crate::clip::{grad_norm, scale_grads};
+use crate::clip::clip_global_norm;
 use crate::trainer::{Seq, full_batch};
 
 /// Reward-model training settings.
@@ -247,16 +247,12 @@ fn train_loop<B: AutodiffBackend, T>(
             };
             let (value, accuracy) = (f64::from(out.stats.loss), f64::from(out.stats.accuracy));
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            let norm = grad_norm(&model, &grads);
-            if !norm.is_finite() {
+            if !clip_global_norm(&model, &mut grads, s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            if s.max_grad_norm > 0.0 && norm > s.max_grad_norm {
-                scale_grads(&model, &mut grads, s.max_grad_norm / norm);
-            }
             model = optim.step(s.lr, model, grads);
-            if report.first_loss == 0.0 && report.steps == 1 {
+            if report.steps == 1 {
                 report.first_loss = value;
             }
             report.last_loss = value;

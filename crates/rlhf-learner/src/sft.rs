@@ -11,7 +11,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Tokenizer, Transformer};
 
 use crate::LearnerError;
-use crate::clip::{grad_norm, scale_grads};
+use crate::clip::clip_global_norm;
 use crate::trainer::{Seq, seq_logps};
 
 /// SFT settings.
@@ -109,13 +109,9 @@ pub fn train_sft<B: AutodiffBackend>(
                 continue;
             }
             let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
-            let norm = grad_norm(&policy, &grads);
-            if !norm.is_finite() {
+            if !clip_global_norm(&policy, &mut grads, s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;
-            }
-            if s.max_grad_norm > 0.0 && norm > s.max_grad_norm {
-                scale_grads(&policy, &mut grads, s.max_grad_norm / norm);
             }
             policy = optim.step(s.lr, policy, grads);
             if report.steps == 1 {

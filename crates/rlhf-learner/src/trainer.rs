@@ -19,7 +19,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{PaddingSide, TokenBatch, Transformer, masked_sum};
 
 use crate::LearnerError;
-use crate::clip::{grad_norm, scale_grads};
+use crate::clip::clip_global_norm;
 
 /// One completion to train on.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,13 +281,10 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         let loss_value = out.stats.loss();
         let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
-        let norm = grad_norm(&self.policy, &grads);
+        let norm = clip_global_norm(&self.policy, &mut grads, self.settings.max_grad_norm);
         if !norm.is_finite() {
             tracing::warn!("non-finite gradient norm: step skipped");
             return Ok(None);
-        }
-        if self.settings.max_grad_norm > 0.0 && norm > self.settings.max_grad_norm {
-            scale_grads(&self.policy, &mut grads, self.settings.max_grad_norm / norm);
         }
         // The optimizer takes the module by value; module clones share parameter storage.
         self.policy = self
