@@ -10,6 +10,7 @@ use rlhf_algo::units::{
     pairs_above_margin, rankings,
 };
 use rlhf_proto::v1;
+use rlhf_proto::v1::training_unit::Unit;
 
 use crate::CoordinatorError;
 use crate::cluster::Cluster;
@@ -63,10 +64,15 @@ pub fn build_units(
         })
         .collect();
     let mut out = BuiltUnits::default();
-    let at = |p: usize, j: usize| -> &Eligible<'_> { &groups[p][j] };
+    // Marks prompt `p`'s sample `j` used and returns it on the wire.
+    let take = |used: &mut BTreeSet<usize>, p: usize, j: usize| -> v1::Sequence {
+        let e = &groups[p][j];
+        used.insert(e.index);
+        sequence(e.completion, e.reward)
+    };
+    // Units keep their prompt: build per prompt so indices resolve.
     match kind {
         UnitKind::Pairs => {
-            // Units keep their prompt: build per prompt so indices resolve.
             for (p, s) in scored.iter().enumerate() {
                 let built = match cfg.pairs {
                     PairStrategy::BestVsWorst => best_vs_worst(std::slice::from_ref(s)),
@@ -78,14 +84,13 @@ pub fn build_units(
                 };
                 merge(&mut out.report, &built.report);
                 for u in built.units {
-                    let (c, r) = (at(p, u.chosen), at(p, u.rejected));
-                    out.used.extend([c.index, r.index]);
+                    let pair = v1::Pair {
+                        chosen: Some(take(&mut out.used, p, u.chosen)),
+                        rejected: Some(take(&mut out.used, p, u.rejected)),
+                        strength: 1.0,
+                    };
                     out.units.push(v1::TrainingUnit {
-                        unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
-                            chosen: Some(sequence(c.completion, c.reward)),
-                            rejected: Some(sequence(r.completion, r.reward)),
-                            strength: 1.0,
-                        })),
+                        unit: Some(Unit::Pair(pair)),
                     });
                 }
             }
@@ -96,15 +101,12 @@ pub fn build_units(
                     .map_err(|e| CoordinatorError::Config(e.to_string()))?;
                 merge(&mut out.report, &built.report);
                 for u in built.units {
-                    let items = u.items.iter().map(|&j| {
-                        let e = at(p, j);
-                        out.used.insert(e.index);
-                        sequence(e.completion, e.reward)
-                    });
+                    let items = u.items.iter().map(|&j| take(&mut out.used, p, j));
+                    let list = v1::RankedList {
+                        items: items.collect(),
+                    };
                     out.units.push(v1::TrainingUnit {
-                        unit: Some(v1::training_unit::Unit::List(v1::RankedList {
-                            items: items.collect(),
-                        })),
+                        unit: Some(Unit::List(list)),
                     });
                 }
             }
@@ -119,13 +121,12 @@ pub fn build_units(
                     .map_err(|e| CoordinatorError::Config(format!("coordinator.units: {e}")))?;
                 merge(&mut out.report, &built.report);
                 for u in built.units {
-                    let e = at(p, u.item);
-                    out.used.insert(e.index);
+                    let label = v1::BinaryLabel {
+                        sample: Some(take(&mut out.used, p, u.item)),
+                        desirable: u.desirable,
+                    };
                     out.units.push(v1::TrainingUnit {
-                        unit: Some(v1::training_unit::Unit::Binary(v1::BinaryLabel {
-                            sample: Some(sequence(e.completion, e.reward)),
-                            desirable: u.desirable,
-                        })),
+                        unit: Some(Unit::Binary(label)),
                     });
                 }
             }
@@ -137,36 +138,30 @@ pub fn build_units(
                         .map_err(|e| CoordinatorError::Config(format!("coordinator.units: {e}")))?;
                 merge(&mut out.report, &built.report);
                 for u in built.units {
-                    let items = u.items.iter().map(|&j| {
-                        let e = at(p, j);
-                        out.used.insert(e.index);
-                        sequence(e.completion, e.reward)
-                    });
+                    let items = u.items.iter().map(|&j| take(&mut out.used, p, j));
+                    let group = v1::Group {
+                        items: items.collect(),
+                    };
                     out.units.push(v1::TrainingUnit {
-                        unit: Some(v1::training_unit::Unit::Group(v1::Group {
-                            items: items.collect(),
-                        })),
+                        unit: Some(Unit::Group(group)),
                     });
                 }
             }
         }
         UnitKind::Rollouts => {
             // PPO: every sample with a finite score is a unit of its own.
-            for g in groups {
+            for (p, g) in groups.iter().enumerate() {
                 out.report.prompts += 1;
                 out.report.samples += g.len();
-                for e in g {
+                for (j, e) in g.iter().enumerate() {
                     if !e.reward.is_finite() {
                         out.report.non_finite += 1;
                         continue;
                     }
-                    out.used.insert(e.index);
                     out.report.units += 1;
+                    let rollout = take(&mut out.used, p, j);
                     out.units.push(v1::TrainingUnit {
-                        unit: Some(v1::training_unit::Unit::Rollout(sequence(
-                            e.completion,
-                            e.reward,
-                        ))),
+                        unit: Some(Unit::Rollout(rollout)),
                     });
                 }
             }
