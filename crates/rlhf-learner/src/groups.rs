@@ -157,13 +157,16 @@ impl<B: AutodiffBackend> TrainState<B> {
         Ok(Some(out))
     }
 
-    /// The objective's input for one step over group units, the mean sequence KL to the
-    /// reference and the token count; `None` when some log-prob was not finite (step skipped).
+    /// The objective's input for one step over group units (`reference`: the reference's
+    /// completion log-probs of their samples, computed once per update), the mean sequence KL
+    /// to the reference and the token count; `None` when some log-prob was not finite (step
+    /// skipped).
     #[allow(clippy::type_complexity)]
     pub(crate) fn group_input(
         &self,
         units: &[Unit],
         old: Option<&[Vec<Vec<f32>>]>,
+        reference: &[f32],
     ) -> Result<Option<(ObjectiveInput<B>, f64, u64)>, LearnerError> {
         let sizes: Vec<usize> = units
             .iter()
@@ -183,7 +186,6 @@ impl<B: AutodiffBackend> TrainState<B> {
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
         let (logp, entropy) = self.policy_completion_logp(&batch, idx)?;
-        let reference = completion_logprobs(&self.reference, &seqs, self.pad)?;
         let behaviour: Vec<&[f32]> = items
             .iter()
             .map(|s| s.behaviour_logprobs.as_slice())
@@ -196,7 +198,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let policy_host = host_vec(logp.clone().detach().into_data())?;
         let host_finite = |v: &[f32]| v.iter().zip(&mask).all(|(x, m)| *m == 0.0 || x.is_finite());
         if !(host_finite(&policy_host)
-            && host_finite(&reference)
+            && host_finite(reference)
             && host_finite(&behaviour)
             && old.as_deref().is_none_or(host_finite))
         {
@@ -205,7 +207,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
         let kl = policy_host
             .iter()
-            .zip(&reference)
+            .zip(reference)
             .zip(&mask)
             .map(|((p, r), m)| f64::from((p - r) * m))
             .sum::<f64>()
@@ -219,7 +221,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let tokens = PgTokens {
             logp,
             old_logp: Some(old_logp),
-            reference_logp: Some(tensor(reference)),
+            reference_logp: Some(tensor(reference.to_vec())),
             behaviour_logp,
             entropy,
             mask: tensor(mask),

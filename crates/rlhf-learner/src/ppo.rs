@@ -22,7 +22,7 @@ use rlhf_model::load::host_vec;
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
-use crate::groups::{completion_columns, completion_logprobs, padded, samples};
+use crate::groups::{completion_columns, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
 /// The critic, its optimizer and the KL-in-reward controller.
@@ -101,11 +101,13 @@ impl<B: AutodiffBackend> TrainState<B> {
     }
 
     /// Advantages, returns and π_old of every sample of the update, and the mean sequence KL
-    /// `Σ_t (log π_old − log π_ref)` they were computed with.
+    /// `Σ_t (log π_old − log π_ref)` they were computed with. `reference` holds the
+    /// reference's completion log-probs of each step's samples (`[rows, width]` per step).
     pub(crate) fn ppo_prepare(
         &self,
         units: &[Unit],
         old: Option<&[Vec<Vec<f32>>]>,
+        reference: &[Vec<f32>],
     ) -> Result<(Vec<Prepared>, f64), LearnerError> {
         let Objective::Ppo(cfg) = self.objective else {
             return Err(LearnerError::Config("not a PPO objective".into()));
@@ -120,11 +122,14 @@ impl<B: AutodiffBackend> TrainState<B> {
             Some(o) => o.iter().flatten().cloned().collect(),
             None => items.iter().map(|s| s.behaviour_logprobs.clone()).collect(),
         };
-        let mut reference = Vec::with_capacity(items.len());
+        let mut ref_rows = Vec::with_capacity(items.len());
         let mut values = Vec::with_capacity(items.len());
-        for chunk in items.chunks(self.settings.batch_units.max(1)) {
+        // One sample per rollout unit: steps over units and over samples coincide.
+        for (chunk, flat_ref) in items
+            .chunks(self.settings.batch_units.max(1))
+            .zip(reference)
+        {
             let seqs: Vec<&Seq> = chunk.iter().map(|s| &s.seq).collect();
-            let flat_ref = completion_logprobs(&self.reference, &seqs, self.pad)?;
             let batch = full_batch(&seqs, self.pad)?;
             let (idx, _, width) = completion_columns(&seqs, &batch);
             let idx = Tensor::<B::InnerBackend, 2, Int>::from_data(
@@ -134,12 +139,12 @@ impl<B: AutodiffBackend> TrainState<B> {
             let flat_v = host_vec(critic.values(&batch)?.gather(1, idx).into_data())?;
             for (r, s) in seqs.iter().enumerate() {
                 let n = s.completion.len();
-                reference.push(flat_ref[r * width..r * width + n].to_vec());
+                ref_rows.push(flat_ref[r * width..r * width + n].to_vec());
                 values.push(flat_v[r * width..r * width + n].to_vec());
             }
         }
         let non_finite = |rows: &[Vec<f32>]| rows.iter().flatten().any(|x| !x.is_finite());
-        if non_finite(&old_rows) || non_finite(&reference) || non_finite(&values) {
+        if non_finite(&old_rows) || non_finite(&ref_rows) || non_finite(&values) {
             return Err(LearnerError::Invalid(
                 "non-finite log-probs or values while preparing PPO rollouts".into(),
             ));
@@ -154,12 +159,12 @@ impl<B: AutodiffBackend> TrainState<B> {
         for (i, s) in items.iter().enumerate() {
             let mut r: Vec<f32> = old_rows[i]
                 .iter()
-                .zip(&reference[i])
+                .zip(&ref_rows[i])
                 .map(|(o, q)| -beta * (o - q))
                 .collect();
             kl_sum += old_rows[i]
                 .iter()
-                .zip(&reference[i])
+                .zip(&ref_rows[i])
                 .map(|(o, q)| f64::from(o - q))
                 .sum::<f64>();
             if let Some(last) = r.last_mut() {
@@ -221,6 +226,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         units: &[Unit],
         prepared: &[Prepared],
         stale: bool,
+        reference: &[f32],
     ) -> Result<Option<StepStats>, LearnerError> {
         let items = samples(units);
         let seqs: Vec<&Seq> = items.iter().map(|s| &s.seq).collect();
@@ -234,7 +240,6 @@ impl<B: AutodiffBackend> TrainState<B> {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
         let values = ppo.critic.values(&batch)?.gather(1, idx);
-        let reference = completion_logprobs(&self.reference, &seqs, self.pad)?;
         let tensor =
             |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, width]), &device);
         let field = |f: fn(&Prepared) -> &Vec<f32>| -> Vec<f32> {
@@ -256,7 +261,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
         let kl = policy_host
             .iter()
-            .zip(&reference)
+            .zip(reference)
             .zip(&mask)
             .map(|((p, r), m)| f64::from((p - r) * m))
             .sum::<f64>()
@@ -265,7 +270,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             tokens: PgTokens {
                 logp,
                 old_logp: Some(tensor(field(|p| &p.old_logp))),
-                reference_logp: Some(tensor(reference)),
+                reference_logp: Some(tensor(reference.to_vec())),
                 behaviour_logp: stale.then(|| tensor(padded(&behaviour, width))),
                 entropy,
                 mask: tensor(mask),

@@ -20,6 +20,7 @@ use rlhf_model::{PaddingSide, TokenBatch, Transformer, masked_sum};
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
+use crate::groups::{completion_logprobs, samples};
 
 /// One completion to train on.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,27 +161,36 @@ impl<B: AutodiffBackend> TrainState<B> {
         } else {
             None
         };
+        let per_step = self.settings.batch_units.max(1);
+        // The reference does not change during an update: its log-probs of each step's
+        // sequences are computed once, not once per epoch.
+        let reference = units
+            .chunks(per_step)
+            .map(|chunk| self.reference_logps(chunk, want))
+            .collect::<Result<Vec<_>, _>>()?;
         let (prepared, sampled_kl) = if want == UnitKind::Rollouts {
-            let (p, kl) = self.ppo_prepare(units, old.as_deref())?;
+            let (p, kl) = self.ppo_prepare(units, old.as_deref(), &reference)?;
             (p, Some(kl))
         } else {
             (vec![], None)
         };
-        let per_step = self.settings.batch_units.max(1);
         for _ in 0..self.settings.epochs.max(1) {
             for (i, chunk) in units.chunks(per_step).enumerate() {
                 let range = i * per_step..i * per_step + chunk.len();
+                let reference = &reference[i];
                 let step = match want {
                     UnitKind::Groups => {
                         let old = old.as_ref().map(|o| &o[range]);
-                        match self.group_input(chunk, old)? {
+                        match self.group_input(chunk, old, reference)? {
                             Some((input, kl, tokens)) => self.optimise(input, kl, tokens)?,
                             None => None,
                         }
                     }
                     // One sample per rollout unit: unit and sample indices coincide.
-                    UnitKind::Rollouts => self.ppo_step(chunk, &prepared[range], old.is_some())?,
-                    _ => self.step(chunk)?,
+                    UnitKind::Rollouts => {
+                        self.ppo_step(chunk, &prepared[range], old.is_some(), reference)?
+                    }
+                    _ => self.step(chunk, reference)?,
                 };
                 match step {
                     Some(s) => {
@@ -221,26 +231,46 @@ impl<B: AutodiffBackend> TrainState<B> {
         Ok(m)
     }
 
-    /// One optimizer step; `None` when the loss or gradient was not finite (step skipped).
-    fn step(&mut self, units: &[Unit]) -> Result<Option<StepStats>, LearnerError> {
+    /// The reference's log-probs of the sequences of one step: one sum per sequence for pairs,
+    /// lists and binary labels; per completion token (`[rows, width]`, see `groups.rs`) for
+    /// groups and rollouts.
+    fn reference_logps(&self, units: &[Unit], kind: UnitKind) -> Result<Vec<f32>, LearnerError> {
+        match kind {
+            UnitKind::Groups | UnitKind::Rollouts => {
+                let seqs: Vec<&Seq> = samples(units).iter().map(|s| &s.seq).collect();
+                completion_logprobs(&self.reference, &seqs, self.pad)
+            }
+            _ => {
+                let (seqs, _) = flatten(units);
+                let (lp, _) = seq_logps(&self.reference, &seqs, self.pad)?;
+                Ok(host_vec(lp.into_data())?)
+            }
+        }
+    }
+
+    /// One optimizer step on pairs, lists or binary labels, with the reference's sequence
+    /// log-probs `ref_host`; `None` when the loss or gradient was not finite (step skipped).
+    fn step(
+        &mut self,
+        units: &[Unit],
+        ref_host: &[f32],
+    ) -> Result<Option<StepStats>, LearnerError> {
         let device = self.policy.device();
         let (seqs, layout) = flatten(units);
         let (policy_lp, counts) = seq_logps(&self.policy, &seqs, self.pad)?;
-        let (ref_lp, _) = seq_logps(&self.reference, &seqs, self.pad)?;
-        let ref_host = host_vec(ref_lp.into_data())?;
         let policy_host = host_vec(policy_lp.clone().detach().into_data())?;
-        if policy_host.iter().chain(&ref_host).any(|x| !x.is_finite()) {
+        if policy_host.iter().chain(ref_host).any(|x| !x.is_finite()) {
             tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
             return Ok(None);
         }
         let reference =
-            Tensor::<B, 1>::from_data(TensorData::new(ref_host.clone(), [seqs.len()]), &device);
+            Tensor::<B, 1>::from_data(TensorData::new(ref_host.to_vec(), [seqs.len()]), &device);
         let counts_t =
             Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [seqs.len()]), &device);
         let input = build_input(&layout, units, policy_lp, reference, counts_t, &device);
         let kl = policy_host
             .iter()
-            .zip(&ref_host)
+            .zip(ref_host)
             .map(|(p, r)| f64::from(p - r))
             .sum::<f64>()
             / seqs.len().max(1) as f64;
