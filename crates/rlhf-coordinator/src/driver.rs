@@ -67,6 +67,39 @@ impl Producer {
             .clone())
     }
 
+    /// What one generation round asks of the workers.
+    async fn plan(
+        &self,
+        iteration: u64,
+        version: u64,
+        n: u32,
+        seed: u64,
+    ) -> Result<GenPlan, CoordinatorError> {
+        Ok(GenPlan {
+            iteration,
+            version,
+            weights_from: self.learner_address().await?,
+            n,
+            sampling: self.sampling(),
+            seed,
+            prompts_per_lease: self.cfg.prompts_per_lease,
+            lease_timeout: Duration::from_secs_f64(self.cfg.lease_timeout_s),
+            attempts: self.cfg.lease_attempts,
+        })
+    }
+
+    /// Scores `completions` of `prompts` within the configured deadline.
+    async fn score(
+        &self,
+        prompts: &[PromptCtx],
+        completions: &[v1::Completion],
+    ) -> Result<Vec<ScoreOutcome>, CoordinatorError> {
+        let by_id: HashMap<&str, &PromptCtx> =
+            prompts.iter().map(|p| (p.record.id.as_str(), p)).collect();
+        let deadline = Duration::from_secs_f64(self.cfg.score_deadline_s);
+        score(&self.cluster, &by_id, completions, deadline).await
+    }
+
     /// Generates and scores one iteration's prompts with policy `version`.
     pub async fn produce(
         &self,
@@ -74,30 +107,16 @@ impl Producer {
         prompts: Vec<PromptCtx>,
         version: u64,
     ) -> Result<Produced, CoordinatorError> {
-        let plan = GenPlan {
-            iteration,
-            version: if self.cfg.offline { 0 } else { version },
-            weights_from: self.learner_address().await?,
-            n: self.cfg.samples_per_prompt,
-            sampling: self.sampling(),
-            seed: mix(self.cfg.seed, iteration),
-            prompts_per_lease: self.cfg.prompts_per_lease,
-            lease_timeout: Duration::from_secs_f64(self.cfg.lease_timeout_s),
-            attempts: self.cfg.lease_attempts,
-        };
+        let version = if self.cfg.offline { 0 } else { version };
+        let n = self.cfg.samples_per_prompt;
+        let plan = self
+            .plan(iteration, version, n, mix(self.cfg.seed, iteration))
+            .await?;
         let t = Instant::now();
         let generation = generate(&self.cluster, Some(&self.ledger), &prompts, &plan).await?;
         let generate_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let by_id: HashMap<&str, &PromptCtx> =
-            prompts.iter().map(|p| (p.record.id.as_str(), p)).collect();
-        let scores = score(
-            &self.cluster,
-            &by_id,
-            &generation.completions,
-            Duration::from_secs_f64(self.cfg.score_deadline_s),
-        )
-        .await?;
+        let scores = self.score(&prompts, &generation.completions).await?;
         let score_s = t.elapsed().as_secs_f64();
         {
             let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,7 +149,6 @@ impl Producer {
                 res.map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
             }
         }
-        drop(by_id);
         Ok(Produced {
             iteration,
             prompts,
@@ -151,27 +169,12 @@ impl Producer {
         if prompts.is_empty() {
             return Ok(None);
         }
-        let plan = GenPlan {
-            iteration: 0,
-            version,
-            weights_from: self.learner_address().await?,
-            n: self.cfg.eval_samples,
-            sampling: self.sampling(),
-            seed: mix(self.cfg.seed, u64::MAX),
-            prompts_per_lease: self.cfg.prompts_per_lease,
-            lease_timeout: Duration::from_secs_f64(self.cfg.lease_timeout_s),
-            attempts: self.cfg.lease_attempts,
-        };
+        let n = self.cfg.eval_samples;
+        let plan = self
+            .plan(0, version, n, mix(self.cfg.seed, u64::MAX))
+            .await?;
         let generation = generate(&self.cluster, None, prompts, &plan).await?;
-        let by_id: HashMap<&str, &PromptCtx> =
-            prompts.iter().map(|p| (p.record.id.as_str(), p)).collect();
-        let scores = score(
-            &self.cluster,
-            &by_id,
-            &generation.completions,
-            Duration::from_secs_f64(self.cfg.score_deadline_s),
-        )
-        .await?;
+        let scores = self.score(prompts, &generation.completions).await?;
         let values: Vec<f64> = scores
             .iter()
             .filter_map(|s| s.reward.as_ref().ok().copied())
