@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rlhf_algo::UnitKind;
-use rlhf_core::{CancellationToken, PolicyVersion};
+use rlhf_core::{CancellationToken, PolicyVersion, mix};
 use rlhf_data::{
     AuditRecord, AuditWriter, DropReason, FinishReason, HistoryWriter, MetricsRecord,
     MetricsWriter, PromptCursor,
@@ -22,14 +22,6 @@ use crate::generate::{GenOutcome, GenPlan, PromptCtx, SharedLedger, generate, sa
 use crate::learn::{Eligible, build_units, checkpoint, train};
 use crate::score::{ScoreOutcome, score};
 use crate::status::{Progress, SharedStatus};
-
-/// SplitMix64 step: independent seeds per iteration.
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// One iteration's scored samples, on their way to the learner.
 pub(crate) struct Produced {

@@ -5,9 +5,10 @@
 //! would understate the uncertainty) or preference pairs. A replicate draws as many clusters as
 //! there are, with replacement, and recomputes the statistic on all their values (the pooled
 //! mean); the interval is the `(1-level)/2` and `(1+level)/2` percentiles of the replicates
-//! (linear interpolation). The generator is a local SplitMix64, so an interval depends only on
-//! the data, the seed and the resample count — not on the `rand` version.
+//! (linear interpolation). The generator is rlhf-core's SplitMix64, so an interval depends only
+//! on the data, the seed and the resample count — not on the `rand` version.
 
+use rlhf_core::seed::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// A confidence interval.
@@ -90,31 +91,6 @@ fn percentile_sorted(sorted: &[f64], p: f64) -> Option<f64> {
     let lo = sorted[i];
     let hi = sorted[(i + 1).min(last)];
     Some(lo + (hi - lo) * frac)
-}
-
-/// SplitMix64 (Steele et al. 2014): tiny, fast, and fixed forever.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator with this seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform number in `0..n` (n > 0), by the multiply-shift method.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 use burn::tensor::backend::Backend;
 use rand::{Rng, SeedableRng};
+use rlhf_core::mix;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{PaddingSide, TokenBatch};
@@ -196,14 +197,6 @@ impl<B: Backend> Transformer<B> {
         }
         Ok(out)
     }
-}
-
-/// SplitMix64 of seed and row: independent, reproducible streams per row.
-pub fn mix(seed: u64, row: u64) -> u64 {
-    let mut z = seed ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Log-softmax of a row, accumulated in f64.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use futures::StreamExt;
+use rlhf_core::mix;
 use rlhf_core::{ErrorKind, status};
-use rlhf_model::generate::mix;
 use rlhf_model::{ModelConfig, SamplingParams, Tokenizer, Transformer};
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::{self, rollout_server::Rollout};
