@@ -63,6 +63,17 @@ impl<B: Backend> BinaryBatch<B> {
         self
     }
 
+    /// `+1` for desirable samples, `−1` for undesirable ones, `[n]`.
+    fn signs(&self) -> Tensor<B, 1> {
+        let sign: Vec<f32> = self
+            .desirable
+            .iter()
+            .map(|&d| if d { 1.0 } else { -1.0 })
+            .collect();
+        let n = sign.len();
+        from_host::<B, 1>(sign, [n], &self.policy.device())
+    }
+
     /// Adds BCO's underlying-distribution-matching weights.
     pub fn with_weights(mut self, weights: Tensor<B, 1>) -> Self {
         self.weights = Some(weights);
@@ -230,11 +241,6 @@ pub fn kto_loss<B: Backend>(
     }
     .max(0.0);
     let device = batch.policy.device();
-    let sign: Vec<f32> = batch
-        .desirable
-        .iter()
-        .map(|&d| if d { 1.0 } else { -1.0 })
-        .collect();
     let weight: Vec<f32> = batch
         .desirable
         .iter()
@@ -242,7 +248,7 @@ pub fn kto_loss<B: Backend>(
         .collect();
     let r = batch.policy.clone() - batch.reference.clone();
     // desirable: 1 − σ(β(r − z0)); undesirable: 1 − σ(β(z0 − r)) = 1 − σ(−β(r − z0)).
-    let z = (r.sub_scalar(z0) * config.beta) * from_host::<B, 1>(sign, [n], &device);
+    let z = (r.sub_scalar(z0) * config.beta) * batch.signs();
     let per_sample = sigmoid(z).neg().add_scalar(1.0) * from_host::<B, 1>(weight, [n], &device);
     let loss = per_sample.mean();
     let value = checked_loss("kto", &loss)?;
@@ -306,11 +312,6 @@ pub fn bco_loss<B: Backend>(
     updated.update(&rewards)?;
     let delta = updated.mean;
     let device = batch.policy.device();
-    let sign: Vec<f32> = batch
-        .desirable
-        .iter()
-        .map(|&d| if d { 1.0 } else { -1.0 })
-        .collect();
     let weight: Vec<f32> = batch
         .desirable
         .iter()
@@ -318,7 +319,7 @@ pub fn bco_loss<B: Backend>(
         .map(|(&d, &w)| if d { 1.0 } else { w })
         .collect();
     let r = (batch.policy.clone() - batch.reference.clone()) * config.beta;
-    let z = r.sub_scalar(delta) * from_host::<B, 1>(sign, [n], &device);
+    let z = r.sub_scalar(delta) * batch.signs();
     let per_sample = log_sigmoid(z).neg() * from_host::<B, 1>(weight, [n], &device);
     let loss = per_sample.mean();
     let value = checked_loss("bco", &loss)?;
