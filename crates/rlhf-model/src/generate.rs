@@ -225,8 +225,15 @@ fn sample(row: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32, f32, f32
         return (best as u32, base[best] as f32, 0.0);
     }
     // Temperature, then top-k, then top-p (the order of transformers' logits processors).
-    let scaled: Vec<f32> = row.iter().map(|&x| x / p.temperature).collect();
-    let lp = log_softmax_row(&scaled);
+    // At temperature 1 the scaled distribution is the policy's (x / 1 == x exactly).
+    let scaled_lp;
+    let lp: &[f64] = if p.temperature == 1.0 {
+        &base
+    } else {
+        let scaled: Vec<f32> = row.iter().map(|&x| x / p.temperature).collect();
+        scaled_lp = log_softmax_row(&scaled);
+        &scaled_lp
+    };
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
     let mut keep = order.len();
