@@ -13,6 +13,10 @@ echo "nvrtc: ${nvrtc:-not found}" | tee "$OUT/env.txt"
 nvidia-smi >> "$OUT/env.txt" 2>&1
 export CUBECL_DEBUG_LOG="$OUT/cubecl.log"
 bin=target/release/rlhf
+# GPU memory in use, twice a second, next to the estimates `bench model` prints.
+nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 500 > "$OUT/gpu_memory.csv" 2>&1 &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
 run() { local name=$1 limit=$2; shift 2; echo "== $name: $*" | tee -a "$OUT/summary.txt"; timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"; echo "rc=$?" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/$name.err" | tee -a "$OUT/summary.txt"; }
 # Small first: shows JIT/autotune cost without a 0.5B model in the way.
 run tiny-cuda 120 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3

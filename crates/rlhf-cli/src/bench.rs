@@ -1,6 +1,7 @@
 //! `rlhf bench model`: generation tokens/s and training-step tokens/s (forward + backward +
-//! AdamW) of the decoder on random weights. Benchmarks, not tests: results go to
-//! docs/benchmarks.md with the machine and the command.
+//! AdamW) of the decoder on random weights, and the memory each holds (the estimate of
+//! `rlhf_model::memory`, next to the measured peak growth of the resident set on the CPU).
+//! Benchmarks, not tests: results go to docs/benchmarks.md with the machine and the command.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
+use rlhf_model::memory::{self, MemoryEstimate, human};
 use rlhf_model::{
     Architecture, DeviceSpec, ModelConfig, SamplingParams, TokenBatch, Transformer, masked_mean,
     target_mask,
@@ -155,15 +157,20 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             seed: 1,
             ..Default::default()
         };
+        let estimate = memory::generation(&model.config, b, args.prompt_len, args.new_tokens);
+        let rss = PeakRss::start();
         let start = Instant::now();
         let out = infer.generate(&prompts, &sp)?;
         let secs = start.elapsed().as_secs_f64();
+        let growth = rss.growth();
         let new: usize = out.iter().map(|c| c.completion_ids.len()).sum();
-        gen_results.push(json!({"batch": b, "new_tokens": new, "seconds": secs, "new_tokens_per_s": new as f64 / secs}));
+        gen_results.push(json!({"batch": b, "new_tokens": new, "seconds": secs, "new_tokens_per_s": new as f64 / secs,
+            "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth}));
         eprintln!(
             "generate: batch {b}, {new} new tokens in {secs:.2}s = {:.0} new tokens/s",
             new as f64 / secs
         );
+        report_memory(&estimate, growth);
     }
 
     // Training: next-token NLL, backward, AdamW.
@@ -174,7 +181,11 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     let mut optim = AdamWConfig::new().init::<B, Transformer<B>>();
     let mut model = model;
     let mut times = vec![];
+    // The policy alone (the reference of DPO-style objectives would add its weights).
+    let estimate = memory::training(&model.config, bsz, len, false);
+    let mut growth = None;
     for step in 0..=args.steps {
+        let rss = PeakRss::start();
         let start = Instant::now();
         let lp = model.token_logprobs(&batch)?;
         let loss = masked_mean(lp, mask.clone()).mean().neg();
@@ -190,6 +201,10 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
+        if step == 1 {
+            // The first timed step: AdamW's moments already exist, as the estimate assumes.
+            growth = rss.growth();
+        }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let tps = (bsz * len) as f64 / mean;
@@ -198,6 +213,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     eprintln!(
         "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s"
     );
+    report_memory(&estimate, growth);
     println!(
         "{}",
         json!({
@@ -206,10 +222,52 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "device": args.device.to_string(),
             "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
             "generate": gen_results,
-            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps, "model_tflops": tflops},
+            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps, "model_tflops": tflops,
+                "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth},
         })
     );
     Ok(())
+}
+
+/// Prints an estimate and, next to it, the measured peak growth of the resident set during the
+/// call, which compares with the estimate's transient part (the resident part was already there).
+fn report_memory(estimate: &MemoryEstimate, growth: Option<u64>) {
+    eprintln!("  memory estimate: {estimate}");
+    if let Some(growth) = growth {
+        eprintln!(
+            "  measured peak growth of the resident set: {} (estimated transient part: {})",
+            human(growth),
+            human(estimate.transient())
+        );
+    }
+}
+
+/// The resident set's peak growth over a call, on Linux (`/proc/self/status`; the peak is reset
+/// through `/proc/self/clear_refs`). Meaningful for the CPU backend only: GPU memory is not
+/// resident host memory. `None` where the kernel does not offer it.
+struct PeakRss {
+    before: Option<u64>,
+}
+
+impl PeakRss {
+    fn start() -> Self {
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        Self {
+            before: if reset { status_kib("VmRSS") } else { None },
+        }
+    }
+
+    fn growth(&self) -> Option<u64> {
+        let before = self.before?;
+        Some(status_kib("VmHWM")?.saturating_sub(before) * 1024)
+    }
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Times the learner's DPO update on synthetic pairs (the shape of TRL's DPO step in

@@ -135,7 +135,8 @@ pub async fn generate(
             let keys: Vec<String> = (0..n)
                 .map(|k| {
                     key_of(&json!({
-                        "v": 1, "policy": policy.fingerprint, "prompt_id": record.id,
+                        "v": 1, "sampler": rlhf_model::generate::SAMPLER_VERSION,
+                        "policy": policy.fingerprint, "prompt_id": record.id,
                         "prompt_ids": key_of(&ids), "index": k, "seed": g.seed,
                         "max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
                         "top_k": params.top_k, "top_p": params.top_p, "stop_ids": params.stop_ids,

@@ -6,6 +6,7 @@
 //! - [`model`]: the decoder as a burn module; logits, token log-probs, scores and values.
 //! - [`generate`]: batched sampling with a KV cache, returning policy log-probs.
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
+//! - [`memory`]: estimates of what training steps and generation calls hold.
 //! - [`backend`]: the CPU/CUDA backends and the `device` setting.
 
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod load;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

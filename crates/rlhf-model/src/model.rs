@@ -227,17 +227,22 @@ impl<B: Backend> Transformer<B> {
     /// Final hidden states `[batch, len, hidden]` of a padded batch (no cache).
     pub fn hidden(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
         let mut slots = SlotState::new(batch.batch, batch.len);
-        self.hidden_with(batch, &mut slots, None)
+        self.hidden_with(batch, None, &mut slots, None)
     }
 
     /// Runs new tokens through the decoder; with a cache, appends their keys and values.
+    /// `device_ids`, when given, replaces `batch.ids` (tokens that never left the device);
+    /// `batch` then supplies only the shape and the mask.
     fn hidden_with(
         &self,
         batch: &TokenBatch,
+        device_ids: Option<Tensor<B, 2, Int>>,
         slots: &mut SlotState,
         mut cache: Option<&mut Vec<LayerKv<B>>>,
     ) -> Result<Tensor<B, 3>> {
-        batch.check_vocab(self.config.vocab_size)?;
+        if device_ids.is_none() {
+            batch.check_vocab(self.config.vocab_size)?;
+        }
         let device = self.device();
         let start = slots.len;
         let positions = slots.append(batch)?;
@@ -246,7 +251,10 @@ impl<B: Backend> Transformer<B> {
         let rope = RopeTables::new(&inv_freq, &positions, b, s, &device);
         let kv_len = slots.len;
         let mut masks: Vec<(usize, Tensor<B, 4>)> = Vec::new();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.ids_i64(), [b, s]), &device);
+        let ids = match device_ids {
+            Some(ids) => ids,
+            None => Tensor::from_data(TensorData::new(batch.ids_i64(), [b, s]), &device),
+        };
         let mut x = self.embed_tokens.forward(ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let window = layer.self_attn.window;
@@ -274,9 +282,28 @@ impl<B: Backend> Transformer<B> {
 
     /// Cached forward of new tokens: returns the hidden state of the last new column `[batch, hidden]`.
     pub fn step(&self, batch: &TokenBatch, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
-        let hidden = self.hidden_with(batch, &mut cache.slots, Some(&mut cache.layers))?;
-        let [b, s, hd] = hidden.dims();
-        Ok(hidden.slice([0..b, s - 1..s, 0..hd]).reshape([b, hd]))
+        let hidden = self.hidden_with(batch, None, &mut cache.slots, Some(&mut cache.layers))?;
+        Ok(last_column(hidden))
+    }
+
+    /// Cached forward of one new token per row whose ids are already on the device (`[batch, 1]`,
+    /// every row real): decoding without reading the sampled tokens back to the host.
+    /// Ids must be below the vocabulary size (they are, when they come from the model's logits).
+    pub fn step_device(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>> {
+        let [b, s] = ids.dims();
+        let shape = TokenBatch {
+            batch: b,
+            len: s,
+            ids: vec![0; b * s],
+            mask: vec![1; b * s],
+        };
+        let hidden =
+            self.hidden_with(&shape, Some(ids), &mut cache.slots, Some(&mut cache.layers))?;
+        Ok(last_column(hidden))
     }
 
     /// Next-token logits from hidden states (`lm_head`, or the tied embedding matrix).
@@ -375,6 +402,12 @@ pub fn gather_logprobs<B: Backend>(logits: Tensor<B, 3>, batch: &TokenBatch) -> 
         .collect();
     let idx = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [b, s - 1, 1]), &device);
     lp.gather(2, idx).reshape([b, s - 1])
+}
+
+/// The hidden state of the last column: `[batch, len, hidden]` → `[batch, hidden]`.
+fn last_column<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, s, hd] = hidden.dims();
+    hidden.slice([0..b, s - 1..s, 0..hd]).reshape([b, hd])
 }
 
 /// The mask of valid targets for [`Transformer::token_logprobs`]: `mask[t] * mask[t+1]`, as f32.

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use rlhf_model::generate::DecodeSchedule;
 use rlhf_model::load::host_vec;
-use rlhf_model::{Cpu, PaddingSide, SamplingParams, TokenBatch, Transformer};
+use rlhf_model::{Cpu, FinishReason, PaddingSide, SamplingParams, TokenBatch, Transformer};
 
 #[test]
 fn forward_and_generation_are_bitwise_deterministic() -> anyhow::Result<()> {
@@ -31,6 +32,71 @@ fn forward_and_generation_are_bitwise_deterministic() -> anyhow::Result<()> {
     let g = model.generate(&prompts, &p)?;
     for _ in 0..5 {
         assert_eq!(model.generate(&prompts, &p)?, g, "generation differs");
+    }
+    Ok(())
+}
+
+/// The GPU schedule (tokens picked on the device, read back every few steps) gives the same
+/// completions as the CPU schedule (picked on the host, read every step): rows that stopped
+/// between two reads are cut at their stop id, and the two pickers agree.
+#[test]
+fn completions_do_not_depend_on_the_decode_schedule() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let model = Transformer::<Cpu>::load(&dir, &Default::default())?;
+    let prompts: Vec<Vec<u32>> = (0..8u32).map(|i| vec![38 + i, 75, 259, 308 + i]).collect();
+    let seeds: Vec<u64> = (0..8).collect();
+    let host = DecodeSchedule {
+        pick_on_device: false,
+        readback_every: 1,
+    };
+    assert_eq!(
+        DecodeSchedule::for_backend::<Cpu>(&Default::default()),
+        host
+    );
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.8), (0.0, 0, 1.0)]
+    {
+        let mut p = SamplingParams {
+            max_new_tokens: 24,
+            temperature,
+            top_k,
+            top_p,
+            seed: 3,
+            ..Default::default()
+        };
+        // Stop on tokens the rows actually sample, at different steps.
+        let free = model.generate_scheduled(&prompts, &p, &seeds, host)?;
+        p.stop_ids = vec![free[0].completion_ids[5], free[3].completion_ids[11]];
+        let want = model.generate_scheduled(&prompts, &p, &seeds, host)?;
+        let stopped = want
+            .iter()
+            .filter(|c| c.finish_reason == FinishReason::Stop)
+            .count();
+        assert!(
+            (2..8).contains(&stopped),
+            "{stopped} of 8 rows stopped early: the test needs some of each"
+        );
+        for (pick_on_device, readback_every) in [(false, 5), (true, 1), (true, 8), (true, 64)] {
+            let schedule = DecodeSchedule {
+                pick_on_device,
+                readback_every,
+            };
+            let got = model.generate_scheduled(&prompts, &p, &seeds, schedule)?;
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (&g.completion_ids, g.finish_reason),
+                    (&w.completion_ids, w.finish_reason),
+                    "{schedule:?}, {p:?}"
+                );
+                for (a, b) in g
+                    .logprobs
+                    .iter()
+                    .chain(&g.sampling_logprobs)
+                    .zip(w.logprobs.iter().chain(&w.sampling_logprobs))
+                {
+                    assert!((a - b).abs() < 1e-4, "{a} vs {b}: {schedule:?}, {p:?}");
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,178 @@
+//! Memory estimates for sizing a run: what a training step and a generation call hold, part by
+//! part, computed from the model's shape (f32 everywhere: the only precision this crate trains
+//! in). `rlhf bench model` prints them next to the measured peak of a real step, so the
+//! estimate's error is known per model (docs/benchmarks.md).
+//!
+//! Activations count the tensors burn's autodiff keeps for the backward pass of this crate's
+//! forward (`model.rs`), per token and layer, in floats:
+//! - the two RMSNorms keep their input, its square and their output: `2 × 3h`;
+//! - attention keeps q, k, v (`q + 2kv`), the rotary products of q and k (`2q + 2kv`), keys and
+//!   values repeated to every head under GQA (`2q`, when grouped), the attention weights
+//!   before and after the softmax and the softmax's exponentials (`3 · heads · len`), and the
+//!   merged heads fed to `o_proj` (`2q`);
+//! - the MLP keeps the gate and up projections, the SiLU's sigmoid and output and their
+//!   product (`5i`);
+//! - the output head keeps the logits, their shifted copy and exponentials and the
+//!   log-softmax (`4 · vocab`) per token.
+
+use std::fmt;
+
+use crate::config::ModelConfig;
+
+const F32: u64 = 4;
+
+/// Named byte counts: what stays resident, and the phases of a call, of which only the largest
+/// counts towards the peak (activations are freed as the backward pass produces gradients, so a
+/// training step holds one or the other at its peak, not both).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryEstimate {
+    pub resident: Vec<(&'static str, u64)>,
+    pub phases: Vec<(&'static str, Vec<(&'static str, u64)>)>,
+}
+
+impl MemoryEstimate {
+    /// Bytes held before and after the call.
+    pub fn resident(&self) -> u64 {
+        self.resident.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Bytes the call adds at its peak: its largest phase.
+    pub fn transient(&self) -> u64 {
+        self.phases
+            .iter()
+            .map(|(_, parts)| parts.iter().map(|(_, b)| b).sum::<u64>())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Estimated peak: resident plus the largest phase.
+    pub fn peak(&self) -> u64 {
+        self.resident() + self.transient()
+    }
+}
+
+impl fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |parts: &[(&str, u64)]| {
+            parts
+                .iter()
+                .map(|(n, b)| format!("{n} {}", human(*b)))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        write!(f, "resident {}", list(&self.resident))?;
+        for (name, parts) in &self.phases {
+            write!(f, "; {name}: {}", list(parts))?;
+        }
+        write!(f, "; peak {}", human(self.peak()))
+    }
+}
+
+/// Bytes as MiB or GiB.
+pub fn human(bytes: u64) -> String {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+/// What a training step of the policy holds once AdamW's moments exist: resident weights,
+/// moments and (when the objective uses one) the frozen reference's weights; then either the
+/// activations and logits of a `batch × len` forward, or the gradients.
+pub fn training(cfg: &ModelConfig, batch: usize, len: usize, reference: bool) -> MemoryEstimate {
+    let weights = cfg.num_parameters() as u64 * F32;
+    let mut resident = vec![("weights", weights), ("adamw moments", 2 * weights)];
+    if reference {
+        resident.push(("reference weights", weights));
+    }
+    let tokens = (batch * len) as u64;
+    MemoryEstimate {
+        resident,
+        phases: vec![
+            (
+                "forward/backward",
+                vec![
+                    ("activations", tokens * layer_floats(cfg, len) * F32),
+                    ("logits", tokens * 4 * cfg.vocab_size as u64 * F32),
+                ],
+            ),
+            ("update", vec![("gradients", weights)]),
+        ],
+    }
+}
+
+/// What a generation call holds: resident weights; then the KV cache for `batch` rows of
+/// `prompt + new_tokens` slots with the prefill's attention weights (before and after the
+/// softmax) and one step's logits.
+pub fn generation(
+    cfg: &ModelConfig,
+    batch: usize,
+    prompt: usize,
+    new_tokens: usize,
+) -> MemoryEstimate {
+    let slots = (batch * (prompt + new_tokens)) as u64;
+    let kv = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim) as u64;
+    MemoryEstimate {
+        resident: vec![("weights", cfg.num_parameters() as u64 * F32)],
+        phases: vec![(
+            "decoding",
+            vec![
+                ("kv cache", slots * kv * F32),
+                (
+                    "prefill attention",
+                    2 * (batch * cfg.num_attention_heads * prompt * prompt) as u64 * F32,
+                ),
+                ("logits", (batch * cfg.vocab_size) as u64 * F32),
+            ],
+        )],
+    }
+}
+
+/// Floats the backward pass keeps per token for all layers (module docs).
+fn layer_floats(cfg: &ModelConfig, len: usize) -> u64 {
+    let h = cfg.hidden_size as u64;
+    let heads = cfg.num_attention_heads as u64;
+    let q = heads * cfg.head_dim as u64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
+    let i = cfg.intermediate_size as u64;
+    let grouped = if cfg.num_key_value_heads < cfg.num_attention_heads {
+        2 * q
+    } else {
+        0
+    };
+    let per_layer =
+        6 * h + (q + 2 * kv) + (2 * q + 2 * kv) + grouped + 3 * heads * len as u64 + 2 * q + 5 * i;
+    cfg.num_hidden_layers as u64 * per_layer + 3 * h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Architecture;
+
+    #[test]
+    fn the_peak_takes_the_larger_phase_and_scales_with_the_batch() {
+        let cfg = ModelConfig::synthetic(Architecture::LlamaForCausalLM, 1000, 64, 2, 4, 2, 128);
+        let weights = cfg.num_parameters() as u64 * 4;
+        let one = training(&cfg, 1, 32, false);
+        let two = training(&cfg, 2, 32, false);
+        assert_eq!(one.resident(), 3 * weights);
+        assert_eq!(training(&cfg, 1, 32, true).resident(), 4 * weights);
+        // Activations and logits dominate here and double with the batch.
+        assert!(one.transient() > weights);
+        assert_eq!(two.transient(), 2 * one.transient());
+        // With a single token the update phase (gradients) is the larger one.
+        let tiny = training(&cfg, 1, 1, false);
+        assert_eq!(tiny.transient(), weights);
+        let text = two.to_string();
+        assert!(
+            text.contains("adamw moments") && text.contains("peak"),
+            "{text}"
+        );
+        let g = generation(&cfg, 8, 16, 16);
+        // K and V: 2 layers × 2 KV heads × 16 dims × 2, for 8 rows × 32 slots, in f32.
+        assert_eq!(g.phases[0].1[0], ("kv cache", 8 * 32 * 2 * 2 * 2 * 16 * 4));
+    }
+}
