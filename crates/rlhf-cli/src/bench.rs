@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -87,6 +88,10 @@ pub struct ModelBenchArgs {
     /// New tokens per sequence.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
+    /// Train with burn's balanced gradient checkpointing (element-wise results recomputed in the
+    /// backward pass instead of kept).
+    #[arg(long)]
+    checkpointing: bool,
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -127,9 +132,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             if args.steps == 0 || args.train_batch == 0 || args.train_len < 2 {
                 bail!("--steps and --train-batch must be positive, --train-len at least 2");
             }
-            with_backend!(args.device, |device: B| model_bench::<
-                burn::backend::Autodiff<B>,
-            >(&args, &device))
+            if args.checkpointing {
+                with_backend!(args.device, |device: B| model_bench::<
+                    burn::backend::Autodiff<B, BalancedCheckpointing>,
+                >(&args, &device))
+            } else {
+                with_backend!(args.device, |device: B| model_bench::<
+                    burn::backend::Autodiff<B>,
+                >(&args, &device))
+            }
         }
         BenchCommand::Dpo(args) => dpo_bench(&args),
     }
@@ -220,6 +231,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "model": format!("{:?}", args.size).to_lowercase(),
             "parameters": params,
             "device": args.device.to_string(),
+            "checkpointing": args.checkpointing,
             "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
             "generate": gen_results,
             "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps, "model_tflops": tflops,

@@ -157,7 +157,7 @@ async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
                 .context("learner")
         }
     }));
-    for i in 0..f.rollout.workers {
+    for i in 0..f.rollout.worker_count() {
         let l = bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", l.local_addr()?);
         let c = f.rollout_config(i);
@@ -274,6 +274,13 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
             }
             Role::Rollout => {
                 let addr = addr_of(&c.rollout, args.index, "rollout")?;
+                let devices = f.rollout.devices.len();
+                if devices > 0 && args.index >= devices {
+                    bail!(
+                        "--index {}: rollout.devices lists {devices} devices (indices 0..{devices})",
+                        args.index
+                    );
+                }
                 rlhf_rollout::run(f.rollout_config(args.index), bind(&addr).await?, shutdown)
                     .await?;
             }

@@ -18,7 +18,8 @@ pub struct ModelSection {
     /// Hugging Face checkpoint folder (relative paths are relative to the run file's folder,
     /// then to the working directory).
     pub path: PathBuf,
-    /// cpu or cuda:N, for the learner and the rollout workers.
+    /// cpu or cuda:N, for the learner and the rollout workers (unless `learner.device` or
+    /// `rollout.devices` say otherwise).
     #[serde(default)]
     pub device: String,
 }
@@ -27,17 +28,19 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSection {
-    /// Workers `rlhf run` starts.
-    #[serde(default = "one")]
-    pub workers: usize,
+    /// Workers `rlhf run` starts (1 when left out; one per entry of `devices` when those are
+    /// given).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// One worker per entry, on that device (`cpu`, `cuda:N`): e.g. the learner on `cuda:0`
+    /// and generators on `cuda:1`, `cuda:2`. Empty: every worker on `model.device`.
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// Rows decoded together per worker.
     #[serde(default = "default_rows")]
     pub max_batch_rows: usize,
 }
 
-fn one() -> usize {
-    1
-}
 fn default_rows() -> usize {
     64
 }
@@ -45,8 +48,33 @@ fn default_rows() -> usize {
 impl Default for RolloutSection {
     fn default() -> Self {
         Self {
-            workers: 1,
+            workers: None,
+            devices: vec![],
             max_batch_rows: default_rows(),
+        }
+    }
+}
+
+impl RolloutSection {
+    /// How many workers run: one per device when `devices` is given, else `workers` (1).
+    pub fn worker_count(&self) -> usize {
+        if self.devices.is_empty() {
+            self.workers.unwrap_or(1)
+        } else {
+            self.devices.len()
+        }
+    }
+
+    /// Checks `workers` against `devices`, naming the field.
+    fn validate(&self) -> Result<()> {
+        match self.workers {
+            Some(0) => bail!("rollout.workers must be at least 1"),
+            Some(w) if !self.devices.is_empty() && w != self.devices.len() => bail!(
+                "rollout.workers is {w} but rollout.devices lists {} devices: leave workers out \
+                 (one worker runs per device)",
+                self.devices.len()
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -159,12 +187,18 @@ impl RunFile {
             .scorer
             .validate()
             .with_context(|| ctx("invalid [scorer]"))?;
-        if f.rollout.workers == 0 {
-            bail!("{}: rollout.workers must be at least 1", path.display());
-        }
-        f.rollout_config(0)
+        f.rollout
             .validate()
             .with_context(|| ctx("invalid [rollout]"))?;
+        for i in 0..f.rollout.worker_count() {
+            f.rollout_config(i).validate().with_context(|| {
+                if f.rollout.devices.is_empty() {
+                    ctx("invalid [rollout]")
+                } else {
+                    ctx(&format!("invalid [rollout]: rollout.devices[{i}]"))
+                }
+            })?;
+        }
         if f.eval.is_some() {
             f.eval_config(vec![("initial".into(), f.model.path.clone())], base)
                 .with_context(|| ctx("invalid [eval]"))?;
@@ -220,7 +254,12 @@ impl RunFile {
     pub fn rollout_config(&self, i: usize) -> RolloutConfig {
         let mut c = RolloutConfig::new(self.model.path.clone());
         c.name = format!("rollout-{i}");
-        c.device = self.model.device.clone();
+        c.device = self
+            .rollout
+            .devices
+            .get(i)
+            .unwrap_or(&self.model.device)
+            .clone();
         c.max_batch_rows = self.rollout.max_batch_rows;
         c
     }

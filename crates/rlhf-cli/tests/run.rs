@@ -178,18 +178,32 @@ fn synchronous_runs_are_reproducible_learn_and_account_for_every_sample() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// Pipelined mode, with two rollout workers placed by `rollout.devices` (both on the CPU here;
+/// on a GPU node each would take its own `cuda:N`).
 #[test]
 fn pipelined_mode_admits_samples_at_most_one_version_old() {
     let d = tempfile::tempdir().expect("tempdir");
     let cfg = config(
         d.path(),
-        "iterations = 6\nmax_policy_lag = 1",
+        "iterations = 6\nmax_policy_lag = 1\nprompts_per_lease = 2",
         "builtin = \"letters\"\nbuiltin_prompts = 64",
-        "",
+        "\n[rollout]\ndevices = [\"cpu\", \"cpu\"]\nmax_batch_rows = 8",
     );
     let s = run_ok(&cfg, &[]);
     let out = d.path().join("out");
     assert_eq!(check_ledger(&out), 6 * 8 * 4);
+    let ledger = std::fs::read_to_string(out.join("ledger.jsonl")).expect("ledger.jsonl");
+    let workers: std::collections::BTreeSet<String> = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "leased")
+        .filter_map(|v| v["worker"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "both device-placed workers took leases: {workers:?}"
+    );
     assert_eq!(s["iterations"], 6);
     let metrics = read_metrics(out.join("metrics.jsonl"))
         .expect("metrics")
@@ -417,6 +431,24 @@ fn bad_input_fails_at_start_up_naming_the_field() {
                 "",
             ),
             "samples_per_prompt",
+        ),
+        (
+            config(
+                &d.path().join("i"),
+                "iterations = 1",
+                "builtin = \"letters\"",
+                "\n[rollout]\ndevices = [\"cpu\", \"gpu1\"]",
+            ),
+            "rollout.devices[1]",
+        ),
+        (
+            config(
+                &d.path().join("j"),
+                "iterations = 1",
+                "builtin = \"letters\"",
+                "\n[rollout]\nworkers = 3\ndevices = [\"cpu\", \"cpu\"]",
+            ),
+            "rollout.workers is 3",
         ),
     ];
     for (cfg, needle) in cases {
