@@ -173,7 +173,7 @@ impl RunFile {
         if f.learner.model.as_os_str().is_empty() {
             f.learner.model = f.model.path.clone();
         }
-        if f.learner.device.is_empty() {
+        if f.learner.device.is_empty() && f.learner.devices.is_empty() {
             f.learner.device = f.model.device.clone();
         }
         let ctx = |what: &str| format!("{}: {what}", path.display());

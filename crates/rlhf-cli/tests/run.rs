@@ -178,8 +178,8 @@ fn synchronous_runs_are_reproducible_learn_and_account_for_every_sample() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// Pipelined mode, with two rollout workers placed by `rollout.devices` (both on the CPU here;
-/// on a GPU node each would take its own `cuda:N`).
+/// Pipelined mode, with two rollout workers placed by `rollout.devices` and a data-parallel
+/// learner over two devices (all on the CPU here; on a GPU node each would be its own `cuda:N`).
 #[test]
 fn pipelined_mode_admits_samples_at_most_one_version_old() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -187,7 +187,7 @@ fn pipelined_mode_admits_samples_at_most_one_version_old() {
         d.path(),
         "iterations = 6\nmax_policy_lag = 1\nprompts_per_lease = 2",
         "builtin = \"letters\"\nbuiltin_prompts = 64",
-        "\n[rollout]\ndevices = [\"cpu\", \"cpu\"]\nmax_batch_rows = 8",
+        "devices = [\"cpu\", \"cpu\"]\n\n[rollout]\ndevices = [\"cpu\", \"cpu\"]\nmax_batch_rows = 8",
     );
     let s = run_ok(&cfg, &[]);
     let out = d.path().join("out");
@@ -449,6 +449,15 @@ fn bad_input_fails_at_start_up_naming_the_field() {
                 "\n[rollout]\nworkers = 3\ndevices = [\"cpu\", \"cpu\"]",
             ),
             "rollout.workers is 3",
+        ),
+        (
+            config(
+                &d.path().join("k"),
+                "iterations = 1",
+                "builtin = \"letters\"",
+                "devices = [\"cpu\", \"cuda:1\"]",
+            ),
+            "learner.devices",
         ),
     ];
     for (cfg, needle) in cases {

@@ -104,17 +104,18 @@ impl<B: AutodiffBackend> TrainState<B> {
     #[allow(clippy::type_complexity)]
     pub(crate) fn policy_completion_logp(
         &self,
+        model: &Transformer<B>,
         batch: &TokenBatch,
         idx: Tensor<B, 2, Int>,
     ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>), LearnerError> {
         if entropy_coef(&self.objective) > 0.0 {
-            let logits = self.policy.forward_logits(batch)?;
+            let logits = model.forward_logits(batch)?;
             let [b, s, v] = logits.dims();
             let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]));
             let logp = gather_logprobs(logits, batch).gather(1, idx.clone());
             Ok((logp, Some(entropy.gather(1, idx))))
         } else {
-            Ok((self.policy.token_logprobs(batch)?.gather(1, idx), None))
+            Ok((model.token_logprobs(batch)?.gather(1, idx), None))
         }
     }
 
@@ -164,6 +165,7 @@ impl<B: AutodiffBackend> TrainState<B> {
     #[allow(clippy::type_complexity)]
     pub(crate) fn group_input(
         &self,
+        model: &Transformer<B>,
         units: &[Unit],
         old: Option<&[Vec<Vec<f32>>]>,
         reference: &[f32],
@@ -181,11 +183,11 @@ impl<B: AutodiffBackend> TrainState<B> {
         let items = samples(units);
         let seqs: Vec<&Seq> = items.iter().map(|s| &s.seq).collect();
         let rows = seqs.len();
-        let device = self.policy.device();
+        let device = model.device();
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = self.policy_completion_logp(&batch, idx)?;
+        let (logp, entropy) = self.policy_completion_logp(model, &batch, idx)?;
         let behaviour: Vec<&[f32]> = items
             .iter()
             .map(|s| s.behaviour_logprobs.as_slice())

@@ -8,6 +8,7 @@
 
 mod clip;
 mod groups;
+mod parallel;
 mod ppo;
 pub mod reward_model;
 mod service;
@@ -40,6 +41,11 @@ pub struct LearnerConfig {
     /// cpu or cuda:N.
     #[serde(default)]
     pub device: String,
+    /// Data parallelism (docs/gpu.md): the devices each optimizer step's units are split over,
+    /// one policy replica each, e.g. `["cuda:0", "cuda:1"]`. The first holds the optimizer and
+    /// replaces `device`. Empty: one device.
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// The objective and its hyperparameters (`{ name = "dpo", beta = 0.1 }`).
     #[serde(default = "default_objective")]
     pub objective: Objective,
@@ -105,6 +111,7 @@ impl LearnerConfig {
             model,
             reference: None,
             device: String::new(),
+            devices: vec![],
             objective: default_objective(),
             lr: default_lr(),
             weight_decay: 0.0,
@@ -119,10 +126,35 @@ impl LearnerConfig {
         }
     }
 
-    /// The parsed device (`cpu` when empty).
+    /// The parsed device (`cpu` when empty): the first of `devices` when those are given.
     pub fn device(&self) -> Result<DeviceSpec, LearnerError> {
-        DeviceSpec::from_setting(&self.device)
-            .map_err(|e| LearnerError::Config(format!("learner.device: {e}")))
+        match self.data_parallel()?.first() {
+            Some(first) => Ok(*first),
+            None => DeviceSpec::from_setting(&self.device)
+                .map_err(|e| LearnerError::Config(format!("learner.device: {e}"))),
+        }
+    }
+
+    /// The parsed `devices` (empty without data parallelism), all of one kind.
+    pub fn data_parallel(&self) -> Result<Vec<DeviceSpec>, LearnerError> {
+        let specs = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                DeviceSpec::from_setting(d)
+                    .map_err(|e| LearnerError::Config(format!("learner.devices[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cpu = |d: &DeviceSpec| matches!(d, DeviceSpec::Cpu);
+        if let Some(first) = specs.first()
+            && specs.iter().any(|d| cpu(d) != cpu(first))
+        {
+            return Err(LearnerError::Config(
+                "learner.devices: mixes cpu and cuda devices; list devices of one kind".into(),
+            ));
+        }
+        Ok(specs)
     }
 
     /// Checks the settings, naming the bad field.
@@ -171,6 +203,21 @@ impl LearnerConfig {
             )));
         }
         self.device()?;
+        if !self.devices.is_empty() {
+            let device = DeviceSpec::from_setting(&self.device)
+                .map_err(|e| LearnerError::Config(format!("learner.device: {e}")))?;
+            if !self.device.trim().is_empty() && device != self.device()? {
+                return bad(
+                    "learner.device and learner.devices disagree: with devices, leave device out \
+                     (the first of devices holds the optimizer)",
+                );
+            }
+            if is_ppo {
+                return bad(
+                    "learner.devices: `ppo` trains on one device (its critic is not replicated)",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -224,6 +271,8 @@ pub async fn run(
 ) -> Result<(), LearnerError> {
     config.validate()?;
     let addr: SocketAddr = listener.local_addr()?;
+    // Replicas: every data-parallel device after the first (of the first's kind, validated).
+    let replicas = config.data_parallel()?.into_iter().skip(1);
     match config.device()? {
         DeviceSpec::Cpu => {
             serve::<burn::backend::Autodiff<rlhf_model::Cpu>>(
@@ -231,17 +280,23 @@ pub async fn run(
                 listener,
                 shutdown,
                 Default::default(),
+                replicas.map(|_| Default::default()).collect(),
                 addr,
             )
             .await
         }
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(n) => {
+            let cuda = |d: DeviceSpec| match d {
+                DeviceSpec::Cuda(k) => burn::backend::cuda::CudaDevice::new(k),
+                DeviceSpec::Cpu => burn::backend::cuda::CudaDevice::new(n),
+            };
             serve::<burn::backend::Autodiff<rlhf_model::backend::Cuda>>(
                 config,
                 listener,
                 shutdown,
                 burn::backend::cuda::CudaDevice::new(n),
+                replicas.map(cuda).collect(),
                 addr,
             )
             .await
@@ -256,12 +311,15 @@ async fn serve<B: burn::tensor::backend::AutodiffBackend>(
     listener: TcpListener,
     shutdown: CancellationToken,
     device: B::Device,
+    replicas: Vec<B::Device>,
     addr: SocketAddr,
 ) -> Result<(), LearnerError> {
     let limit = config.max_message_bytes;
-    let svc = tokio::task::spawn_blocking(move || LearnerService::<B>::load(config, device))
-        .await
-        .map_err(|e| LearnerError::Config(format!("loading the policy panicked: {e}")))??;
+    let svc = tokio::task::spawn_blocking(move || {
+        LearnerService::<B>::load_data_parallel(config, device, replicas)
+    })
+    .await
+    .map_err(|e| LearnerError::Config(format!("loading the policy panicked: {e}")))??;
     let server = rlhf_proto::v1::learner_server::LearnerServer::new(svc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

@@ -102,12 +102,13 @@ impl<B: AutodiffBackend> TrainState<B> {
 
     /// Advantages, returns and π_old of every sample of the update, and the mean sequence KL
     /// `Σ_t (log π_old − log π_ref)` they were computed with. `reference` holds the
-    /// reference's completion log-probs of each step's samples (`[rows, width]` per step).
+    /// reference's completion log-probs of each step's samples (`[rows, width]` per step, in
+    /// the step's only shard: PPO trains on one device).
     pub(crate) fn ppo_prepare(
         &self,
         units: &[Unit],
         old: Option<&[Vec<Vec<f32>>]>,
-        reference: &[Vec<f32>],
+        reference: &[Vec<Vec<f32>>],
     ) -> Result<(Vec<Prepared>, f64), LearnerError> {
         let Objective::Ppo(cfg) = self.objective else {
             return Err(LearnerError::Config("not a PPO objective".into()));
@@ -127,7 +128,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         // One sample per rollout unit: steps over units and over samples coincide.
         for (chunk, flat_ref) in items
             .chunks(self.settings.batch_units.max(1))
-            .zip(reference)
+            .zip(reference.iter().map(|shards| &shards[0]))
         {
             let seqs: Vec<&Seq> = chunk.iter().map(|s| &s.seq).collect();
             let batch = full_batch(&seqs, self.pad)?;
@@ -235,7 +236,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = self.policy_completion_logp(&batch, idx.clone())?;
+        let (logp, entropy) = self.policy_completion_logp(&self.policy, &batch, idx.clone())?;
         let Some(ppo) = self.ppo.as_ref() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };

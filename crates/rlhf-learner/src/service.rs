@@ -55,6 +55,16 @@ fn publish<B: burn::tensor::backend::Backend>(
 impl<B: AutodiffBackend> LearnerService<B> {
     /// Loads the policy and reference and publishes version 0.
     pub fn load(config: LearnerConfig, device: B::Device) -> Result<Self, LearnerError> {
+        Self::load_data_parallel(config, device, vec![])
+    }
+
+    /// [`LearnerService::load`] training data-parallel with one policy replica on each of
+    /// `replicas` besides `device` (none: one device).
+    pub fn load_data_parallel(
+        config: LearnerConfig,
+        device: B::Device,
+        replicas: Vec<B::Device>,
+    ) -> Result<Self, LearnerError> {
         let policy = Transformer::<B>::load(&config.model, &device)?;
         let reference = match &config.reference {
             Some(dir) => Transformer::<B::InnerBackend>::load(dir, &device)?,
@@ -77,6 +87,10 @@ impl<B: AutodiffBackend> LearnerService<B> {
                 rlhf_model::HeadKind::SequenceClassification => critic,
             };
             state = state.with_critic(critic, config.critic_lr.unwrap_or(config.lr))?;
+        }
+        if !replicas.is_empty() {
+            tracing::info!(devices = 1 + replicas.len(), "learner: data parallel");
+            state = state.with_data_parallel(replicas)?;
         }
         Ok(Self {
             config,

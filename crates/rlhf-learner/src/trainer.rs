@@ -109,6 +109,9 @@ pub struct TrainState<B: AutodiffBackend> {
     pub version: u64,
     /// PPO's critic and KL controller (see [`TrainState::with_critic`]).
     pub ppo: Option<crate::ppo::PpoState<B>>,
+    /// Data-parallel replicas of the policy on further devices (see
+    /// [`TrainState::with_data_parallel`]); empty on one device.
+    pub(crate) replicas: Vec<crate::parallel::Replica<B>>,
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
@@ -132,6 +135,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             pad,
             version: 0,
             ppo: None,
+            replicas: vec![],
         }
     }
 
@@ -162,11 +166,21 @@ impl<B: AutodiffBackend> TrainState<B> {
             None
         };
         let per_step = self.settings.batch_units.max(1);
-        // The reference does not change during an update: its log-probs of each step's
-        // sequences are computed once, not once per epoch.
-        let reference = units
+        // Each step's units, split into one shard per device (one shard on one device).
+        let shards: Vec<Vec<std::ops::Range<usize>>> = units
             .chunks(per_step)
-            .map(|chunk| self.reference_logps(chunk, want))
+            .enumerate()
+            .map(|(i, chunk)| self.shard_ranges(i * per_step, chunk.len(), want))
+            .collect();
+        // The reference does not change during an update: its log-probs of each shard's
+        // sequences are computed once, not once per epoch.
+        let reference = shards
+            .iter()
+            .map(|step| {
+                step.iter()
+                    .map(|r| self.reference_logps(&units[r.clone()], want))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let (prepared, sampled_kl) = if want == UnitKind::Rollouts {
             let (p, kl) = self.ppo_prepare(units, old.as_deref(), &reference)?;
@@ -177,20 +191,22 @@ impl<B: AutodiffBackend> TrainState<B> {
         for _ in 0..self.settings.epochs.max(1) {
             for (i, chunk) in units.chunks(per_step).enumerate() {
                 let range = i * per_step..i * per_step + chunk.len();
-                let reference = &reference[i];
                 let step = match want {
-                    UnitKind::Groups => {
+                    // One sample per rollout unit: unit and sample indices coincide.
+                    UnitKind::Rollouts => {
+                        self.ppo_step(chunk, &prepared[range], old.is_some(), &reference[i][0])?
+                    }
+                    _ if shards[i].len() > 1 => {
+                        self.parallel_step(units, &shards[i], &reference[i], old.as_deref())?
+                    }
+                    _ => {
                         let old = old.as_ref().map(|o| &o[range]);
-                        match self.group_input(chunk, old, reference)? {
+                        let policy = &self.policy;
+                        match self.step_input(policy, chunk, &reference[i][0], old)? {
                             Some((input, kl, tokens)) => self.optimise(input, kl, tokens)?,
                             None => None,
                         }
                     }
-                    // One sample per rollout unit: unit and sample indices coincide.
-                    UnitKind::Rollouts => {
-                        self.ppo_step(chunk, &prepared[range], old.is_some(), reference)?
-                    }
-                    _ => self.step(chunk, reference)?,
                 };
                 match step {
                     Some(s) => {
@@ -248,16 +264,24 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
     }
 
-    /// One optimizer step on pairs, lists or binary labels, with the reference's sequence
-    /// log-probs `ref_host`; `None` when the loss or gradient was not finite (step skipped).
-    fn step(
-        &mut self,
+    /// The objective's input for one step (or shard) of pair, list, binary or group units under
+    /// `model` (the policy or one of its replicas), with the reference's log-probs `ref_host`
+    /// and, for groups, log π_old; also the sequence-level KL estimate and the token count.
+    /// `None` when some log-prob was not finite (step skipped).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn step_input(
+        &self,
+        model: &Transformer<B>,
         units: &[Unit],
         ref_host: &[f32],
-    ) -> Result<Option<StepStats>, LearnerError> {
-        let device = self.policy.device();
+        old: Option<&[Vec<Vec<f32>>]>,
+    ) -> Result<Option<(ObjectiveInput<B>, f64, u64)>, LearnerError> {
+        if self.objective.kind() == UnitKind::Groups {
+            return self.group_input(model, units, old, ref_host);
+        }
+        let device = model.device();
         let (seqs, layout) = flatten(units);
-        let (policy_lp, counts) = seq_logps(&self.policy, &seqs, self.pad)?;
+        let (policy_lp, counts) = seq_logps(model, &seqs, self.pad)?;
         let policy_host = host_vec(policy_lp.clone().detach().into_data())?;
         if policy_host.iter().chain(ref_host).any(|x| !x.is_finite()) {
             tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
@@ -275,7 +299,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             .sum::<f64>()
             / seqs.len().max(1) as f64;
         let tokens = counts.iter().map(|&c| c as u64).sum();
-        self.optimise(input, kl, tokens)
+        Ok(Some((input, kl, tokens)))
     }
 
     /// The objective's loss on `input`; `None` (logged) when an input or the loss is not finite.
@@ -309,8 +333,17 @@ impl<B: AutodiffBackend> TrainState<B> {
         let Some(out) = self.checked_loss(&input)? else {
             return Ok(None);
         };
-        let loss_value = out.stats.loss();
-        let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
+        self.apply(grads, StepStats::new(out.stats, kl, tokens))
+    }
+
+    /// Clipping and the AdamW step with `grads` (of the policy's parameters, on its device);
+    /// `None` when their norm is not finite (step skipped). Returns `report` with the norm.
+    pub(crate) fn apply(
+        &mut self,
+        mut grads: GradientsParams,
+        mut report: StepStats,
+    ) -> Result<Option<StepStats>, LearnerError> {
         let norm = clip_global_norm(&self.policy, &mut grads, self.settings.max_grad_norm);
         if !norm.is_finite() {
             tracing::warn!("non-finite gradient norm: step skipped");
@@ -320,7 +353,28 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.policy = self
             .optim
             .step(self.settings.lr, self.policy.clone(), grads);
-        let (chosen, rejected, accuracy, extra) = match out.stats {
+        self.sync_replicas();
+        report.grad_norm = norm;
+        Ok(Some(report))
+    }
+}
+
+pub(crate) struct StepStats {
+    pub(crate) loss: f64,
+    pub(crate) chosen: f64,
+    pub(crate) rejected: f64,
+    pub(crate) accuracy: f64,
+    pub(crate) kl: f64,
+    pub(crate) tokens: u64,
+    pub(crate) grad_norm: f64,
+    pub(crate) extra: Vec<(String, f64)>,
+}
+
+impl StepStats {
+    /// What a step reports of the objective's statistics (the gradient norm comes later).
+    pub(crate) fn new(stats: Stats, kl: f64, tokens: u64) -> Self {
+        let loss = f64::from(stats.loss());
+        let (chosen, rejected, accuracy, extra) = match stats {
             Stats::Pair(s) => (
                 f64::from(s.reward_chosen),
                 f64::from(s.reward_rejected),
@@ -350,28 +404,46 @@ impl<B: AutodiffBackend> TrainState<B> {
                     .collect(),
             ),
         };
-        Ok(Some(StepStats {
-            loss: f64::from(loss_value),
+        Self {
+            loss,
             chosen,
             rejected,
             accuracy,
             kl,
             tokens,
-            grad_norm: norm,
+            grad_norm: 0.0,
             extra,
-        }))
+        }
     }
-}
 
-pub(crate) struct StepStats {
-    pub(crate) loss: f64,
-    pub(crate) chosen: f64,
-    pub(crate) rejected: f64,
-    pub(crate) accuracy: f64,
-    pub(crate) kl: f64,
-    pub(crate) tokens: u64,
-    pub(crate) grad_norm: f64,
-    pub(crate) extra: Vec<(String, f64)>,
+    /// The average of shards' reports weighted by `weights` (summing to 1); tokens add up.
+    pub(crate) fn weighted(parts: Vec<(f64, StepStats)>) -> Self {
+        let mut out = StepStats {
+            loss: 0.0,
+            chosen: 0.0,
+            rejected: 0.0,
+            accuracy: 0.0,
+            kl: 0.0,
+            tokens: 0,
+            grad_norm: 0.0,
+            extra: vec![],
+        };
+        for (w, p) in parts {
+            out.loss += w * p.loss;
+            out.chosen += w * p.chosen;
+            out.rejected += w * p.rejected;
+            out.accuracy += w * p.accuracy;
+            out.kl += w * p.kl;
+            out.tokens += p.tokens;
+            for (k, v) in p.extra {
+                match out.extra.iter_mut().find(|(n, _)| *n == k) {
+                    Some(e) => e.1 += w * v,
+                    None => out.extra.push((k, w * v)),
+                }
+            }
+        }
+        out
+    }
 }
 
 /// How flattened sequences map back to units.
