@@ -44,6 +44,9 @@ pub struct DpoBenchArgs {
     prompt_len: usize,
     #[arg(long, default_value_t = 24)]
     completion_len: usize,
+    /// Data-parallel replicas on the CPU (1 = none): each step split over this many threads.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// Model shapes for benchmarks.
@@ -287,8 +290,8 @@ fn status_kib(field: &str) -> Option<u64> {
 fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
     use rlhf_learner::{OptimSettings, Seq, TrainState, Unit};
     type B = burn::backend::Autodiff<rlhf_model::Cpu>;
-    if args.batch == 0 || args.steps == 0 {
-        bail!("--batch and --steps must be positive");
+    if args.batch == 0 || args.steps == 0 || args.replicas == 0 {
+        bail!("--batch, --steps and --replicas must be positive");
     }
     let device = Default::default();
     let policy = Transformer::<B>::load(&args.model, &device)?;
@@ -303,6 +306,9 @@ fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
     };
     let objective = rlhf_algo::Objective::Dpo(Default::default());
     let mut state = TrainState::new(policy, reference, objective, settings);
+    if args.replicas > 1 {
+        state = state.with_data_parallel(vec![device; args.replicas - 1])?;
+    }
     let seq = |salt: u64| Seq {
         prompt: tokens(args.prompt_len, vocab, salt),
         completion: tokens(args.completion_len, vocab, salt + 7),
@@ -319,16 +325,17 @@ fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let pairs = (args.batch * args.steps) as f64;
     eprintln!(
-        "dpo: {} steps of {} pairs ({} + {} tokens) in {secs:.2}s = {:.1} pairs/s",
+        "dpo: {} steps of {} pairs ({} + {} tokens, {} replica(s)) in {secs:.2}s = {:.1} pairs/s",
         args.steps,
         args.batch,
         args.prompt_len,
         args.completion_len,
+        args.replicas,
         pairs / secs
     );
     println!(
         "{}",
-        json!({"pairs_per_s": pairs / secs, "seconds": secs, "steps": args.steps, "batch": args.batch})
+        json!({"pairs_per_s": pairs / secs, "seconds": secs, "steps": args.steps, "batch": args.batch, "replicas": args.replicas})
     );
     Ok(())
 }

@@ -8,18 +8,26 @@
 //! groups of one size) this is the full step's gradient, exactly (tested against one device).
 //! Objectives with batch-level statistics (KTO's and BCO's reference point, REINFORCE++'s
 //! batch-normalised advantages, DAPO's token-level mean) compute them per shard, as under
-//! PyTorch DDP. Shards run one after another, so the devices do not overlap yet: what this
-//! buys today is memory (a step larger than one device holds), not speed. PPO (the critic is
-//! not replicated) trains on one device.
+//! PyTorch DDP (BCO's running mean follows the first shard). Each shard's forward and backward
+//! pass runs in its own thread, so devices work at the same time; the sum, the clip and the
+//! optimizer step wait for all of them. PPO (the critic is not replicated) trains on one device.
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
-use rlhf_algo::UnitKind;
+use rlhf_algo::{ObjectiveState, UnitKind};
 use rlhf_model::Transformer;
 
 use crate::LearnerError;
-use crate::trainer::{StepStats, TrainState, Unit};
+use crate::trainer::{StepStats, TrainState, Unit, checked_loss};
+
+/// What one shard's thread hands back.
+struct ShardOutcome {
+    weight: f64,
+    report: StepStats,
+    grads: GradientsParams,
+    state: ObjectiveState,
+}
 
 /// A copy of the policy on another device.
 pub(crate) struct Replica<B: AutodiffBackend> {
@@ -77,8 +85,9 @@ impl<B: AutodiffBackend> TrainState<B> {
     }
 
     /// One optimizer step over `shards` (ranges of `units`; `reference[r]` and `old` as for
-    /// one device). `None` when a shard's log-probs, loss or the summed gradient were not finite:
-    /// the whole step is skipped, as on one device.
+    /// one device), each shard's forward and backward pass in its own thread so that devices
+    /// work at the same time. `None` when a shard's log-probs, loss or the summed gradient were
+    /// not finite: the whole step is skipped, as on one device.
     pub(crate) fn parallel_step(
         &mut self,
         units: &[Unit],
@@ -87,34 +96,79 @@ impl<B: AutodiffBackend> TrainState<B> {
         old: Option<&[Vec<Vec<f32>>]>,
     ) -> Result<Option<StepStats>, LearnerError> {
         let total: usize = shards.iter().map(|r| r.len()).sum();
+        let models: Vec<Transformer<B>> = std::iter::once(self.policy.clone())
+            .chain(self.replicas.iter().map(|r| r.model.clone()))
+            .collect();
+        let this = &*self;
+        let outcomes: Vec<Result<Option<ShardOutcome>, LearnerError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shards
+                    .iter()
+                    .zip(models)
+                    .enumerate()
+                    .map(|(r, (range, model))| {
+                        let weight = range.len() as f64 / total as f64;
+                        let units = &units[range.clone()];
+                        let old = old.map(|o| &o[range.clone()]);
+                        let reference = &reference[r];
+                        scope.spawn(move || this.shard(model, units, reference, old, weight))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(LearnerError::Objective(
+                                "a data-parallel shard panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            });
         let device = self.policy.device();
         let mut sum = GradientsAccumulator::<Transformer<B>>::new();
         let mut reports = Vec::with_capacity(shards.len());
-        for (r, range) in shards.iter().enumerate() {
-            let model = match r {
-                0 => self.policy.clone(),
-                _ => self.replicas[r - 1].model.clone(),
-            };
-            let old = old.map(|o| &o[range.clone()]);
-            let Some((input, kl, tokens)) =
-                self.step_input(&model, &units[range.clone()], &reference[r], old)?
-            else {
+        for (r, outcome) in outcomes.into_iter().enumerate() {
+            let Some(outcome) = outcome? else {
                 return Ok(None);
             };
-            let Some(out) = self.checked_loss(&input)? else {
-                return Ok(None);
-            };
-            let weight = range.len() as f64 / total as f64;
-            let grads = out.loss.mul_scalar(weight).backward();
-            let grads = GradientsParams::from_grads(grads, &model);
+            if r == 0 {
+                // Objectives with state across steps (BCO's running mean) follow the first shard.
+                self.objective_state = outcome.state;
+            }
             let grads = match r {
-                0 => grads,
-                _ => grads.to_device(&device, &self.policy),
+                0 => outcome.grads,
+                _ => outcome.grads.to_device(&device, &self.policy),
             };
             sum.accumulate(&self.policy, grads);
-            reports.push((weight, StepStats::new(out.stats, kl, tokens)));
+            reports.push((outcome.weight, outcome.report));
         }
         self.apply(sum.grads(), StepStats::weighted(reports))
+    }
+
+    /// One shard's forward and backward pass under `model`, its loss scaled by `weight`.
+    fn shard(
+        &self,
+        model: Transformer<B>,
+        units: &[Unit],
+        reference: &[f32],
+        old: Option<&[Vec<Vec<f32>>]>,
+        weight: f64,
+    ) -> Result<Option<ShardOutcome>, LearnerError> {
+        let Some((input, kl, tokens)) = self.step_input(&model, units, reference, old)? else {
+            return Ok(None);
+        };
+        let mut state = self.objective_state;
+        let Some(out) = checked_loss(&self.objective, &mut state, &input)? else {
+            return Ok(None);
+        };
+        let grads = GradientsParams::from_grads(out.loss.mul_scalar(weight).backward(), &model);
+        Ok(Some(ShardOutcome {
+            weight,
+            report: StepStats::new(out.stats, kl, tokens),
+            grads,
+            state,
+        }))
     }
 
     /// Copies the policy's weights to every replica (after an optimizer step).

@@ -102,7 +102,7 @@ pub struct TrainState<B: AutodiffBackend> {
     pub reference: Transformer<B::InnerBackend>,
     pub(crate) optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
     pub objective: Objective,
-    objective_state: ObjectiveState,
+    pub(crate) objective_state: ObjectiveState,
     pub settings: OptimSettings,
     pub(crate) pad: u32,
     /// The policy version: 0 for the initial policy, +1 per [`TrainState::update`].
@@ -307,19 +307,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         &mut self,
         input: &ObjectiveInput<B>,
     ) -> Result<Option<LossOutput<B, Stats>>, LearnerError> {
-        let out = match compute_loss(&self.objective, input, &mut self.objective_state) {
-            Ok(out) => out,
-            Err(e) if e.to_string().contains("finite") => {
-                tracing::warn!(error = %e, "objective rejected the batch");
-                return Ok(None);
-            }
-            Err(e) => return Err(LearnerError::Objective(e.to_string())),
-        };
-        if !out.stats.loss().is_finite() {
-            tracing::warn!("non-finite loss: step skipped");
-            return Ok(None);
-        }
-        Ok(Some(out))
+        checked_loss(&self.objective, &mut self.objective_state, input)
     }
 
     /// Loss, backward, clipping and the AdamW step; `None` when the loss or gradient was not
@@ -357,6 +345,28 @@ impl<B: AutodiffBackend> TrainState<B> {
         report.grad_norm = norm;
         Ok(Some(report))
     }
+}
+
+/// The objective's loss on `input` (updating `state`); `None` (logged) when an input or the loss
+/// is not finite.
+pub(crate) fn checked_loss<B: AutodiffBackend>(
+    objective: &Objective,
+    state: &mut ObjectiveState,
+    input: &ObjectiveInput<B>,
+) -> Result<Option<LossOutput<B, Stats>>, LearnerError> {
+    let out = match compute_loss(objective, input, state) {
+        Ok(out) => out,
+        Err(e) if e.to_string().contains("finite") => {
+            tracing::warn!(error = %e, "objective rejected the batch");
+            return Ok(None);
+        }
+        Err(e) => return Err(LearnerError::Objective(e.to_string())),
+    };
+    if !out.stats.loss().is_finite() {
+        tracing::warn!("non-finite loss: step skipped");
+        return Ok(None);
+    }
+    Ok(Some(out))
 }
 
 pub(crate) struct StepStats {

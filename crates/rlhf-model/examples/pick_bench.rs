@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
-use rlhf_model::generate::{pick, pick_row};
+use rlhf_model::generate::{log_softmax_row, pick, pick_row};
 use rlhf_model::load::host_vec;
 use rlhf_model::{Cpu, SamplingParams};
 
@@ -66,14 +66,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The host-side choice generation made before `pick`/`pick_row`: f64 log-softmax, sort, walk the prefix.
 fn host_choice(row: &[f32], top_p: f32, u: f64) -> usize {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = row
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    let lp: Vec<f64> = row.iter().map(|&x| x as f64 - lse).collect();
+    let lp = log_softmax_row(row);
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
     let mut keep = order.len();
