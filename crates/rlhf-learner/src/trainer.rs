@@ -292,13 +292,23 @@ impl<B: AutodiffBackend> TrainState<B> {
         let counts_t =
             Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [seqs.len()]), &device);
         let input = build_input(&layout, units, policy_lp, reference, counts_t, &device);
+        // KL and tokens over real sequences only (not the padding entries of short lists).
+        let real = layout.real_rows(seqs.len());
+        let rows = real.iter().filter(|&&r| r).count();
         let kl = policy_host
             .iter()
             .zip(ref_host)
-            .map(|(p, r)| f64::from(p - r))
+            .zip(&real)
+            .filter(|(_, r)| **r)
+            .map(|((p, r), _)| f64::from(p - r))
             .sum::<f64>()
-            / seqs.len().max(1) as f64;
-        let tokens = counts.iter().map(|&c| c as u64).sum();
+            / rows.max(1) as f64;
+        let tokens = counts
+            .iter()
+            .zip(&real)
+            .filter(|(_, r)| **r)
+            .map(|(&c, _)| c as u64)
+            .sum();
         Ok(Some((input, kl, tokens)))
     }
 
@@ -468,6 +478,16 @@ enum Layout {
     },
     /// One row per sample.
     Binary,
+}
+
+impl Layout {
+    /// Which of the `rows` flattened sequences are real (padding entries of lists are not).
+    fn real_rows(&self, rows: usize) -> Vec<bool> {
+        match self {
+            Layout::Lists { n, valid, .. } => (0..rows).map(|i| i % n < valid[i / n]).collect(),
+            _ => vec![true; rows],
+        }
+    }
 }
 
 fn flatten(units: &[Unit]) -> (Vec<&Seq>, Layout) {

@@ -56,6 +56,29 @@ fn groups() -> Vec<Unit> {
         .collect()
 }
 
+/// Three ranked lists of different lengths (padded to one width inside the objective).
+fn lists() -> Vec<Unit> {
+    (0..3u32)
+        .map(|l| {
+            let p = [5 + l, 8, 9 + l];
+            let ranked = [
+                vec![11 + l, 12],
+                vec![13],
+                vec![14, 15 + l, 16],
+                vec![17 + l],
+            ];
+            Unit::List(
+                ranked
+                    .into_iter()
+                    .take(2 + l as usize)
+                    .enumerate()
+                    .map(|(k, c)| seq(&p, &c, 1.0 - k as f64 * 0.25))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// Log-probs of a few probe sequences: a functional fingerprint of the weights.
 fn probe(model: &Transformer<B>) -> anyhow::Result<Vec<f32>> {
     let batch = TokenBatch::unpadded(
@@ -80,7 +103,12 @@ fn two_replicas_train_like_one_device() -> anyhow::Result<()> {
         batch_units: 5,
         epochs: 3,
     };
-    for (name, units) in [("dpo", pairs()), ("simpo", pairs()), ("grpo", groups())] {
+    for (name, units) in [
+        ("dpo", pairs()),
+        ("simpo", pairs()),
+        ("pro", lists()),
+        ("grpo", groups()),
+    ] {
         let objective: Objective = serde_json::from_value(serde_json::json!({ "name": name }))?;
         let mut one = TrainState::new(base.clone(), base.valid(), objective, settings);
         let mut two = TrainState::new(base.clone(), base.valid(), objective, settings)
@@ -144,4 +172,35 @@ fn ppo_stays_on_one_device() {
         err.contains("learner.devices") && err.contains("ppo"),
         "{err}"
     );
+}
+
+#[test]
+fn the_devices_setting_is_checked_naming_the_field() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let error = |devices: &[&str], device: &str, objective: &str| {
+        let mut c = rlhf_learner::LearnerConfig::new(dir.clone());
+        c.devices = devices.iter().map(|d| d.to_string()).collect();
+        c.device = device.to_string();
+        c.objective = match serde_json::from_value(serde_json::json!({ "name": objective })) {
+            Ok(o) => o,
+            Err(e) => panic!("{e}"),
+        };
+        c.validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(error(&["cpu", "cpu"], "", "dpo"), "");
+    assert_eq!(error(&["cpu", "cpu"], "cpu", "dpo"), "");
+    let cases = [
+        (error(&["cpu", "gpu"], "", "dpo"), "learner.devices[1]"),
+        // "mixes cpu and cuda" in a CUDA build, "built without CUDA" otherwise.
+        (error(&["cpu", "cuda:1"], "", "dpo"), "learner.devices"),
+        // "disagree" in a CUDA build, "built without CUDA" otherwise.
+        (error(&["cpu", "cpu"], "cuda:0", "dpo"), "learner.device"),
+        (error(&["cpu", "cpu"], "", "ppo"), "learner.devices"),
+    ];
+    for (err, needle) in cases {
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
 }
