@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use rlhf_data::PromptRecord;
 use rlhf_learner::trainer::Seq;
-use rlhf_model::{DeviceSpec, FinishReason, SamplingParams, Tokenizer};
+use rlhf_model::{AnyModel, DeviceSpec, FinishReason, SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cache::{Cache, Kind, fingerprint, key_of};
 use crate::config::{Fingerprint, GenerationConfig};
 use crate::error::{EvalError, joined};
-use crate::model::EvalModel;
+use crate::model::completion_logps;
 use crate::prompts;
 use crate::report::WorkCounts;
 
@@ -30,7 +30,7 @@ pub struct Policy {
     /// Its identity in cache keys.
     pub fingerprint: String,
     /// The model (shared with blocking workers).
-    pub model: Arc<EvalModel>,
+    pub model: Arc<AnyModel>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
 }
@@ -49,7 +49,7 @@ impl Policy {
                 EvalError::model(&name, format!("{}: {e}", path.display()))
             };
             let tokenizer = Tokenizer::from_dir(&path).map_err(|e| err(&e))?;
-            let model = EvalModel::load(&path, device).map_err(|e| err(&e))?;
+            let model = AnyModel::load(&path, device).map_err(|e| err(&e))?;
             let fingerprint = fingerprint(&path, how)?;
             Ok(Policy {
                 name,
@@ -209,7 +209,7 @@ pub async fn generate(
 
 /// Summed completion log-probs of `seqs` under `model`, `batch` sequences per forward pass.
 pub async fn sequence_logps(
-    model: &Arc<EvalModel>,
+    model: &Arc<AnyModel>,
     seqs: Vec<Seq>,
     batch: usize,
 ) -> Result<Vec<f64>, String> {
@@ -229,7 +229,7 @@ pub async fn sequence_logps(
         let (m, chunk) = (model.clone(), chunk.to_vec());
         let task = tokio::task::spawn_blocking(move || {
             let refs: Vec<&Seq> = chunk.iter().collect();
-            m.seq_logps(&refs, pad)
+            completion_logps(&m, &refs, pad)
         });
         let sums = task
             .await

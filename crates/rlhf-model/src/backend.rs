@@ -2,7 +2,17 @@
 //! run time from a `device` setting (`cpu`, `cuda:N`) through [`DeviceSpec`].
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+use crate::batch::TokenBatch;
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::generate::{Completion, SamplingParams};
+use crate::load::host_vec;
+use crate::model::Transformer;
 
 /// The CPU backend (burn's ndarray: measured 2.2× faster than flex for training here).
 pub type Cpu = burn::backend::NdArray<f32>;
@@ -73,6 +83,87 @@ impl DeviceSpec {
                 "device `{self}`: this binary was built without CUDA support (rebuild with `--features cuda`)"
             )),
         }
+    }
+}
+
+/// A model loaded (for inference) on the backend a `device` setting chose: what services that
+/// only read a model (scorers, evaluation) hold, instead of each writing the CPU/CUDA dispatch.
+pub enum AnyModel {
+    Cpu(Transformer<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(Transformer<Cuda>),
+}
+
+/// A computation written once for every backend, run by [`AnyModel::run`].
+pub trait OnModel {
+    type Output;
+    fn run<B: Backend>(self, model: &Transformer<B>) -> Self::Output;
+}
+
+impl AnyModel {
+    /// Loads a checkpoint folder onto `device` (checked with [`DeviceSpec::check_supported`]).
+    pub fn load(path: &Path, device: DeviceSpec) -> crate::Result<Self> {
+        device.check_supported().map_err(ModelError::Input)?;
+        match device {
+            DeviceSpec::Cpu => Ok(AnyModel::Cpu(Transformer::load(path, &Default::default())?)),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(n) => Ok(AnyModel::Cuda(Transformer::load(
+                path,
+                &burn::backend::cuda::CudaDevice::new(n),
+            )?)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(ModelError::Input(format!(
+                "device `{device}`: this binary was built without CUDA support"
+            ))),
+        }
+    }
+
+    /// Runs `f` on the model, whatever its backend.
+    pub fn run<F: OnModel>(&self, f: F) -> F::Output {
+        match self {
+            AnyModel::Cpu(m) => f.run(m),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => f.run(m),
+        }
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            AnyModel::Cpu(m) => &m.config,
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => &m.config,
+        }
+    }
+
+    /// Seeded batched sampling (see [`Transformer::generate_seeded`]).
+    pub fn generate_seeded(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        seeds: &[u64],
+    ) -> crate::Result<Vec<Completion>> {
+        struct Generate<'a>(&'a [Vec<u32>], &'a SamplingParams, &'a [u64]);
+        impl OnModel for Generate<'_> {
+            type Output = crate::Result<Vec<Completion>>;
+            fn run<B: Backend>(self, m: &Transformer<B>) -> Self::Output {
+                m.generate_seeded(self.0, self.1, self.2)
+            }
+        }
+        self.run(Generate(prompts, params, seeds))
+    }
+
+    /// Reward scores `[batch, num_labels]` (row-major, on the host) of a sequence-classification
+    /// model (see [`Transformer::scores`]).
+    pub fn scores(&self, batch: &TokenBatch) -> crate::Result<Vec<f32>> {
+        struct Scores<'a>(&'a TokenBatch);
+        impl OnModel for Scores<'_> {
+            type Output = crate::Result<Vec<f32>>;
+            fn run<B: Backend>(self, m: &Transformer<B>) -> Self::Output {
+                host_vec(m.scores(self.0)?.into_data())
+            }
+        }
+        self.run(Scores(batch))
     }
 }
 

@@ -20,7 +20,7 @@ pub mod model;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Cpu, CpuAutodiff, DeviceSpec};
+pub use backend::{AnyModel, Cpu, CpuAutodiff, DeviceSpec, OnModel};
 pub use batch::{PaddingSide, TokenBatch};
 pub use config::{Architecture, HeadKind, ModelConfig};
 pub use error::{ModelError, Result};

@@ -1,5 +1,6 @@
 //! A Hugging Face sequence-classification reward model (`LlamaForSequenceClassification`, ...)
-//! run through rlhf-model on the CPU. Inputs are tokenized as the chat template renders the
+//! run through rlhf-model on the CPU, or on a GPU (`device = "cuda:N"`) in builds with the
+//! `cuda` feature. Inputs are tokenized as the chat template renders the
 //! prompt's messages plus the completion as the assistant's turn, or as `prompt + completion`
 //! when there are no messages; they are sorted by length, batched, padded on the right, and the
 //! score is read at each row's last real token.
@@ -9,8 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rlhf_core::ChatMessage;
-use rlhf_model::load::host_vec;
-use rlhf_model::{Cpu, DeviceSpec, PaddingSide, TokenBatch, Tokenizer, Transformer};
+use rlhf_model::{AnyModel, DeviceSpec, HeadKind, PaddingSide, TokenBatch, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RewardError, ScoreError, ensure_finite};
@@ -30,7 +30,7 @@ pub struct RewardModelConfig {
     /// Sequences per forward pass.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Where to run: `cpu` (the only device this build supports for reward models).
+    /// Where to run: `cpu`, or `cuda:N` in builds with the `cuda` feature.
     #[serde(default = "default_device")]
     pub device: String,
     /// Which output of a multi-label head is the reward.
@@ -76,16 +76,7 @@ impl RewardModelConfig {
                 "must be at least 1",
             ));
         }
-        let device: DeviceSpec = self
-            .device
-            .parse()
-            .map_err(|e: String| RewardError::config(format!("{at}device"), e))?;
-        if device != DeviceSpec::Cpu {
-            return Err(RewardError::config(
-                format!("{at}device"),
-                format!("`{device}`: reward models run on `cpu` only in this build"),
-            ));
-        }
+        self.device_spec(at)?;
         if !self.path.join("config.json").is_file() {
             return Err(RewardError::config(
                 format!("{at}path"),
@@ -96,9 +87,17 @@ impl RewardModelConfig {
     }
 }
 
+impl RewardModelConfig {
+    /// The parsed device, checked against this build.
+    fn device_spec(&self, at: &str) -> Result<DeviceSpec, RewardError> {
+        DeviceSpec::from_setting(&self.device)
+            .map_err(|e| RewardError::config(format!("{at}device"), e))
+    }
+}
+
 /// What the blocking worker needs.
 struct Inner {
-    model: Mutex<Transformer<Cpu>>,
+    model: Mutex<AnyModel>,
     tokenizer: Tokenizer,
     pad_id: u32,
     label: usize,
@@ -122,8 +121,8 @@ impl RewardModelScorer {
     /// [`load`](Self::load), naming fields under `at` in errors.
     pub fn load_at(config: &RewardModelConfig, at: &str) -> Result<Self, RewardError> {
         config.validate(at)?;
-        let model = Transformer::<Cpu>::load(&config.path, &Default::default())?;
-        if model.score.is_none() {
+        let model = AnyModel::load(&config.path, config.device_spec(at)?)?;
+        if model.config().architecture.head() != HeadKind::SequenceClassification {
             return Err(RewardError::config(
                 format!("{at}path"),
                 format!(
@@ -132,7 +131,7 @@ impl RewardModelScorer {
                 ),
             ));
         }
-        let num_labels = model.config.num_labels;
+        let num_labels = model.config().num_labels;
         if config.label >= num_labels {
             return Err(RewardError::config(
                 format!("{at}label"),
@@ -144,14 +143,14 @@ impl RewardModelScorer {
         }
         let tokenizer = Tokenizer::from_dir(&config.path)?;
         let pad_id = model
-            .config
+            .config()
             .pad_token_id
             .or_else(|| tokenizer.pad_id())
             .or_else(|| tokenizer.eos_id())
             .unwrap_or(0);
         let max_tokens = config
             .max_tokens
-            .unwrap_or(model.config.max_position_embeddings);
+            .unwrap_or(model.config().max_position_embeddings);
         Ok(Self {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
@@ -216,8 +215,7 @@ impl Inner {
             .model
             .lock()
             .map_err(|_| "the model lock is poisoned".to_string())?;
-        let scores = model.scores(&batch).map_err(|e| e.to_string())?;
-        host_vec(scores.into_data()).map_err(|e| e.to_string())
+        model.scores(&batch).map_err(|e| e.to_string())
     }
 
     fn score_all(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
