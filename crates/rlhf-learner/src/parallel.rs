@@ -62,18 +62,10 @@ impl<B: AutodiffBackend> TrainState<B> {
     }
 
     /// The unit ranges (of the update's units) of one step starting at `start` with `len`
-    /// units, one per device, as even as possible; one range without replicas or for PPO.
-    pub(crate) fn shard_ranges(
-        &self,
-        start: usize,
-        len: usize,
-        kind: UnitKind,
-    ) -> Vec<std::ops::Range<usize>> {
-        let n = if kind == UnitKind::Rollouts {
-            1
-        } else {
-            self.devices().min(len).max(1)
-        };
+    /// units, one per device, as even as possible; one range without replicas (always for PPO,
+    /// which [`TrainState::with_data_parallel`] refuses).
+    pub(crate) fn shard_ranges(&self, start: usize, len: usize) -> Vec<std::ops::Range<usize>> {
+        let n = self.devices().min(len).max(1);
         let mut out = Vec::with_capacity(n);
         let mut at = start;
         for r in 0..n {

@@ -156,8 +156,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
         let start = Instant::now();
         let mut m = UpdateMetrics::default();
-        let mut sums = [0f64; 5]; // loss, chosen, rejected, accuracy, kl
-        let mut extra: Vec<(String, f64)> = vec![];
+        let mut total = StepStats::default();
         // Policy-gradient ratios need log π_old of the policy as it was before this update:
         // the samplers' log-probs when they sampled with this very version, else one forward.
         let old = if matches!(want, UnitKind::Groups | UnitKind::Rollouts) {
@@ -170,7 +169,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let shards: Vec<Vec<std::ops::Range<usize>>> = units
             .chunks(per_step)
             .enumerate()
-            .map(|(i, chunk)| self.shard_ranges(i * per_step, chunk.len(), want))
+            .map(|(i, chunk)| self.shard_ranges(i * per_step, chunk.len()))
             .collect();
         // The reference does not change during an update: its log-probs of each shard's
         // sequences are computed once, not once per epoch.
@@ -211,33 +210,21 @@ impl<B: AutodiffBackend> TrainState<B> {
                 match step {
                     Some(s) => {
                         m.steps += 1;
-                        m.tokens += s.tokens;
-                        m.grad_norm += s.grad_norm;
-                        for (acc, v) in sums
-                            .iter_mut()
-                            .zip([s.loss, s.chosen, s.rejected, s.accuracy, s.kl])
-                        {
-                            *acc += v;
-                        }
-                        for (k, v) in s.extra {
-                            match extra.iter_mut().find(|(n, _)| *n == k) {
-                                Some(e) => e.1 += v,
-                                None => extra.push((k, v)),
-                            }
-                        }
+                        total.add(1.0, s);
                     }
                     None => m.rejected_nonfinite += chunk.len() as u32,
                 }
             }
         }
         let n = f64::from(m.steps.max(1));
-        m.loss = sums[0] / n;
-        m.chosen_reward = sums[1] / n;
-        m.rejected_reward = sums[2] / n;
-        m.accuracy = sums[3] / n;
-        m.kl = sums[4] / n;
-        m.grad_norm /= n;
-        m.extra = extra.into_iter().map(|(k, v)| (k, v / n)).collect();
+        m.tokens = total.tokens;
+        m.loss = total.loss / n;
+        m.chosen_reward = total.chosen / n;
+        m.rejected_reward = total.rejected / n;
+        m.accuracy = total.accuracy / n;
+        m.kl = total.kl / n;
+        m.grad_norm = total.grad_norm / n;
+        m.extra = total.extra.into_iter().map(|(k, v)| (k, v / n)).collect();
         if let Some(kl) = sampled_kl {
             self.ppo_observe_kl(kl, units.len() as u64);
             m.extra.push(("sampled_kl".into(), kl));
@@ -379,6 +366,7 @@ pub(crate) fn checked_loss<B: AutodiffBackend>(
     Ok(Some(out))
 }
 
+#[derive(Default)]
 pub(crate) struct StepStats {
     pub(crate) loss: f64,
     pub(crate) chosen: f64,
@@ -436,31 +424,28 @@ impl StepStats {
         }
     }
 
-    /// The average of shards' reports weighted by `weights` (summing to 1); tokens add up.
-    pub(crate) fn weighted(parts: Vec<(f64, StepStats)>) -> Self {
-        let mut out = StepStats {
-            loss: 0.0,
-            chosen: 0.0,
-            rejected: 0.0,
-            accuracy: 0.0,
-            kl: 0.0,
-            tokens: 0,
-            grad_norm: 0.0,
-            extra: vec![],
-        };
-        for (w, p) in parts {
-            out.loss += w * p.loss;
-            out.chosen += w * p.chosen;
-            out.rejected += w * p.rejected;
-            out.accuracy += w * p.accuracy;
-            out.kl += w * p.kl;
-            out.tokens += p.tokens;
-            for (k, v) in p.extra {
-                match out.extra.iter_mut().find(|(n, _)| *n == k) {
-                    Some(e) => e.1 += w * v,
-                    None => out.extra.push((k, w * v)),
-                }
+    /// Adds `other`, weighted by `w` (tokens add up unweighted); extras are matched by name.
+    pub(crate) fn add(&mut self, w: f64, other: StepStats) {
+        self.loss += w * other.loss;
+        self.chosen += w * other.chosen;
+        self.rejected += w * other.rejected;
+        self.accuracy += w * other.accuracy;
+        self.kl += w * other.kl;
+        self.tokens += other.tokens;
+        self.grad_norm += w * other.grad_norm;
+        for (k, v) in other.extra {
+            match self.extra.iter_mut().find(|(n, _)| *n == k) {
+                Some(e) => e.1 += w * v,
+                None => self.extra.push((k, w * v)),
             }
+        }
+    }
+
+    /// The average of shards' reports weighted by their weights (summing to 1).
+    pub(crate) fn weighted(parts: Vec<(f64, StepStats)>) -> Self {
+        let mut out = StepStats::default();
+        for (w, p) in parts {
+            out.add(w, p);
         }
         out
     }
