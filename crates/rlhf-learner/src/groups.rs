@@ -98,6 +98,18 @@ pub(crate) fn padded(rows: &[&[f32]], width: usize) -> Vec<f32> {
     out
 }
 
+/// Sequence-level KL estimate `Σ_t (log π − log π_ref)` over the real tokens of `[rows, width]`
+/// host log-probs, averaged over rows.
+pub(crate) fn masked_kl(policy: &[f32], reference: &[f32], mask: &[f32], rows: usize) -> f64 {
+    policy
+        .iter()
+        .zip(reference)
+        .zip(mask)
+        .map(|((p, r), m)| f64::from((p - r) * m))
+        .sum::<f64>()
+        / rows.max(1) as f64
+}
+
 impl<B: AutodiffBackend> TrainState<B> {
     /// The policy's (differentiable) completion log-probs `[rows, width]` picked by `idx`, and
     /// their per-token entropies when the objective has an entropy bonus.
@@ -207,13 +219,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
             return Ok(None);
         }
-        let kl = policy_host
-            .iter()
-            .zip(reference)
-            .zip(&mask)
-            .map(|((p, r), m)| f64::from((p - r) * m))
-            .sum::<f64>()
-            / rows.max(1) as f64;
+        let kl = masked_kl(&policy_host, reference, &mask, rows);
         let tensor =
             |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, width]), &device);
         let (old_logp, behaviour_logp) = match old {

@@ -22,7 +22,7 @@ use rlhf_model::load::host_vec;
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
-use crate::groups::{completion_columns, padded, samples};
+use crate::groups::{completion_columns, masked_kl, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
 /// The critic, its optimizer and the KL-in-reward controller.
@@ -260,13 +260,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
             return Ok(None);
         }
-        let kl = policy_host
-            .iter()
-            .zip(reference)
-            .zip(&mask)
-            .map(|((p, r), m)| f64::from((p - r) * m))
-            .sum::<f64>()
-            / rows.max(1) as f64;
+        let kl = masked_kl(&policy_host, reference, &mask, rows);
         let input = ObjectiveInput::Rollouts(RolloutBatch {
             tokens: PgTokens {
                 logp,
