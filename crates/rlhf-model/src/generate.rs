@@ -31,6 +31,8 @@
 //! `(seed, i)`, one per possible step, so a row's sample does not depend on how many other rows
 //! share the batch.
 
+use std::borrow::Cow;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -198,8 +200,10 @@ impl<B: Backend> Transformer<B> {
                 uniforms.extend((0..steps).map(|_| rng.random::<f32>()));
             }
         }
+        // The device picker reads the uniforms from one tensor; the host picker from the vector.
         let device_uniforms = (schedule.pick_on_device && !uniforms.is_empty()).then(|| {
-            Tensor::<B, 2>::from_data(TensorData::new(uniforms.clone(), [b, steps]), &device)
+            let u = std::mem::take(&mut uniforms);
+            Tensor::<B, 2>::from_data(TensorData::new(u, [b, steps]), &device)
         });
         let mut rows = vec![RowSoFar::default(); b];
         let mut pending: Vec<Picked<B>> = Vec::new();
@@ -392,19 +396,22 @@ pub fn pick_row(row: &[f32], params: &SamplingParams, uniform: f32) -> (u32, f32
         let best = (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
         return (best as u32, policy[best] as f32, 0.0);
     }
-    let mut scaled = if params.temperature == 1.0 {
-        policy.clone()
+    // At temperature 1 the scaled distribution is the policy's, copied only if truncated.
+    let mut scaled: Cow<[f64]> = if params.temperature == 1.0 {
+        Cow::Borrowed(&policy)
     } else {
         let t = params.temperature;
-        log_softmax_row(&row.iter().map(|&x| x / t).collect::<Vec<f32>>())
+        Cow::Owned(log_softmax_row(
+            &row.iter().map(|&x| x / t).collect::<Vec<f32>>(),
+        ))
     };
     if params.top_k > 0 && params.top_k < row.len() {
         let kth = kth_largest(&scaled, params.top_k);
-        keep_at_least(&mut scaled, kth);
+        keep_at_least(scaled.to_mut(), kth);
     }
     if params.top_p < 1.0 {
         let cut = nucleus_cut(&scaled, params.top_p as f64);
-        keep_at_least(&mut scaled, cut);
+        keep_at_least(scaled.to_mut(), cut);
     }
     let target = uniform as f64;
     let mut acc = 0.0;
