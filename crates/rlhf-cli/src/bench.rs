@@ -14,8 +14,8 @@ use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
 use rlhf_model::memory::{self, MemoryEstimate, human};
 use rlhf_model::{
-    Architecture, DeviceSpec, ModelConfig, SamplingParams, TokenBatch, Transformer, masked_mean,
-    target_mask,
+    Architecture, DeviceSpec, ModelConfig, Precision, SamplingParams, TokenBatch, Transformer,
+    masked_mean, target_mask,
 };
 use serde_json::json;
 
@@ -95,6 +95,10 @@ pub struct ModelBenchArgs {
     /// backward pass instead of kept).
     #[arg(long)]
     checkpointing: bool,
+    /// Compute precision: `f32`, or `bf16` (f32 master weights cast at each use for training,
+    /// bf16-stored weights for generation; needs a GPU).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -154,12 +158,14 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         Some(dir) => Transformer::<B>::load(dir, device)?,
         None => Transformer::<B>::random(config(args.size), 1, device),
     };
+    let precision = args.precision;
+    let model = model.with_precision(precision)?;
     let vocab = model.config.vocab_size;
     let params = model.config.num_parameters();
-    eprintln!("model: {}", model.config.describe());
+    eprintln!("model: {} ({precision})", model.config.describe());
 
-    // Generation (inference backend, no autodiff graph).
-    let infer = model.valid();
+    // Generation (inference backend, no autodiff graph), from weights stored in the precision.
+    let infer = model.valid().cast_weights(precision)?;
     let mut gen_results = vec![];
     for &b in &args.gen_batch {
         let prompts: Vec<Vec<u32>> = (0..b)
@@ -171,7 +177,13 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             seed: 1,
             ..Default::default()
         };
-        let estimate = memory::generation(&model.config, b, args.prompt_len, args.new_tokens);
+        let estimate = memory::generation(
+            &model.config,
+            b,
+            args.prompt_len,
+            args.new_tokens,
+            precision,
+        );
         let rss = PeakRss::start();
         let start = Instant::now();
         let out = infer.generate(&prompts, &sp)?;
@@ -186,6 +198,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         );
         report_memory(&estimate, growth);
     }
+    drop(infer);
 
     // Training: next-token NLL, backward, AdamW.
     let (bsz, len) = (args.train_batch, args.train_len);
@@ -196,7 +209,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     let mut model = model;
     let mut times = vec![];
     // The policy alone (the reference of DPO-style objectives would add its weights).
-    let estimate = memory::training(&model.config, bsz, len, false);
+    let estimate = memory::training(&model.config, bsz, len, false, precision);
     let mut growth = None;
     for step in 0..=args.steps {
         let rss = PeakRss::start();
@@ -235,6 +248,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "parameters": params,
             "device": args.device.to_string(),
             "checkpointing": args.checkpointing,
+            "precision": precision.to_string(),
             "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
             "generate": gen_results,
             "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "tokens_per_s": tps, "model_tflops": tflops,

@@ -22,6 +22,10 @@ pub struct ModelSection {
     /// `rollout.devices` say otherwise).
     #[serde(default)]
     pub device: String,
+    /// Compute precision of the learner and the rollout workers: `f32` (default) or `bf16`
+    /// (docs/gpu.md; needs a GPU).
+    #[serde(default)]
+    pub precision: String,
 }
 
 /// Rollout workers.
@@ -176,6 +180,11 @@ impl RunFile {
         if f.learner.device.is_empty() && f.learner.devices.is_empty() {
             f.learner.device = f.model.device.clone();
         }
+        if f.learner.precision.is_empty() {
+            f.learner.precision = f.model.precision.clone();
+        }
+        rlhf_model::Precision::from_setting(&f.model.precision)
+            .map_err(|e| anyhow::anyhow!("{}: model.precision: {e}", path.display()))?;
         let ctx = |what: &str| format!("{}: {what}", path.display());
         f.learner
             .validate()
@@ -261,6 +270,7 @@ impl RunFile {
             .unwrap_or(&self.model.device)
             .clone();
         c.max_batch_rows = self.rollout.max_batch_rows;
+        c.precision = self.model.precision.clone();
         c
     }
 }

@@ -459,6 +459,30 @@ fn bad_input_fails_at_start_up_naming_the_field() {
             ),
             "learner.devices",
         ),
+        (
+            config(
+                &d.path().join("l"),
+                "iterations = 1",
+                "builtin = \"letters\"",
+                "precision = \"bf16\"",
+            ),
+            "learner.precision: precision `bf16` needs a GPU",
+        ),
+        (
+            {
+                let cfg = config(
+                    &d.path().join("m"),
+                    "iterations = 1",
+                    "builtin = \"letters\"",
+                    "",
+                );
+                let text = std::fs::read_to_string(&cfg).expect("read run file");
+                let text = text.replace("[model]\n", "[model]\nprecision = \"half\"\n");
+                std::fs::write(&cfg, text).expect("write run file");
+                cfg
+            },
+            "model.precision: invalid precision `half`",
+        ),
     ];
     for (cfg, needle) in cases {
         let (code, stdout, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--quiet"]);

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use rlhf_algo::Objective;
 use rlhf_core::CancellationToken;
-use rlhf_model::DeviceSpec;
+use rlhf_model::{DeviceSpec, Precision};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -46,6 +46,11 @@ pub struct LearnerConfig {
     /// replaces `device`. Empty: one device.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// Compute precision: `f32` (default) or `bf16` (f32 master weights and AdamW moments,
+    /// bf16 matmuls and activations, a bf16 reference; needs a GPU). `rlhf run` fills it from
+    /// `model.precision`.
+    #[serde(default)]
+    pub precision: String,
     /// The objective and its hyperparameters (`{ name = "dpo", beta = 0.1 }`).
     #[serde(default = "default_objective")]
     pub objective: Objective,
@@ -112,6 +117,7 @@ impl LearnerConfig {
             reference: None,
             device: String::new(),
             devices: vec![],
+            precision: String::new(),
             objective: default_objective(),
             lr: default_lr(),
             weight_decay: 0.0,
@@ -133,6 +139,12 @@ impl LearnerConfig {
             None => DeviceSpec::from_setting(&self.device)
                 .map_err(|e| LearnerError::Config(format!("learner.device: {e}"))),
         }
+    }
+
+    /// The parsed precision (`f32` when empty).
+    pub fn precision(&self) -> Result<Precision, LearnerError> {
+        Precision::from_setting(&self.precision)
+            .map_err(|e| LearnerError::Config(format!("learner.precision: {e}")))
     }
 
     /// The parsed `devices` (empty without data parallelism), all of one kind.
@@ -202,7 +214,9 @@ impl LearnerConfig {
                 self.objective.name()
             )));
         }
-        self.device()?;
+        self.precision()?
+            .check_device(self.device()?)
+            .map_err(|e| LearnerError::Config(format!("learner.precision: {e}")))?;
         if !self.devices.is_empty() {
             let device = DeviceSpec::from_setting(&self.device)
                 .map_err(|e| LearnerError::Config(format!("learner.device: {e}")))?;

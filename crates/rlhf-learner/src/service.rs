@@ -65,11 +65,19 @@ impl<B: AutodiffBackend> LearnerService<B> {
         device: B::Device,
         replicas: Vec<B::Device>,
     ) -> Result<Self, LearnerError> {
-        let policy = Transformer::<B>::load(&config.model, &device)?;
+        let precision = config.precision()?;
+        let in_precision =
+            |e: rlhf_model::ModelError| LearnerError::Config(format!("learner.precision: {e}"));
+        let policy = Transformer::<B>::load(&config.model, &device)?
+            .with_precision(precision)
+            .map_err(in_precision)?;
+        // The frozen reference is only read: stored in the compute precision.
         let reference = match &config.reference {
             Some(dir) => Transformer::<B::InnerBackend>::load(dir, &device)?,
             None => policy.valid(),
-        };
+        }
+        .cast_weights(precision)
+        .map_err(in_precision)?;
         if reference.config.vocab_size != policy.config.vocab_size {
             return Err(LearnerError::Config(format!(
                 "learner.reference has vocabulary size {}, the policy {}",
@@ -81,7 +89,9 @@ impl<B: AutodiffBackend> LearnerService<B> {
         if matches!(config.objective, rlhf_algo::Objective::Ppo(_)) {
             // Loaded on its own (never a clone of the policy): separate parameters.
             let dir = config.critic.as_ref().unwrap_or(&config.model);
-            let critic = Transformer::<B>::load(dir, &device)?;
+            let critic = Transformer::<B>::load(dir, &device)?
+                .with_precision(precision)
+                .map_err(in_precision)?;
             let critic = match critic.config.architecture.head() {
                 rlhf_model::HeadKind::CausalLm => critic.with_score_head(1),
                 rlhf_model::HeadKind::SequenceClassification => critic,
@@ -239,7 +249,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 p.0 = st.version;
                 p.1 += 1;
                 if refresh > 0 && p.1.is_multiple_of(refresh) {
-                    st.refresh_reference();
+                    st.refresh_reference()?;
                 }
                 Ok((p.0, metrics, published))
             },

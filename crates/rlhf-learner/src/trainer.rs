@@ -139,9 +139,10 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
     }
 
-    /// Replaces the reference by the current policy.
-    pub fn refresh_reference(&mut self) {
-        self.reference = self.policy.valid();
+    /// Replaces the reference by the current policy (stored in the policy's compute precision).
+    pub fn refresh_reference(&mut self) -> Result<(), LearnerError> {
+        self.reference = self.policy.valid().cast_weights(self.policy.precision)?;
+        Ok(())
     }
 
     /// Trains on `units` (`epochs` passes of `batch_units`-sized steps).

@@ -3,14 +3,18 @@
 //! changed weights); objectives the learner cannot serve yet are rejected with a clear error.
 //! Group objectives: the update moves probability towards the better samples, uses the
 //! samplers' log-probs on-policy (ratio 1) and importance weights for stale samples.
+//! In bf16 (on burn's flex CPU backend, the one CPU backend with bf16 tensors) every objective
+//! trains as in f32, with f32 master weights and a bf16 reference.
 
 use std::path::Path;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
 use rlhf_algo::{Objective, UnitKind};
 use rlhf_learner::{OptimSettings, Sampled, Seq, TrainState, Unit};
 use rlhf_model::load::host_vec;
-use rlhf_model::{Cpu, TokenBatch, Transformer};
+use rlhf_model::{Cpu, Precision, TokenBatch, Transformer};
 
 type B = burn::backend::Autodiff<Cpu>;
 
@@ -23,7 +27,10 @@ fn seq(prompt: &[u32], completion: &[u32], reward: f64) -> Seq {
 }
 
 /// Teacher-forced completion log-probs under `model` (what a sampler of that version records).
-fn completion_logprobs(model: &Transformer<B>, s: &Seq) -> anyhow::Result<Vec<f32>> {
+fn completion_logprobs<A: AutodiffBackend>(
+    model: &Transformer<A>,
+    s: &Seq,
+) -> anyhow::Result<Vec<f32>> {
     let ids: Vec<u32> = s.prompt.iter().chain(&s.completion).copied().collect();
     let n = ids.len();
     let lp = host_vec(
@@ -36,7 +43,7 @@ fn completion_logprobs(model: &Transformer<B>, s: &Seq) -> anyhow::Result<Vec<f3
 }
 
 /// Two groups of three samples each, sampled by `model` as version `version`.
-fn groups(model: &Transformer<B>, version: u64) -> anyhow::Result<Vec<Unit>> {
+fn groups<A: AutodiffBackend>(model: &Transformer<A>, version: u64) -> anyhow::Result<Vec<Unit>> {
     let (p, q) = ([5u32, 6, 7], [9u32, 10]);
     let raw = [
         vec![
@@ -68,7 +75,7 @@ fn groups(model: &Transformer<B>, version: u64) -> anyhow::Result<Vec<Unit>> {
 }
 
 /// The samples of [`groups`] as PPO rollouts.
-fn rollouts(model: &Transformer<B>, version: u64) -> anyhow::Result<Vec<Unit>> {
+fn rollouts<A: AutodiffBackend>(model: &Transformer<A>, version: u64) -> anyhow::Result<Vec<Unit>> {
     Ok(groups(model, version)?
         .into_iter()
         .flat_map(|u| match u {
@@ -80,8 +87,8 @@ fn rollouts(model: &Transformer<B>, version: u64) -> anyhow::Result<Vec<Unit>> {
 }
 
 /// A critic loaded on its own from `dir`, with a fresh value head.
-fn critic(dir: &Path) -> anyhow::Result<Transformer<B>> {
-    Ok(Transformer::<B>::load(dir, &Default::default())?.with_score_head(1))
+fn critic<A: AutodiffBackend>(dir: &Path) -> anyhow::Result<Transformer<A>> {
+    Ok(Transformer::<A>::load(dir, &Default::default())?.with_score_head(1))
 }
 
 fn units(kind: UnitKind) -> Vec<Unit> {
@@ -173,6 +180,103 @@ fn every_policy_objective_trains() -> anyhow::Result<()> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("dpo"), "{err}");
+    Ok(())
+}
+
+/// The dtypes of every float parameter.
+fn param_dtypes<A: Backend, M: Module<A>>(m: &M) -> Vec<DType> {
+    struct Dtypes(Vec<DType>);
+    impl<A: Backend> ModuleVisitor<A> for Dtypes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            self.0.push(param.val().dtype());
+        }
+    }
+    let mut v = Dtypes(vec![]);
+    m.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow::Result<()> {
+    type F = burn::backend::Autodiff<burn_flex::Flex>;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let base = Transformer::<F>::load(&dir, &Default::default())?;
+    let bf16 = Precision::Bf16;
+    let settings = OptimSettings {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        batch_units: 8,
+        epochs: 1,
+    };
+    let mut trained = 0;
+    for name in Objective::NAMES {
+        let objective: Objective = serde_json::from_value(serde_json::json!({ "name": name }))?;
+        if rlhf_learner::unsupported(&objective).is_some() {
+            continue;
+        }
+        let kind = objective.kind();
+        let batch = match kind {
+            UnitKind::Groups => groups(&base, 0)?,
+            UnitKind::Rollouts => rollouts(&base, 0)?,
+            _ => units(kind),
+        };
+        let mut metrics = vec![];
+        for precision in [Precision::F32, bf16] {
+            let policy = base.clone().with_precision(precision)?;
+            let reference = base.valid().cast_weights(precision)?;
+            let mut state = TrainState::new(policy, reference, objective, settings);
+            if kind == UnitKind::Rollouts {
+                let critic = critic::<F>(&dir)?.with_precision(precision)?;
+                state = state.with_critic(critic, 1e-2)?;
+            }
+            let m = state.update(&batch)?;
+            assert!(
+                m.loss.is_finite() && m.rejected_nonfinite == 0,
+                "{name} {precision}: {m:?}"
+            );
+            assert!(
+                param_dtypes(&state.policy).iter().all(|d| *d == DType::F32),
+                "{name}"
+            );
+            let want = if precision == bf16 {
+                DType::BF16
+            } else {
+                DType::F32
+            };
+            assert!(
+                param_dtypes(&state.reference).iter().all(|d| *d == want),
+                "{name}"
+            );
+            metrics.push(m);
+        }
+        let (a, b) = (&metrics[0], &metrics[1]);
+        let close = |x: f64, y: f64| (x - y).abs() <= 0.02 * x.abs().max(y.abs()).max(0.1);
+        eprintln!(
+            "{name}: loss {} / {}, grad norm {} / {}",
+            a.loss, b.loss, a.grad_norm, b.grad_norm
+        );
+        assert!(
+            close(a.loss, b.loss) && close(a.grad_norm, b.grad_norm),
+            "{name}: f32 {a:?} bf16 {b:?}"
+        );
+        trained += 1;
+    }
+    assert!(trained >= 19, "only {trained} objectives trained");
+    // Refreshing the reference keeps it in the policy's precision.
+    let mut state = TrainState::new(
+        base.clone().with_precision(bf16)?,
+        base.valid().cast_weights(bf16)?,
+        Objective::Dpo(Default::default()),
+        settings,
+    );
+    state.update(&units(UnitKind::Pairs))?;
+    state.refresh_reference()?;
+    assert!(
+        param_dtypes(&state.reference)
+            .iter()
+            .all(|d| *d == DType::BF16)
+    );
     Ok(())
 }
 

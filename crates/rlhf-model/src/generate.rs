@@ -191,7 +191,13 @@ impl<B: Backend> Transformer<B> {
         let b = prompt_batch.batch;
         let steps = params.max_new_tokens;
         let device = self.device();
-        let mut cache = KvCache::new(&self.config, b, prompt_batch.len + steps, &device);
+        let mut cache = KvCache::new(
+            &self.config,
+            b,
+            prompt_batch.len + steps,
+            self.precision,
+            &device,
+        );
         // Row-major [batch, steps]: row r's generator supplies one uniform per step.
         let mut uniforms = Vec::with_capacity(b * steps);
         if params.temperature > 0.0 {

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Architecture, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::model::{Attention, DecoderLayer, Mlp, RmsNorm, Transformer};
+use crate::model::{Attention, DecoderLayer, Mlp, Precision, RmsNorm, Transformer};
 use crate::weights::{
     HostTensor, WeightStore, serialize_safetensors, write_atomic, write_safetensors,
 };
@@ -226,6 +226,7 @@ fn build<B: Backend>(
         lm_head,
         score,
         config: cfg,
+        precision: Precision::F32,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Memory estimates for sizing a run: what a training step and a generation call hold, part by
-//! part, computed from the model's shape (f32 everywhere: the only precision this crate trains
-//! in). `rlhf bench model` prints them next to the measured peak of a real step, so the
-//! estimate's error is known per model (docs/benchmarks.md).
+//! part, computed from the model's shape and the compute [`Precision`]. `rlhf bench model`
+//! prints them next to the measured peak of a real step, so the estimate's error is known per
+//! model (docs/benchmarks.md).
 //!
 //! Activations count the tensors burn's autodiff keeps for the backward pass of this crate's
 //! forward (`model.rs`), per token and layer, in floats:
@@ -14,10 +14,16 @@
 //!   product (`5i`);
 //! - the output head keeps the logits, their shifted copy and exponentials and the
 //!   log-softmax (`4 · vocab`) per token.
+//!
+//! In bf16 the norms' tensors, the attention weights and the logits stay f32 (the model
+//! computes them in f32) and the rest takes 2 bytes; the matmuls' backward passes also keep
+//! the bf16 copies of the weights. Master weights, AdamW's moments and gradients stay f32; a
+//! frozen reference and generation copies are stored in bf16.
 
 use std::fmt;
 
 use crate::config::ModelConfig;
+use crate::model::Precision;
 
 const F32: u64 = 4;
 
@@ -81,23 +87,36 @@ pub fn human(bytes: u64) -> String {
 /// What a training step of the policy holds once AdamW's moments exist: resident weights,
 /// moments and (when the objective uses one) the frozen reference's weights; then either the
 /// activations and logits of a `batch × len` forward, or the gradients.
-pub fn training(cfg: &ModelConfig, batch: usize, len: usize, reference: bool) -> MemoryEstimate {
-    let weights = cfg.num_parameters() as u64 * F32;
+pub fn training(
+    cfg: &ModelConfig,
+    batch: usize,
+    len: usize,
+    reference: bool,
+    precision: Precision,
+) -> MemoryEstimate {
+    let params = cfg.num_parameters() as u64;
+    let weights = params * F32;
+    let compute = precision.bytes() as u64;
     let mut resident = vec![("weights", weights), ("adamw moments", 2 * weights)];
     if reference {
-        resident.push(("reference weights", weights));
+        resident.push(("reference weights", params * compute));
     }
     let tokens = (batch * len) as u64;
+    let (f32_floats, compute_floats) = layer_floats(cfg, len);
+    let mut forward = vec![
+        (
+            "activations",
+            tokens * (f32_floats * F32 + compute_floats * compute),
+        ),
+        ("logits", tokens * 4 * cfg.vocab_size as u64 * F32),
+    ];
+    if precision != Precision::F32 {
+        forward.push(("weight copies", params * compute));
+    }
     MemoryEstimate {
         resident,
         phases: vec![
-            (
-                "forward/backward",
-                vec![
-                    ("activations", tokens * layer_floats(cfg, len) * F32),
-                    ("logits", tokens * 4 * cfg.vocab_size as u64 * F32),
-                ],
-            ),
+            ("forward/backward", forward),
             ("update", vec![("gradients", weights)]),
         ],
     }
@@ -111,15 +130,17 @@ pub fn generation(
     batch: usize,
     prompt: usize,
     new_tokens: usize,
+    precision: Precision,
 ) -> MemoryEstimate {
     let slots = (batch * (prompt + new_tokens)) as u64;
     let kv = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim) as u64;
+    let compute = precision.bytes() as u64;
     MemoryEstimate {
-        resident: vec![("weights", cfg.num_parameters() as u64 * F32)],
+        resident: vec![("weights", cfg.num_parameters() as u64 * compute)],
         phases: vec![(
             "decoding",
             vec![
-                ("kv cache", slots * kv * F32),
+                ("kv cache", slots * kv * compute),
                 (
                     "prefill attention",
                     2 * (batch * cfg.num_attention_heads * prompt * prompt) as u64 * F32,
@@ -130,8 +151,9 @@ pub fn generation(
     }
 }
 
-/// Floats the backward pass keeps per token for all layers (module docs).
-fn layer_floats(cfg: &ModelConfig, len: usize) -> u64 {
+/// Values the backward pass keeps per token for all layers (module docs): those kept in f32
+/// whatever the precision (norms, attention weights), and those in the compute format.
+fn layer_floats(cfg: &ModelConfig, len: usize) -> (u64, u64) {
     let h = cfg.hidden_size as u64;
     let heads = cfg.num_attention_heads as u64;
     let q = heads * cfg.head_dim as u64;
@@ -142,9 +164,10 @@ fn layer_floats(cfg: &ModelConfig, len: usize) -> u64 {
     } else {
         0
     };
-    let per_layer =
-        6 * h + (q + 2 * kv) + (2 * q + 2 * kv) + grouped + 3 * heads * len as u64 + 2 * q + 5 * i;
-    cfg.num_hidden_layers as u64 * per_layer + 3 * h
+    let layers = cfg.num_hidden_layers as u64;
+    let always_f32 = 6 * h + 3 * heads * len as u64;
+    let compute = (q + 2 * kv) + (2 * q + 2 * kv) + grouped + 2 * q + 5 * i;
+    (layers * always_f32 + 3 * h, layers * compute)
 }
 
 #[cfg(test)]
@@ -156,23 +179,56 @@ mod tests {
     fn the_peak_takes_the_larger_phase_and_scales_with_the_batch() {
         let cfg = ModelConfig::synthetic(Architecture::LlamaForCausalLM, 1000, 64, 2, 4, 2, 128);
         let weights = cfg.num_parameters() as u64 * 4;
-        let one = training(&cfg, 1, 32, false);
-        let two = training(&cfg, 2, 32, false);
+        let f32 = Precision::F32;
+        let one = training(&cfg, 1, 32, false, f32);
+        let two = training(&cfg, 2, 32, false, f32);
         assert_eq!(one.resident(), 3 * weights);
-        assert_eq!(training(&cfg, 1, 32, true).resident(), 4 * weights);
+        assert_eq!(training(&cfg, 1, 32, true, f32).resident(), 4 * weights);
         // Activations and logits dominate here and double with the batch.
         assert!(one.transient() > weights);
         assert_eq!(two.transient(), 2 * one.transient());
         // With a single token the update phase (gradients) is the larger one.
-        let tiny = training(&cfg, 1, 1, false);
+        let tiny = training(&cfg, 1, 1, false, f32);
         assert_eq!(tiny.transient(), weights);
         let text = two.to_string();
         assert!(
             text.contains("adamw moments") && text.contains("peak"),
             "{text}"
         );
-        let g = generation(&cfg, 8, 16, 16);
+        let g = generation(&cfg, 8, 16, 16, f32);
         // K and V: 2 layers × 2 KV heads × 16 dims × 2, for 8 rows × 32 slots, in f32.
         assert_eq!(g.phases[0].1[0], ("kv cache", 8 * 32 * 2 * 2 * 2 * 16 * 4));
+    }
+
+    #[test]
+    fn bf16_halves_what_it_stores_in_bf16_and_nothing_else() {
+        let cfg = ModelConfig::synthetic(Architecture::LlamaForCausalLM, 1000, 64, 2, 4, 2, 128);
+        let params = cfg.num_parameters() as u64;
+        let (f, b) = (Precision::F32, Precision::Bf16);
+        // Master weights and moments stay f32; the reference is a bf16 copy.
+        assert_eq!(training(&cfg, 1, 32, false, b).resident(), 12 * params);
+        assert_eq!(training(&cfg, 1, 32, true, b).resident(), 14 * params);
+        let part = |e: &MemoryEstimate, name: &str| {
+            e.phases[0]
+                .1
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+        };
+        let (t32, t16) = (
+            training(&cfg, 2, 32, false, f),
+            training(&cfg, 2, 32, false, b),
+        );
+        assert_eq!(part(&t16, "logits"), part(&t32, "logits"));
+        let (a32, a16) = (part(&t32, "activations"), part(&t16, "activations"));
+        assert!(a16 < a32 && a16 > a32.map(|a| a / 2), "{a16:?} vs {a32:?}");
+        assert_eq!(part(&t16, "weight copies"), Some(2 * params));
+        assert_eq!(part(&t32, "weight copies"), None);
+        let (g32, g16) = (
+            generation(&cfg, 8, 16, 16, f),
+            generation(&cfg, 8, 16, 16, b),
+        );
+        assert_eq!(2 * g16.resident(), g32.resident());
+        assert_eq!(2 * g16.phases[0].1[0].1, g32.phases[0].1[0].1);
     }
 }

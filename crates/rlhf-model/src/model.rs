@@ -4,18 +4,142 @@
 //! position ids come from [`SlotState`], which tracks padding on the host, so the generator and the
 //! trainer run the same arithmetic (the reason sampler and teacher-forced log-probs agree).
 
-use burn::module::{Module, Param};
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
+use crate::backend::DeviceSpec;
 use crate::batch::{SlotState, TokenBatch};
 use crate::config::{HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
 
+/// The floating-point format the decoder computes in.
+///
+/// `Bf16` computes as PyTorch's autocast and Hugging Face's bf16 models do: matmuls, the
+/// residual stream and the KV cache in bf16; RMSNorm's statistics, attention's softmax and the
+/// logits in f32. The weights stay in whatever format they are stored in (f32 master weights for
+/// training, cast at each use, so gradients reach them in f32; see [`Transformer::cast_weights`]
+/// for bf16 copies that only infer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// Parses a `precision` setting (empty means `f32`).
+    pub fn from_setting(setting: &str) -> std::result::Result<Self, String> {
+        if setting.trim().is_empty() {
+            return Ok(Precision::F32);
+        }
+        setting.parse()
+    }
+
+    /// The tensor format of activations.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    /// Bytes per activation or cached key/value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// `t` in the compute format (no operation at all for f32 tensors in f32).
+    pub(crate) fn compute<B: Backend, const D: usize>(self, t: Tensor<B, D>) -> Tensor<B, D> {
+        cast_to(t, self.dtype())
+    }
+
+    /// Checks, before loading anything, that the backend a `device` setting selects has this
+    /// format (the CPU backend, ndarray, computes in f32 only).
+    pub fn check_device(self, device: DeviceSpec) -> std::result::Result<(), String> {
+        match (self, device) {
+            (Precision::Bf16, DeviceSpec::Cpu) => Err(format!(
+                "precision `{self}` needs a GPU: the CPU backend computes in f32 only (device `cpu`)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that the backend has general support for this format on `device`.
+    pub fn check_supported<B: Backend>(self, device: &B::Device) -> Result<()> {
+        if self == Precision::F32 || B::supports_dtype(device, DType::from(self.dtype())) {
+            return Ok(());
+        }
+        Err(ModelError::Input(format!(
+            "precision `{self}`: the backend of device {device:?} has no {self} tensors \
+             (the CPU backend computes in f32 only; bf16 needs a GPU)"
+        )))
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!(
+                "invalid precision `{other}`: expected `f32` or `bf16`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// `t` cast to `dtype`, untouched (no graph node, no copy) when it already has it.
+fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    if t.dtype() == DType::from(dtype) {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// `t` in f32 (logits, scores and statistics leave the model in f32 whatever it computes in).
+fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    cast_to(t, FloatDType::F32)
+}
+
+/// `x · W (+ b)` with the weights cast to the compute format.
+fn linear<B: Backend, const D: usize>(
+    l: &Linear<B>,
+    x: Tensor<B, D>,
+    p: Precision,
+) -> Tensor<B, D> {
+    if p == Precision::F32 && l.weight.val().dtype() == DType::F32 {
+        return l.forward(x);
+    }
+    burn::tensor::module::linear(
+        x,
+        p.compute(l.weight.val()),
+        l.bias.as_ref().map(|b| p.compute(b.val())),
+    )
+}
+
 /// Root-mean-square layer norm, computed as Hugging Face does:
-/// `weight * x / sqrt(mean(x²) + eps)`.
+/// `weight * x / sqrt(mean(x²) + eps)`, the statistics in f32.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
@@ -23,12 +147,14 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+        let x = to_f32(x);
         let var = x.clone().powi_scalar(2).mean_dim(2);
         // Division, not `recip()`: burn-ndarray vectorises `recip` with an approximation on the
         // aligned part of a buffer only, which makes results depend on allocation addresses.
         let normed = x / var.add_scalar(self.eps).sqrt();
-        normed * self.weight.val().unsqueeze::<3>()
+        // As transformers: normalise in f32, then scale in the compute format.
+        p.compute(normed) * p.compute(self.weight.val()).unsqueeze::<3>()
     }
 }
 
@@ -74,6 +200,9 @@ pub struct Transformer<B: Backend> {
     pub score: Option<Linear<B>>,
     #[module(skip)]
     pub config: ModelConfig,
+    /// The format activations are computed in (not saved with the weights).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 /// Up to this many rows, tied-embedding logits are computed as `W · hᵀ` (see `logits`).
@@ -90,11 +219,23 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// Allocates a cache for `batch` rows of up to `capacity` tokens.
-    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+    /// Allocates a cache for `batch` rows of up to `capacity` tokens, in the compute format.
+    pub fn new(
+        config: &ModelConfig,
+        batch: usize,
+        capacity: usize,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Self {
         let shape = [batch, config.num_key_value_heads, capacity, config.head_dim];
+        let dtype = DType::from(precision.dtype());
         let layers = (0..config.num_hidden_layers)
-            .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+            .map(|_| {
+                (
+                    Tensor::zeros(shape, (device, dtype)),
+                    Tensor::zeros(shape, (device, dtype)),
+                )
+            })
             .collect();
         Self {
             slots: SlotState::new(batch, capacity),
@@ -115,6 +256,7 @@ impl<B: Backend> RopeTables<B> {
         positions: &[i64],
         batch: usize,
         seq: usize,
+        precision: Precision,
         device: &B::Device,
     ) -> Self {
         let half = inv_freq.len();
@@ -133,9 +275,10 @@ impl<B: Backend> RopeTables<B> {
             }
         }
         let shape = [batch, 1, seq, dim];
+        // Computed in f32, applied in the compute format (as transformers does).
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: precision.compute(Tensor::from_data(TensorData::new(cos, shape), device)),
+            sin: precision.compute(Tensor::from_data(TensorData::new(sin, shape), device)),
         }
     }
 
@@ -156,22 +299,17 @@ impl<B: Backend> Attention<B> {
         rope: &RopeTables<B>,
         mask: Tensor<B, 4>,
         cache: Option<(&mut LayerKv<B>, usize)>,
+        p: Precision,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x.clone())
+        let q = linear(&self.q_proj, x.clone(), p)
             .reshape([b, s, h, d])
             .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
+        let k = linear(&self.k_proj, x.clone(), p)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
+        let v = linear(&self.v_proj, x, p)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
         let q = rope.apply(q);
@@ -200,21 +338,22 @@ impl<B: Backend> Attention<B> {
         let q = q.reshape([b, kvh, groups * s, d]);
         let scale = (d as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores + mask.repeat_dim(2, groups);
-        let probs = softmax(scores, 3);
+        // The mask and the softmax in f32, the probabilities back in the compute format.
+        let scores = to_f32(scores) + mask.repeat_dim(2, groups);
+        let probs = p.compute(softmax(scores, 3));
         let out = probs.matmul(v); // [b, kvh, groups*s, d]
         let out = out
             .reshape([b, h, s, d])
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
-        self.o_proj.forward(out)
+        linear(&self.o_proj, out, p)
     }
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+        let gate = silu(linear(&self.gate_proj, x.clone(), p));
+        linear(&self.down_proj, gate * linear(&self.up_proj, x, p), p)
     }
 }
 
@@ -222,6 +361,33 @@ impl<B: Backend> Transformer<B> {
     /// The device the weights live on.
     pub fn device(&self) -> B::Device {
         self.embed_tokens.weight.val().device()
+    }
+
+    /// Sets the format activations are computed in. The weights keep theirs: f32 master weights
+    /// stay f32 and are cast at each use, so a training step's gradients are f32. Fails where
+    /// the backend lacks the format (the CPU backend has no bf16).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        precision.check_supported::<B>(&self.device())?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// Stores every weight in `precision`'s format and computes in it: a copy that only infers
+    /// (the frozen reference, generators, scorers) in half the memory and bandwidth for bf16.
+    /// The learner never trains such a copy: an AdamW update is often below bf16's resolution.
+    pub fn cast_weights(self, precision: Precision) -> Result<Self> {
+        struct Caster(FloatDType);
+        impl<B: Backend> ModuleMapper<B> for Caster {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let dtype = self.0;
+                param.map(|t| cast_to(t, dtype))
+            }
+        }
+        let model = self.with_precision(precision)?;
+        Ok(model.map(&mut Caster(precision.dtype())))
     }
 
     /// Final hidden states `[batch, len, hidden]` of a padded batch (no cache).
@@ -248,14 +414,15 @@ impl<B: Backend> Transformer<B> {
         let positions = slots.append(batch)?;
         let (b, s) = (batch.batch, batch.len);
         let inv_freq = self.config.rope.inv_freq(self.config.head_dim);
-        let rope = RopeTables::new(&inv_freq, &positions, b, s, &device);
+        let p = self.precision;
+        let rope = RopeTables::new(&inv_freq, &positions, b, s, p, &device);
         let kv_len = slots.len;
         let mut masks: Vec<(usize, Tensor<B, 4>)> = Vec::new();
         let ids = match device_ids {
             Some(ids) => ids,
             None => Tensor::from_data(TensorData::new(batch.ids_i64(), [b, s]), &device),
         };
-        let mut x = self.embed_tokens.forward(ids);
+        let mut x = p.compute(self.embed_tokens.forward(ids));
         for (i, layer) in self.layers.iter().enumerate() {
             let window = layer.self_attn.window;
             let mask = match masks.iter().find(|(w, _)| *w == window) {
@@ -271,13 +438,13 @@ impl<B: Backend> Transformer<B> {
                 }
             };
             let layer_cache = cache.as_mut().map(|c| (&mut c[i], start));
-            let h = layer.input_layernorm.forward(x.clone());
-            let h = layer.self_attn.forward(h, &rope, mask, layer_cache);
+            let h = layer.input_layernorm.forward(x.clone(), p);
+            let h = layer.self_attn.forward(h, &rope, mask, layer_cache, p);
             x = x + h;
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            x = x + layer.mlp.forward(h);
+            let h = layer.post_attention_layernorm.forward(x.clone(), p);
+            x = x + layer.mlp.forward(h, p);
         }
-        Ok(self.norm.forward(x))
+        Ok(self.norm.forward(x, p))
     }
 
     /// Cached forward of new tokens: returns the hidden state of the last new column `[batch, hidden]`.
@@ -306,12 +473,13 @@ impl<B: Backend> Transformer<B> {
         Ok(last_column(hidden))
     }
 
-    /// Next-token logits from hidden states (`lm_head`, or the tied embedding matrix).
+    /// Next-token logits from hidden states (`lm_head`, or the tied embedding matrix), in f32.
     pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Result<Tensor<B, D>> {
+        let p = self.precision;
         match (&self.lm_head, self.config.architecture.head()) {
-            (Some(head), _) => Ok(head.forward(hidden)),
+            (Some(head), _) => Ok(to_f32(linear(head, hidden, p))),
             (None, HeadKind::CausalLm) => {
-                let w = self.embed_tokens.weight.val(); // [vocab, hidden]
+                let w = p.compute(self.embed_tokens.weight.val()); // [vocab, hidden]
                 let dims = hidden.dims();
                 let hd = dims[D - 1];
                 let rows = hidden.shape().num_elements() / hd;
@@ -327,7 +495,7 @@ impl<B: Backend> Transformer<B> {
                 };
                 let mut out = dims;
                 out[D - 1] = self.config.vocab_size;
-                Ok(flat.reshape(out))
+                Ok(to_f32(flat.reshape(out)))
             }
             (None, HeadKind::SequenceClassification) => Err(ModelError::Input(
                 "this is a sequence-classification model: it has no language-model head".into(),
@@ -353,15 +521,15 @@ impl<B: Backend> Transformer<B> {
         Ok(gather_logprobs(logits, batch))
     }
 
-    /// Per-position outputs of the `score` head `[batch, len, num_labels]` (for a critic with
-    /// one label, the value of every token).
+    /// Per-position outputs of the `score` head `[batch, len, num_labels]`, in f32 (for a critic
+    /// with one label, the value of every token).
     pub fn score_all(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
         let head = self.score.as_ref().ok_or_else(|| {
             ModelError::Input(
                 "this model has no score head (it is not a reward or value model)".into(),
             )
         })?;
-        Ok(head.forward(self.hidden(batch)?))
+        Ok(to_f32(linear(head, self.hidden(batch)?, self.precision)))
     }
 
     /// Per-token values `[batch, len]` of a one-label score head (PPO critic).

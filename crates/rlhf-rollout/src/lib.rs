@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use rlhf_core::CancellationToken;
-use rlhf_model::DeviceSpec;
+use rlhf_model::{DeviceSpec, Precision};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -34,6 +34,10 @@ pub struct RolloutConfig {
     /// cpu or cuda:N.
     #[serde(default)]
     pub device: String,
+    /// Compute precision: `f32` (default) or `bf16` (the worker keeps bf16 weights; needs a
+    /// GPU). `rlhf run` fills it from `model.precision`.
+    #[serde(default)]
+    pub precision: String,
     /// Rows (prompt × sample) decoded together.
     #[serde(default = "default_max_batch_rows")]
     pub max_batch_rows: usize,
@@ -59,6 +63,7 @@ impl RolloutConfig {
             name: default_name(),
             model,
             device: String::new(),
+            precision: String::new(),
             max_batch_rows: default_max_batch_rows(),
             max_message_bytes: default_max_message_bytes(),
         }
@@ -68,6 +73,12 @@ impl RolloutConfig {
     pub fn device(&self) -> Result<DeviceSpec, RolloutError> {
         DeviceSpec::from_setting(&self.device)
             .map_err(|e| RolloutError::Config(format!("rollout.device: {e}")))
+    }
+
+    /// The parsed precision (`f32` when empty).
+    pub fn precision(&self) -> Result<Precision, RolloutError> {
+        Precision::from_setting(&self.precision)
+            .map_err(|e| RolloutError::Config(format!("rollout.precision: {e}")))
     }
 
     /// Checks the settings, naming the bad field.
@@ -87,7 +98,9 @@ impl RolloutConfig {
                 "rollout.max_message_bytes must be at least 1024".into(),
             ));
         }
-        self.device()?;
+        self.precision()?
+            .check_device(self.device()?)
+            .map_err(|e| RolloutError::Config(format!("rollout.precision: {e}")))?;
         Ok(())
     }
 }

@@ -52,7 +52,10 @@ impl<B: Backend> RolloutService<B> {
     /// Loads the initial policy (version 0) and its tokenizer.
     pub fn load(config: RolloutConfig, device: B::Device) -> Result<Self, RolloutError> {
         let tokenizer = Tokenizer::from_dir(&config.model)?;
-        let model = Transformer::<B>::load(&config.model, &device)?;
+        let precision = config.precision()?;
+        let model = Transformer::<B>::load(&config.model, &device)?
+            .cast_weights(precision)
+            .map_err(|e| RolloutError::Config(format!("rollout.precision: {e}")))?;
         Ok(Self {
             base: model.config.clone(),
             config,
@@ -135,13 +138,16 @@ impl<B: Backend> RolloutService<B> {
         }
         let base = self.base.clone();
         let device = self.device.clone();
+        // Weights arrive in f32 and are kept in the worker's precision (checked at start-up).
+        let precision = self.policy.read().await.model.precision;
         let model = tokio::task::spawn_blocking(move || {
             Transformer::<B>::from_safetensors_bytes(
                 base,
                 &bytes,
                 std::path::Path::new("<weight stream>"),
                 &device,
-            )
+            )?
+            .cast_weights(precision)
         })
         .await
         .map_err(|e| {
