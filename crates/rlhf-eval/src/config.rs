@@ -34,6 +34,10 @@ pub struct EvalConfig {
     /// Where models run: `cpu` (default) or `cuda:N` (builds with the `cuda` feature).
     #[serde(default)]
     pub device: String,
+    /// `f32` (default) or `bf16` (weights and matmuls in bf16; GPU only). Part of every policy's
+    /// cache identity: bf16 samples and log-probs are not f32 ones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precision: String,
     /// The policies to evaluate, each a Hugging Face checkpoint folder with a unique name.
     pub policies: Vec<PolicyConfig>,
     /// The prompts to sample from (needed for rewards, lengths, KL and win rates).
@@ -352,6 +356,16 @@ impl EvalConfig {
     pub fn device(&self) -> Result<rlhf_model::DeviceSpec, EvalError> {
         rlhf_model::DeviceSpec::from_setting(&self.device)
             .map_err(|e| EvalError::config("device", e))
+    }
+
+    /// The parsed `precision` (`f32` when empty), checked against the device.
+    pub fn precision(&self) -> Result<rlhf_model::Precision, EvalError> {
+        let precision = rlhf_model::Precision::from_setting(&self.precision)
+            .map_err(|e| EvalError::config("precision", e))?;
+        precision
+            .check_device(self.device()?)
+            .map_err(|e| EvalError::config("precision", e))?;
+        Ok(precision)
     }
 
     /// Makes relative input paths (policies, prompts, ranking, reference, reward models)

@@ -63,7 +63,7 @@ pub async fn run_eval(
         None => None,
     };
     let how = config.output.fingerprint;
-    let device = config.device()?;
+    let device = (config.device()?, config.precision()?);
     let reference = match &config.reference {
         Some(r) => {
             progress(&format!("loading the reference from {}", r.path.display()));

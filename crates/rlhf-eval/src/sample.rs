@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rlhf_data::PromptRecord;
 use rlhf_learner::trainer::Seq;
-use rlhf_model::{AnyModel, DeviceSpec, FinishReason, SamplingParams, Tokenizer};
+use rlhf_model::{AnyModel, DeviceSpec, FinishReason, Precision, SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ impl Policy {
         name: &str,
         path: &Path,
         how: Fingerprint,
-        device: DeviceSpec,
+        (device, precision): (DeviceSpec, Precision),
     ) -> Result<Self, EvalError> {
         let (name, path) = (name.to_owned(), path.to_path_buf());
         let task = tokio::task::spawn_blocking(move || {
@@ -49,8 +49,14 @@ impl Policy {
                 EvalError::model(&name, format!("{}: {e}", path.display()))
             };
             let tokenizer = Tokenizer::from_dir(&path).map_err(|e| err(&e))?;
-            let model = AnyModel::load(&path, device).map_err(|e| err(&e))?;
-            let fingerprint = fingerprint(&path, how)?;
+            let model = AnyModel::load(&path, device, precision).map_err(|e| err(&e))?;
+            let fingerprint = match precision {
+                // f32 keeps the identity it always had (existing caches stay valid).
+                Precision::F32 => fingerprint(&path, how)?,
+                p => key_of(
+                    &json!({"checkpoint": fingerprint(&path, how)?, "precision": p.to_string()}),
+                ),
+            };
             Ok(Policy {
                 name,
                 path,

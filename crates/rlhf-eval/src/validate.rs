@@ -12,6 +12,7 @@ impl EvalConfig {
     pub fn validate(&self) -> Result<(), EvalError> {
         let bad = |f: &str, m: &str| Err(EvalError::config(f, m));
         self.device()?;
+        self.precision()?;
         if self.policies.is_empty() {
             return bad(
                 "policies",

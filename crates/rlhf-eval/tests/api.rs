@@ -58,5 +58,15 @@ fn the_device_is_checked_at_load() -> anyhow::Result<()> {
             .unwrap_or_default();
         assert!(err.contains("device") && err.contains("CUDA"), "{err}");
     }
+    for (precision, needle) in [("half", "invalid precision"), ("bf16", "needs a GPU")] {
+        let text =
+            format!("precision = \"{precision}\"\n[[policies]]\nname = \"p\"\npath = \"x\"\n");
+        let err = rlhf_eval::EvalConfig::from_toml_str(&text, base)?
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("precision") && err.contains(needle), "{err}");
+    }
     Ok(())
 }

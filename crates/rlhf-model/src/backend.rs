@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::generate::{Completion, SamplingParams};
 use crate::load::host_vec;
-use crate::model::Transformer;
+use crate::model::{Precision, Transformer};
 
 /// The CPU backend (burn's ndarray: measured 2.2× faster than flex for training here).
 pub type Cpu = burn::backend::NdArray<f32>;
@@ -101,16 +101,20 @@ pub trait OnModel {
 }
 
 impl AnyModel {
-    /// Loads a checkpoint folder onto `device` (checked with [`DeviceSpec::check_supported`]).
-    pub fn load(path: &Path, device: DeviceSpec) -> crate::Result<Self> {
+    /// Loads a checkpoint folder onto `device` (checked with [`DeviceSpec::check_supported`]),
+    /// its weights stored in `precision` (see [`Transformer::cast_weights`]).
+    pub fn load(path: &Path, device: DeviceSpec, precision: Precision) -> crate::Result<Self> {
         device.check_supported().map_err(ModelError::Input)?;
+        precision.check_device(device).map_err(ModelError::Input)?;
         match device {
-            DeviceSpec::Cpu => Ok(AnyModel::Cpu(Transformer::load(path, &Default::default())?)),
+            DeviceSpec::Cpu => Ok(AnyModel::Cpu(
+                Transformer::load(path, &Default::default())?.cast_weights(precision)?,
+            )),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(n) => Ok(AnyModel::Cuda(Transformer::load(
-                path,
-                &burn::backend::cuda::CudaDevice::new(n),
-            )?)),
+            DeviceSpec::Cuda(n) => Ok(AnyModel::Cuda(
+                Transformer::load(path, &burn::backend::cuda::CudaDevice::new(n))?
+                    .cast_weights(precision)?,
+            )),
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => Err(ModelError::Input(format!(
                 "device `{device}`: this binary was built without CUDA support"

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rlhf_core::ChatMessage;
-use rlhf_model::{AnyModel, DeviceSpec, HeadKind, PaddingSide, TokenBatch, Tokenizer};
+use rlhf_model::{AnyModel, DeviceSpec, HeadKind, PaddingSide, Precision, TokenBatch, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RewardError, ScoreError, ensure_finite};
@@ -33,6 +33,9 @@ pub struct RewardModelConfig {
     /// Where to run: `cpu`, or `cuda:N` in builds with the `cuda` feature.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `f32` (default) or `bf16` (weights and matmuls in bf16, scores in f32; GPU only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precision: String,
     /// Which output of a multi-label head is the reward.
     #[serde(default)]
     pub label: usize,
@@ -57,6 +60,7 @@ impl RewardModelConfig {
             path: path.into(),
             batch_size: DEFAULT_BATCH_SIZE,
             device: default_device(),
+            precision: String::new(),
             label: 0,
             max_tokens: None,
         }
@@ -76,7 +80,7 @@ impl RewardModelConfig {
                 "must be at least 1",
             ));
         }
-        self.device_spec(at)?;
+        self.precision_spec(at)?;
         if !self.path.join("config.json").is_file() {
             return Err(RewardError::config(
                 format!("{at}path"),
@@ -92,6 +96,17 @@ impl RewardModelConfig {
     fn device_spec(&self, at: &str) -> Result<DeviceSpec, RewardError> {
         DeviceSpec::from_setting(&self.device)
             .map_err(|e| RewardError::config(format!("{at}device"), e))
+    }
+
+    /// The parsed precision, checked against the device.
+    fn precision_spec(&self, at: &str) -> Result<Precision, RewardError> {
+        let device = self.device_spec(at)?;
+        let precision = Precision::from_setting(&self.precision)
+            .map_err(|e| RewardError::config(format!("{at}precision"), e))?;
+        precision
+            .check_device(device)
+            .map_err(|e| RewardError::config(format!("{at}precision"), e))?;
+        Ok(precision)
     }
 }
 
@@ -121,7 +136,11 @@ impl RewardModelScorer {
     /// [`load`](Self::load), naming fields under `at` in errors.
     pub fn load_at(config: &RewardModelConfig, at: &str) -> Result<Self, RewardError> {
         config.validate(at)?;
-        let model = AnyModel::load(&config.path, config.device_spec(at)?)?;
+        let model = AnyModel::load(
+            &config.path,
+            config.device_spec(at)?,
+            config.precision_spec(at)?,
+        )?;
         if model.config().architecture.head() != HeadKind::SequenceClassification {
             return Err(RewardError::config(
                 format!("{at}path"),

@@ -197,6 +197,14 @@ fn validation_names_the_field() -> anyhow::Result<()> {
             "`device`: invalid device `tpu`",
         ),
         (
+            json!({"type": "reward_model", "path": "/m", "precision": "half"}),
+            "`precision`: invalid precision `half`",
+        ),
+        (
+            json!({"type": "reward_model", "path": "/m", "precision": "bf16"}),
+            "`precision`: precision `bf16` needs a GPU",
+        ),
+        (
             json!({"type": "ensemble", "members": []}),
             "`members`: an ensemble needs at least one member",
         ),

@@ -41,6 +41,7 @@ pub fn letters_scorer() -> NamedScorer {
 pub fn config(policies: Vec<PolicyConfig>, prompts: usize, n: u32) -> EvalConfig {
     EvalConfig {
         device: String::new(),
+        precision: String::new(),
         policies,
         prompts: Some(PromptsConfig {
             path: None,
