@@ -4,9 +4,10 @@
 #   scripts/gpu_build.sh          # gpu-bin/rlhf.gz, small enough to carry
 # then run this script on the device machine with `gpu-bin` carried along.
 #
-# Stages (arguments; default: all, in this order): peers small qwen-f32 qwen-bf16. One device
-# command may run 10 minutes at most: split the stages over two calls when the first stalls
-# (the machine stays warm for a short while between calls).
+# Stages (arguments; default: peers small qwen-f32 qwen-bf16, in this order; also
+# small-fusion and qwen-fusion-bf16, with burn's operation fusion on). One device command may
+# run 10 minutes at most: split the stages over calls (the machine stays warm for a short while
+# between calls).
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu-out}"
 mkdir -p "$OUT"
@@ -18,9 +19,10 @@ nvrtc=$(find / -name 'libnvrtc.so*' -path '*13*' -not -path '*stubs*' 2>/dev/nul
 echo "nvrtc: ${nvrtc:-not found}" | tee -a "$OUT/env.txt"
 nvidia-smi >> "$OUT/env.txt" 2>&1
 export CUBECL_DEBUG_LOG="$OUT/cubecl.log"
+unpack() { [ -x "$1" ] || { [ -f "$1.gz" ] && gunzip -kf "$1.gz" && chmod +x "$1"; }; [ -x "$1" ] || echo "no $1: run scripts/gpu_build.sh and carry gpu-bin" | tee -a "$OUT/summary.txt"; }
 bin="${RLHF_BIN:-gpu-bin/rlhf}"
-[ -x "$bin" ] || { [ -f "$bin.gz" ] && gunzip -kf "$bin.gz" && chmod +x "$bin"; }
-[ -x "$bin" ] || { echo "no $bin: run scripts/gpu_build.sh and carry gpu-bin" | tee -a "$OUT/summary.txt"; exit 1; }
+fused=gpu-bin/rlhf-fusion
+unpack "$bin"
 # GPU memory in use, twice a second, next to the estimates `bench model` prints.
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 500 >> "$OUT/gpu_memory.csv" 2>&1 &
 smi=$!
@@ -39,6 +41,8 @@ for stage in "${stages[@]}"; do
     small) run small-cuda 90 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
     qwen-f32) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-f32 150 "$bin" "${qwen[@]}" --precision f32 ;;
     qwen-bf16) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-bf16 150 "$bin" "${qwen[@]}" --precision bf16 ;;
+    small-fusion) unpack "$fused"; run small-cuda-fusion 90 "$fused" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
+    qwen-fusion-bf16) unpack "$fused"; CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-fusion-bf16 150 "$fused" "${qwen[@]}" --precision bf16 ;;
     *) echo "unknown stage $stage" | tee -a "$OUT/summary.txt" ;;
   esac
 done
