@@ -6,11 +6,11 @@
 //! In bf16 (on burn's flex CPU backend, the one CPU backend with bf16 tensors) every objective
 //! trains as in f32, with f32 master weights and a bf16 reference.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
+use burn::module::AutodiffModule;
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
 use rlhf_algo::{Objective, UnitKind};
 use rlhf_learner::{OptimSettings, Sampled, Seq, TrainState, Unit};
 use rlhf_model::load::host_vec;
@@ -86,6 +86,32 @@ fn rollouts<A: AutodiffBackend>(model: &Transformer<A>, version: u64) -> anyhow:
         .collect())
 }
 
+/// The tiny Qwen2 checkpoint every test here trains.
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
+}
+
+/// One optimizer step per update over every objective's test batch, clipped at 1.
+const ONE_STEP: OptimSettings = OptimSettings {
+    lr: 1e-2,
+    weight_decay: 0.0,
+    max_grad_norm: 1.0,
+    batch_units: 8,
+    epochs: 1,
+};
+
+/// The test batch of an objective's unit kind (groups and rollouts sampled by `base`).
+fn batch_of<A: AutodiffBackend>(
+    kind: UnitKind,
+    base: &Transformer<A>,
+) -> anyhow::Result<Vec<Unit>> {
+    Ok(match kind {
+        UnitKind::Groups => groups(base, 0)?,
+        UnitKind::Rollouts => rollouts(base, 0)?,
+        _ => units(kind),
+    })
+}
+
 /// A critic loaded on its own from `dir`, with a fresh value head.
 fn critic<A: AutodiffBackend>(dir: &Path) -> anyhow::Result<Transformer<A>> {
     Ok(Transformer::<A>::load(dir, &Default::default())?.with_score_head(1))
@@ -121,17 +147,11 @@ fn units(kind: UnitKind) -> Vec<Unit> {
 
 #[test]
 fn every_policy_objective_trains() -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = Transformer::<B>::load(&dir, &Default::default())?;
     let probe = TokenBatch::unpadded(vec![5, 6, 7, 11, 12, 13], 1, 6)?;
     let before = host_vec(base.valid().token_logprobs(&probe)?.into_data())?;
-    let settings = OptimSettings {
-        lr: 1e-2,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        batch_units: 8,
-        epochs: 1,
-    };
+    let settings = ONE_STEP;
     let mut trained = 0;
     for name in Objective::NAMES {
         let objective: Objective = serde_json::from_value(serde_json::json!({ "name": name }))?;
@@ -149,14 +169,10 @@ fn every_policy_objective_trains() -> anyhow::Result<()> {
         }
         config.validate()?;
         let mut state = TrainState::new(base.clone(), base.valid(), objective, settings);
-        let batch = match kind {
-            UnitKind::Groups => groups(&base, 0)?,
-            UnitKind::Rollouts => {
-                state = state.with_critic(critic(&dir)?, 1e-2)?;
-                rollouts(&base, 0)?
-            }
-            _ => units(kind),
-        };
+        if kind == UnitKind::Rollouts {
+            state = state.with_critic(critic(&dir)?, 1e-2)?;
+        }
+        let batch = batch_of(kind, &base)?;
         let m = state.update(&batch)?;
         assert!(
             m.loss.is_finite() && m.steps == 1 && m.rejected_nonfinite == 0,
@@ -183,32 +199,13 @@ fn every_policy_objective_trains() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dtypes of every float parameter.
-fn param_dtypes<A: Backend, M: Module<A>>(m: &M) -> Vec<DType> {
-    struct Dtypes(Vec<DType>);
-    impl<A: Backend> ModuleVisitor<A> for Dtypes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
-            self.0.push(param.val().dtype());
-        }
-    }
-    let mut v = Dtypes(vec![]);
-    m.visit(&mut v);
-    v.0
-}
-
 #[test]
 fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow::Result<()> {
     type F = burn::backend::Autodiff<burn_flex::Flex>;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = Transformer::<F>::load(&dir, &Default::default())?;
     let bf16 = Precision::Bf16;
-    let settings = OptimSettings {
-        lr: 1e-2,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        batch_units: 8,
-        epochs: 1,
-    };
+    let settings = ONE_STEP;
     let mut trained = 0;
     for name in Objective::NAMES {
         let objective: Objective = serde_json::from_value(serde_json::json!({ "name": name }))?;
@@ -216,11 +213,7 @@ fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow:
             continue;
         }
         let kind = objective.kind();
-        let batch = match kind {
-            UnitKind::Groups => groups(&base, 0)?,
-            UnitKind::Rollouts => rollouts(&base, 0)?,
-            _ => units(kind),
-        };
+        let batch = batch_of(kind, &base)?;
         let mut metrics = vec![];
         for precision in [Precision::F32, bf16] {
             let policy = base.clone().with_precision(precision)?;
@@ -236,7 +229,11 @@ fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow:
                 "{name} {precision}: {m:?}"
             );
             assert!(
-                param_dtypes(&state.policy).iter().all(|d| *d == DType::F32),
+                state
+                    .policy
+                    .weight_dtypes()
+                    .iter()
+                    .all(|d| *d == DType::F32),
                 "{name}"
             );
             let want = if precision == bf16 {
@@ -245,7 +242,7 @@ fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow:
                 DType::F32
             };
             assert!(
-                param_dtypes(&state.reference).iter().all(|d| *d == want),
+                state.reference.weight_dtypes().iter().all(|d| *d == want),
                 "{name}"
             );
             metrics.push(m);
@@ -273,7 +270,9 @@ fn every_objective_trains_in_bf16_as_in_f32_with_f32_master_weights() -> anyhow:
     state.update(&units(UnitKind::Pairs))?;
     state.refresh_reference()?;
     assert!(
-        param_dtypes(&state.reference)
+        state
+            .reference
+            .weight_dtypes()
             .iter()
             .all(|d| *d == DType::BF16)
     );
@@ -286,7 +285,7 @@ fn extra(m: &rlhf_learner::UpdateMetrics, key: &str) -> Option<f64> {
 
 #[test]
 fn group_updates_follow_the_advantages_and_correct_stale_samples() -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = Transformer::<B>::load(&dir, &Default::default())?;
     let settings = OptimSettings {
         lr: 1e-2,
@@ -356,7 +355,7 @@ fn group_updates_follow_the_advantages_and_correct_stale_samples() -> anyhow::Re
 
 #[test]
 fn ppo_trains_policy_and_critic_with_an_adaptive_kl_penalty() -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = Transformer::<B>::load(&dir, &Default::default())?;
     let settings = OptimSettings {
         lr: 1e-2,

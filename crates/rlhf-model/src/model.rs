@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
@@ -370,6 +370,19 @@ impl<B: Backend> Transformer<B> {
         precision.check_supported::<B>(&self.device())?;
         self.precision = precision;
         Ok(self)
+    }
+
+    /// The format of every weight, in module order (f32 master weights, or a bf16 copy).
+    pub fn weight_dtypes(&self) -> Vec<DType> {
+        struct Dtypes(Vec<DType>);
+        impl<B: Backend> ModuleVisitor<B> for Dtypes {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0.push(param.val().dtype());
+            }
+        }
+        let mut v = Dtypes(vec![]);
+        self.visit(&mut v);
+        v.0
     }
 
     /// Stores every weight in `precision`'s format and computes in it: a copy that only infers

@@ -10,9 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor};
 use burn_flex::Flex;
 use rlhf_model::load::host_vec;
@@ -55,19 +54,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// The dtypes of every float parameter.
-fn param_dtypes<B: Backend, M: Module<B>>(m: &M) -> Vec<DType> {
-    struct Dtypes(Vec<DType>);
-    impl<B: Backend> ModuleVisitor<B> for Dtypes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().dtype());
-        }
-    }
-    let mut v = Dtypes(vec![]);
-    m.visit(&mut v);
-    v.0
 }
 
 #[test]
@@ -128,10 +114,10 @@ fn a_bf16_stored_copy_computes_what_cast_at_use_computes() -> anyhow::Result<()>
         let dir = fixture(name);
         let (batch, _) = reference(&dir)?;
         let model = Transformer::<Flex>::load(&dir, &device)?;
-        assert!(param_dtypes(&model).iter().all(|d| *d == DType::F32));
+        assert!(model.weight_dtypes().iter().all(|d| *d == DType::F32));
         let at_use = model.clone().with_precision(Precision::Bf16)?;
         let stored = model.cast_weights(Precision::Bf16)?;
-        let dtypes = param_dtypes(&stored);
+        let dtypes = stored.weight_dtypes();
         assert!(
             !dtypes.is_empty() && dtypes.iter().all(|d| *d == DType::BF16),
             "{dtypes:?}"
@@ -146,7 +132,7 @@ fn a_bf16_stored_copy_computes_what_cast_at_use_computes() -> anyhow::Result<()>
             Path::new("<bf16 copy>"),
             &device,
         )?;
-        assert!(param_dtypes(&back).iter().all(|d| *d == DType::F32));
+        assert!(back.weight_dtypes().iter().all(|d| *d == DType::F32));
     }
     Ok(())
 }
@@ -255,7 +241,7 @@ fn bf16_training_keeps_f32_master_weights_and_f32_gradients() -> anyhow::Result<
         losses.push(loss);
         let grads = GradientsParams::from_grads(grads, &model);
         model = optim.step(1e-3, model, grads);
-        assert!(param_dtypes(&model).iter().all(|d| *d == DType::F32));
+        assert!(model.weight_dtypes().iter().all(|d| *d == DType::F32));
         assert_eq!(model.precision, Precision::Bf16);
     }
     eprintln!("bf16 training losses {losses:?}");
