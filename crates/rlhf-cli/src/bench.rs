@@ -257,6 +257,33 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s; first (warm-up) step {first_step:.2}s"
     );
     report_memory(&estimate, growth);
+
+    // Weight sync as `rlhf run` does it, staged through host memory: the learner serializes
+    // and hashes a version, a worker builds a model from the bytes and keeps its precision.
+    let policy = model.valid();
+    let start = Instant::now();
+    let published = rlhf_learner::publish(&policy)?;
+    let publish_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let worker = Transformer::<B::InnerBackend>::from_safetensors_bytes(
+        policy.config.clone(),
+        &published.payload,
+        std::path::Path::new("<bench payload>"),
+        device,
+    )?
+    .cast_weights(precision)?;
+    let _ = worker
+        .embed_tokens
+        .weight
+        .val()
+        .slice([0..1, 0..1])
+        .into_data();
+    let load_secs = start.elapsed().as_secs_f64();
+    let payload = published.payload.len();
+    eprintln!(
+        "weight sync: {} payload; publish (serialize + SHA-256) {publish_secs:.2}s, worker load {load_secs:.2}s",
+        human(payload as u64)
+    );
     println!(
         "{}",
         json!({
@@ -269,6 +296,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "generate": gen_results,
             "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
                 "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth},
+            "weight_sync": {"payload_bytes": payload, "publish_seconds": publish_secs, "load_seconds": load_secs},
         })
     );
     Ok(())

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use ppo::PpoState;
-pub use service::LearnerService;
+pub use service::{LearnerService, Published, publish};
 pub use trainer::{OptimSettings, Sampled, Seq, TrainState, Unit, UpdateMetrics};
 
 /// Settings of the learner.

@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::trainer::{Sampled, Seq, TrainState, Unit};
 use crate::{LearnerConfig, LearnerError};
 
-/// A serialized policy version.
+/// A serialized policy version: what workers fetch, and its SHA-256 (hex).
 #[derive(Clone)]
-struct Published {
-    payload: Bytes,
-    sha256: String,
+pub struct Published {
+    pub payload: Bytes,
+    pub sha256: String,
 }
 
 /// The learner.
@@ -38,7 +38,8 @@ pub struct LearnerService<B: AutodiffBackend> {
     progress: Arc<StdMutex<(u64, u64)>>,
 }
 
-fn publish<B: burn::tensor::backend::Backend>(
+/// Serializes a policy version for workers (safetensors in its compute precision) and hashes it.
+pub fn publish<B: burn::tensor::backend::Backend>(
     model: &Transformer<B>,
 ) -> Result<Published, LearnerError> {
     let bytes = model.to_safetensors_bytes()?;

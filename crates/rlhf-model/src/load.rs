@@ -9,6 +9,7 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
+use safetensors::Dtype;
 
 use crate::config::{Architecture, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -268,9 +269,15 @@ impl<B: Backend> Transformer<B> {
         build(config, &mut store, "model.", device)
     }
 
-    /// All weights as safetensors bytes (f32, Hugging Face names): the weight-sync payload.
+    /// All weights as safetensors bytes (Hugging Face names) in the compute precision: the
+    /// weight-sync payload. A bf16 model ships bf16 (half the bytes; exactly what a bf16
+    /// worker would cast f32 weights to, rounded to nearest even), an f32 model f32.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        serialize_safetensors(&self.to_hf_tensors()?, Path::new("<policy>"))
+        let dtype = match self.precision {
+            Precision::F32 => Dtype::F32,
+            Precision::Bf16 => Dtype::BF16,
+        };
+        serialize_safetensors(&self.to_hf_tensors()?, Path::new("<policy>"), dtype)
     }
 
     /// A model with random weights (for tests and benchmarks).

@@ -174,27 +174,40 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
 
 /// Writes tensors to a safetensors file in `f32`, atomically (temporary file, then rename).
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
-    let serialized = serialize_safetensors(tensors, path)?;
+    let serialized = serialize_safetensors(tensors, path, Dtype::F32)?;
     write_atomic(path, &serialized)
 }
 
-/// Serializes tensors to safetensors bytes in `f32`; `origin` names them in errors.
+/// Serializes tensors to safetensors bytes in `dtype` (`F32`, or `BF16` rounded to nearest
+/// even); `origin` names them in errors.
 pub fn serialize_safetensors(
     tensors: &BTreeMap<String, HostTensor>,
     origin: &Path,
+    dtype: Dtype,
 ) -> Result<Vec<u8>> {
     let path = origin;
+    let encode: fn(&[f32]) -> Vec<u8> = match dtype {
+        Dtype::F32 => |v| v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Dtype::BF16 => |v| {
+            v.iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect()
+        },
+        other => {
+            return Err(ModelError::weights(
+                path,
+                format!("cannot write dtype {other:?} (supported: F32, BF16)"),
+            ));
+        }
+    };
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(name, t)| {
-            let raw: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (name.clone(), t.shape.clone(), raw)
-        })
+        .map(|(name, t)| (name.clone(), t.shape.clone(), encode(&t.data)))
         .collect();
     let views = bytes
         .iter()
         .map(|(name, shape, raw)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), raw)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ModelError::weights(path, format!("tensor `{name}`: {e}")))
         })

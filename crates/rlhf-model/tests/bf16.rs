@@ -56,6 +56,14 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The size of the f32 weight-sync payload of the same weights.
+fn model_f32_bytes(m: &Transformer<Flex>) -> anyhow::Result<usize> {
+    Ok(m.clone()
+        .with_precision(Precision::F32)?
+        .to_safetensors_bytes()?
+        .len())
+}
+
 #[test]
 fn the_cpu_backend_refuses_bf16_naming_it() -> anyhow::Result<()> {
     let model = Transformer::<Cpu>::load(&fixture("tiny-qwen2"), &Default::default())?;
@@ -125,14 +133,42 @@ fn a_bf16_stored_copy_computes_what_cast_at_use_computes() -> anyhow::Result<()>
         let a = host_vec(at_use.forward_logits(&batch)?.into_data())?;
         let b = host_vec(stored.forward_logits(&batch)?.into_data())?;
         assert_eq!(a, b, "{name}: stored and cast-at-use bf16 differ");
-        // The weight-sync payload of a bf16 copy is still f32 Hugging Face tensors.
+        // The weight-sync payload of a bf16 model is bf16 (about half the f32 payload), each
+        // weight rounded to nearest even; a worker loads it (into f32) and casts back to bf16
+        // without changing a bit.
+        let payload = at_use.to_safetensors_bytes()?;
+        let f32_payload = model_f32_bytes(&at_use)?;
+        assert!(payload.len() * 2 < f32_payload + 4096 && payload.len() * 2 > f32_payload - 4096);
         let back = Transformer::<Flex>::from_safetensors_bytes(
             stored.config.clone(),
-            &stored.to_safetensors_bytes()?,
-            Path::new("<bf16 copy>"),
+            &payload,
+            Path::new("<bf16 payload>"),
             &device,
         )?;
         assert!(back.weight_dtypes().iter().all(|d| *d == DType::F32));
+        let worker = back.cast_weights(Precision::Bf16)?;
+        let (sent, got) = (at_use.to_hf_tensors()?, worker.to_hf_tensors()?);
+        assert_eq!(sent.len(), got.len());
+        for ((tensor, w), (_, g)) in sent.iter().zip(&got) {
+            let rne: Vec<f32> = w
+                .data
+                .iter()
+                .map(|x| half::bf16::from_f32(*x).to_f32())
+                .collect();
+            assert!(
+                rne == g.data,
+                "{name}: `{tensor}` is not the nearest-even bf16 of the f32 weights"
+            );
+        }
+        // (flex's own f32 -> bf16 cast goes through f64 and half's `from_f64`, which drops the
+        // f32's last 3 mantissa bits before rounding: near ties it may round down where
+        // nearest-even rounds up, so the worker's logits need not equal `stored`'s bit for bit
+        // here. CUDA's cast rounds to nearest even.)
+        let c = host_vec(worker.forward_logits(&batch)?.into_data())?;
+        assert!(
+            max_abs_diff(&a, &c) < 1e-2,
+            "{name}: payload weights compute differently"
+        );
     }
     Ok(())
 }
