@@ -72,12 +72,7 @@ fn linear<B: Backend>(
     device: &B::Device,
 ) -> Result<Linear<B>> {
     let w = src.tensor(&format!("{prefix}.weight"), &[d_out, d_in])?;
-    let mut t = vec![0f32; d_in * d_out];
-    for o in 0..d_out {
-        for i in 0..d_in {
-            t[i * d_out + o] = w.data[o * d_in + i];
-        }
-    }
+    let t = transpose(&w.data, d_out, d_in);
     let weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device));
     let bias = if bias {
         Some(param1(
@@ -317,7 +312,7 @@ impl<B: Backend> Transformer<B> {
             "model.embed_tokens.weight".into(),
             HostTensor {
                 shape,
-                data: host_vec(emb.into_data())?,
+                data: weight_host_vec(emb)?,
             },
         );
         for (i, layer) in self.layers.iter().enumerate() {
@@ -450,7 +445,7 @@ fn put_norm<B: Backend>(
         name,
         HostTensor {
             shape,
-            data: host_vec(t.into_data())?,
+            data: weight_host_vec(t)?,
         },
     );
     Ok(())
@@ -464,13 +459,7 @@ fn put_linear<B: Backend>(
 ) -> Result<()> {
     let w = layer.weight.val();
     let [d_in, d_out] = w.dims();
-    let data = host_vec(w.into_data())?;
-    let mut t = vec![0f32; d_in * d_out];
-    for i in 0..d_in {
-        for o in 0..d_out {
-            t[o * d_in + i] = data[i * d_out + o];
-        }
-    }
+    let t = transpose(&weight_host_vec(w)?, d_in, d_out);
     out.insert(
         format!("{name}.weight"),
         HostTensor {
@@ -485,11 +474,36 @@ fn put_linear<B: Backend>(
             format!("{name}.bias"),
             HostTensor {
                 shape,
-                data: host_vec(t.into_data())?,
+                data: weight_host_vec(t)?,
             },
         );
     }
     Ok(())
+}
+
+/// The transpose of a row-major `rows × cols` matrix, in tiles that stay in cache (an element
+/// at a time, every write of a row-by-row transpose missed the cache: seconds for a 0.5B model).
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Host `f32` values of a weight. burn-ndarray reads a tensor that something else still holds
+/// (a parameter always is) element by element through a dynamic-dimension iterator (measured
+/// 125 MB/s: 16 s for Qwen2.5-0.5B's weights); the fresh result of an element-wise operation is
+/// handed over without that copy. `x · 1` is exact for every value (signed zeros included).
+fn weight_host_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    host_vec(t.mul_scalar(1.0).into_data())
 }
 
 /// Host `f32` values of a tensor.
