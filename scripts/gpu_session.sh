@@ -4,15 +4,17 @@
 #   scripts/gpu_build.sh          # gpu-bin/rlhf.gz, small enough to carry
 # then run this script on the device machine with `gpu-bin` carried along.
 #
-# Stages (arguments; default: peers small qwen-f32 qwen-bf16, in this order; also
-# small-fusion and qwen-fusion-bf16, with burn's operation fusion on). One device command may
-# run 10 minutes at most: split the stages over calls (the machine stays warm for a short while
-# between calls).
+# Stages (arguments; default: all but the fusion ones, in this order): peers (PyTorch matmul and
+# HF generate at the issue's shapes), torch-qwen (PyTorch's Qwen2.5-0.5B-shaped training step,
+# f32 and bf16 autocast), small, qwen-f32, qwen-bf16, small-fusion and qwen-fusion-bf16 (burn's
+# operation fusion on). One device command may run 10 minutes at most: split the stages over
+# calls, e.g. `peers torch-qwen small`, then `qwen-f32 qwen-bf16`, then the fusion ones (the
+# machine stays warm for a short while between calls).
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu-out}"
 mkdir -p "$OUT"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(peers small qwen-f32 qwen-bf16)
+[ ${#stages[@]} -eq 0 ] && stages=(peers torch-qwen small qwen-f32 qwen-bf16)
 # burn-cuda loads CUDA at run time: point it at the CUDA 13 lib folder holding libnvrtc.so.
 nvrtc=$(find / -name 'libnvrtc.so*' -path '*13*' -not -path '*stubs*' 2>/dev/null | head -1)
 [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
@@ -35,8 +37,13 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     # PyTorch first: its numbers arrive even if burn stalls.
     peers)
-      timeout 150 python3 ../shared/bench/gpu_peers.py train generate > "$OUT/peers.txt" 2>&1
+      peers=gpu-bin/gpu_peers.py
+      [ -f "$peers" ] || peers=../shared/bench/gpu_peers.py
+      timeout 150 python3 "$peers" matmul generate > "$OUT/peers.txt" 2>&1
       grep RESULT "$OUT/peers.txt" | tee -a "$OUT/summary.txt" ;;
+    torch-qwen)
+      timeout 120 python3 scripts/torch_qwen_step.py > "$OUT/torch-qwen.txt" 2>&1
+      grep RESULT "$OUT/torch-qwen.txt" | tee -a "$OUT/summary.txt" ;;
     # Small: shows JIT/autotune cost without a 0.5B model in the way.
     small) run small-cuda 90 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
     qwen-f32) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-f32 150 "$bin" "${qwen[@]}" --precision f32 ;;
