@@ -54,4 +54,4 @@ for stage in "${stages[@]}"; do
   esac
 done
 # cubecl's autotune results (kept under target/ of the device copy between calls of a session).
-ls -d target/autotune* >/dev/null 2>&1 && tar czf "$OUT/autotune-cache.tgz" target/autotune* 2>/dev/null
+if ls -d target/autotune* >/dev/null 2>&1; then tar czf "$OUT/autotune-cache.tgz" target/autotune*; fi
