@@ -54,4 +54,5 @@ for stage in "${stages[@]}"; do
   esac
 done
 # cubecl's autotune results (kept under target/ of the device copy between calls of a session).
-if ls -d target/autotune* >/dev/null 2>&1; then tar czf "$OUT/autotune-cache.tgz" target/autotune*; fi
+cache=$(find target -maxdepth 4 -iname '*autotune*' 2>/dev/null | head -1)
+if [ -n "$cache" ]; then tar czf "$OUT/autotune-cache.tgz" "$cache"; fi
