@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
 use rlhf_model::memory::{self, MemoryEstimate, human};
@@ -231,13 +231,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         let loss = masked_mean(lp, mask.clone()).mean().neg();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-4, model, grads);
-        // Force the update to complete before stopping the clock.
-        let _ = model
-            .embed_tokens
-            .weight
-            .val()
-            .slice([0..1, 0..1])
-            .into_data();
+        wait_for(&model);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
         } else {
@@ -272,12 +266,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         device,
     )?
     .cast_weights(precision)?;
-    let _ = worker
-        .embed_tokens
-        .weight
-        .val()
-        .slice([0..1, 0..1])
-        .into_data();
+    wait_for(&worker);
     let load_secs = start.elapsed().as_secs_f64();
     let payload = published.payload.len();
     eprintln!(
@@ -300,6 +289,17 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         })
     );
     Ok(())
+}
+
+/// Waits for the work queued on the model's device (a GPU runs it asynchronously) by reading
+/// one weight back, so that a clock stopped next measures it.
+fn wait_for<B: Backend>(model: &Transformer<B>) {
+    let _ = model
+        .embed_tokens
+        .weight
+        .val()
+        .slice([0..1, 0..1])
+        .into_data();
 }
 
 /// Prints an estimate and, next to it, the measured peak growth of the resident set during the

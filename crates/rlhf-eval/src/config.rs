@@ -360,12 +360,8 @@ impl EvalConfig {
 
     /// The parsed `precision` (`f32` when empty), checked against the device.
     pub fn precision(&self) -> Result<rlhf_model::Precision, EvalError> {
-        let precision = rlhf_model::Precision::from_setting(&self.precision)
-            .map_err(|e| EvalError::config("precision", e))?;
-        precision
-            .check_device(self.device()?)
-            .map_err(|e| EvalError::config("precision", e))?;
-        Ok(precision)
+        rlhf_model::Precision::for_device(&self.precision, self.device()?)
+            .map_err(|e| EvalError::config("precision", e))
     }
 
     /// Makes relative input paths (policies, prompts, ranking, reference, reward models)

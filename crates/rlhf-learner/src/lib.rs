@@ -141,9 +141,9 @@ impl LearnerConfig {
         }
     }
 
-    /// The parsed precision (`f32` when empty).
+    /// The parsed precision (`f32` when empty), checked against the device.
     pub fn precision(&self) -> Result<Precision, LearnerError> {
-        Precision::from_setting(&self.precision)
+        Precision::for_device(&self.precision, self.device()?)
             .map_err(|e| LearnerError::Config(format!("learner.precision: {e}")))
     }
 
@@ -214,9 +214,7 @@ impl LearnerConfig {
                 self.objective.name()
             )));
         }
-        self.precision()?
-            .check_device(self.device()?)
-            .map_err(|e| LearnerError::Config(format!("learner.precision: {e}")))?;
+        self.precision()?;
         if !self.devices.is_empty() {
             let device = DeviceSpec::from_setting(&self.device)
                 .map_err(|e| LearnerError::Config(format!("learner.device: {e}")))?;

@@ -41,6 +41,14 @@ impl Precision {
         setting.parse()
     }
 
+    /// Parses a `precision` setting for a role on `device`, and checks the device's backend has
+    /// it ([`Precision::check_device`]): what each config's `precision()` reports under its field.
+    pub fn for_device(setting: &str, device: DeviceSpec) -> std::result::Result<Self, String> {
+        let precision = Self::from_setting(setting)?;
+        precision.check_device(device)?;
+        Ok(precision)
+    }
+
     /// The tensor format of activations.
     pub fn dtype(self) -> FloatDType {
         match self {
@@ -51,10 +59,7 @@ impl Precision {
 
     /// Bytes per activation or cached key/value.
     pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
+        DType::from(self.dtype()).size()
     }
 
     /// `t` in the compute format (no operation at all for f32 tensors in f32).
@@ -122,15 +127,13 @@ fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     cast_to(t, FloatDType::F32)
 }
 
-/// `x · W (+ b)` with the weights cast to the compute format.
+/// `x · W (+ b)` with the weights cast to the compute format (`Linear::forward` itself when
+/// they already are: the casts are then no operation).
 fn linear<B: Backend, const D: usize>(
     l: &Linear<B>,
     x: Tensor<B, D>,
     p: Precision,
 ) -> Tensor<B, D> {
-    if p == Precision::F32 && l.weight.val().dtype() == DType::F32 {
-        return l.forward(x);
-    }
     burn::tensor::module::linear(
         x,
         p.compute(l.weight.val()),

@@ -100,13 +100,8 @@ impl RewardModelConfig {
 
     /// The parsed precision, checked against the device.
     fn precision_spec(&self, at: &str) -> Result<Precision, RewardError> {
-        let device = self.device_spec(at)?;
-        let precision = Precision::from_setting(&self.precision)
-            .map_err(|e| RewardError::config(format!("{at}precision"), e))?;
-        precision
-            .check_device(device)
-            .map_err(|e| RewardError::config(format!("{at}precision"), e))?;
-        Ok(precision)
+        Precision::for_device(&self.precision, self.device_spec(at)?)
+            .map_err(|e| RewardError::config(format!("{at}precision"), e))
     }
 }
 

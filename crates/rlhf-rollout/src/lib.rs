@@ -75,9 +75,9 @@ impl RolloutConfig {
             .map_err(|e| RolloutError::Config(format!("rollout.device: {e}")))
     }
 
-    /// The parsed precision (`f32` when empty).
+    /// The parsed precision (`f32` when empty), checked against the device.
     pub fn precision(&self) -> Result<Precision, RolloutError> {
-        Precision::from_setting(&self.precision)
+        Precision::for_device(&self.precision, self.device()?)
             .map_err(|e| RolloutError::Config(format!("rollout.precision: {e}")))
     }
 
@@ -98,9 +98,7 @@ impl RolloutConfig {
                 "rollout.max_message_bytes must be at least 1024".into(),
             ));
         }
-        self.precision()?
-            .check_device(self.device()?)
-            .map_err(|e| RolloutError::Config(format!("rollout.precision: {e}")))?;
+        self.precision()?;
         Ok(())
     }
 }

@@ -138,7 +138,8 @@ impl<B: Backend> RolloutService<B> {
         }
         let base = self.base.clone();
         let device = self.device.clone();
-        // Weights arrive in f32 and are kept in the worker's precision (checked at start-up).
+        // Weights arrive in the learner's precision (read into f32) and are kept in the worker's
+        // (checked at start-up).
         let precision = self.policy.read().await.model.precision;
         let model = tokio::task::spawn_blocking(move || {
             Transformer::<B>::from_safetensors_bytes(
