@@ -2,23 +2,16 @@
 //! on its own `cuda:N`) gives the same gradient and the same trained weights as one device on
 //! the whole step, for objectives whose loss is a mean over units.
 
-use std::path::Path;
-
 use burn::module::AutodiffModule;
 use rlhf_algo::Objective;
-use rlhf_learner::{OptimSettings, Sampled, Seq, TrainState, Unit};
+use rlhf_learner::{OptimSettings, Sampled, TrainState, Unit};
 use rlhf_model::load::host_vec;
 use rlhf_model::{Cpu, TokenBatch, Transformer};
 
-type B = burn::backend::Autodiff<Cpu>;
+mod common;
+use common::{fixture, seq};
 
-fn seq(prompt: &[u32], completion: &[u32], reward: f64) -> Seq {
-    Seq {
-        prompt: prompt.to_vec(),
-        completion: completion.to_vec(),
-        reward,
-    }
-}
+type B = burn::backend::Autodiff<Cpu>;
 
 /// Five pairs (a step of five splits 3 + 2 over two devices).
 fn pairs() -> Vec<Unit> {
@@ -93,7 +86,7 @@ fn probe(model: &Transformer<B>) -> anyhow::Result<Vec<f32>> {
 
 #[test]
 fn two_replicas_train_like_one_device() -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = Transformer::<B>::load(&dir, &Default::default())?;
     let settings = OptimSettings {
         lr: 1e-2,
@@ -147,7 +140,7 @@ fn two_replicas_train_like_one_device() -> anyhow::Result<()> {
 
 #[test]
 fn ppo_stays_on_one_device() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let base = match Transformer::<B>::load(&dir, &Default::default()) {
         Ok(m) => m,
         Err(e) => panic!("fixture: {e}"),
@@ -176,7 +169,7 @@ fn ppo_stays_on_one_device() {
 
 #[test]
 fn the_devices_setting_is_checked_naming_the_field() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2");
+    let dir = fixture();
     let error = |devices: &[&str], device: &str, objective: &str| {
         let mut c = rlhf_learner::LearnerConfig::new(dir.clone());
         c.devices = devices.iter().map(|d| d.to_string()).collect();

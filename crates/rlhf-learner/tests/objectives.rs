@@ -6,7 +6,7 @@
 //! In bf16 (on burn's flex CPU backend, the one CPU backend with bf16 tensors) every objective
 //! trains as in f32, with f32 master weights and a bf16 reference.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
@@ -16,15 +16,10 @@ use rlhf_learner::{OptimSettings, Sampled, Seq, TrainState, Unit};
 use rlhf_model::load::host_vec;
 use rlhf_model::{Cpu, Precision, TokenBatch, Transformer};
 
-type B = burn::backend::Autodiff<Cpu>;
+mod common;
+use common::{fixture, seq};
 
-fn seq(prompt: &[u32], completion: &[u32], reward: f64) -> Seq {
-    Seq {
-        prompt: prompt.to_vec(),
-        completion: completion.to_vec(),
-        reward,
-    }
-}
+type B = burn::backend::Autodiff<Cpu>;
 
 /// Teacher-forced completion log-probs under `model` (what a sampler of that version records).
 fn completion_logprobs<A: AutodiffBackend>(
@@ -84,11 +79,6 @@ fn rollouts<A: AutodiffBackend>(model: &Transformer<A>, version: u64) -> anyhow:
         })
         .map(Unit::Rollout)
         .collect())
-}
-
-/// The tiny Qwen2 checkpoint every test here trains.
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
 }
 
 /// One optimizer step per update over every objective's test batch, clipped at 1.

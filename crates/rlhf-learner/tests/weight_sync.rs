@@ -2,7 +2,7 @@
 //! the learner trains one DPO update, the worker fetches version 1 (checksummed chunks) and
 //! its sampler log-probs then match the learner's saved checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures::StreamExt;
 use rlhf_core::CancellationToken;
@@ -11,9 +11,8 @@ use rlhf_proto::v1;
 use rlhf_rollout::RolloutConfig;
 use tokio::net::TcpListener;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
-}
+mod common;
+use common::fixture;
 
 async fn generate(
     client: &mut v1::rollout_client::RolloutClient<tonic::transport::Channel>,

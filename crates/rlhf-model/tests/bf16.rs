@@ -18,42 +18,23 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{
     Cpu, Precision, SamplingParams, TokenBatch, Transformer, masked_sum, target_mask,
 };
-use safetensors::SafeTensors;
+
+mod common;
+use common::{Reference, fixtures, max_abs_diff};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/hf-tiny")
-        .join(name)
+    fixtures().join("hf-tiny").join(name)
 }
 
 const CAUSAL: [&str; 2] = ["tiny-llama3", "tiny-qwen2"];
 
 /// transformers' (f32) token log-probs of the fixture's reference batch.
 fn reference(dir: &Path) -> anyhow::Result<(TokenBatch, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("reference.safetensors"))?;
-    let st = SafeTensors::deserialize(&bytes)?;
-    let ids = st.tensor("input_ids")?;
-    let shape = ids.shape().to_vec();
-    let ids: Vec<u32> = ids
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as u32)
-        .collect();
-    let lp = st
-        .tensor("token_logprobs")?
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let r = Reference::load(dir)?;
+    let (shape, ids) = r.i64("input_ids")?;
+    let ids = ids.into_iter().map(|x| x as u32).collect();
+    let (_, lp) = r.f32("token_logprobs")?;
     Ok((TokenBatch::unpadded(ids, shape[0], shape[1])?, lp))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// The size of the f32 weight-sync payload of the same weights.

@@ -10,14 +10,12 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{
     ChatMessage, Cpu, PaddingSide, SamplingParams, TokenBatch, Tokenizer, Transformer,
 };
-use safetensors::SafeTensors;
 use serde_json::Value;
 
-type B = Cpu;
+mod common;
+use common::{Reference, fixtures, max_abs_diff};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+type B = Cpu;
 
 /// Every causal-LM fixture folder (those with `greedy_16` in reference.json).
 fn causal_dirs() -> Vec<PathBuf> {
@@ -50,46 +48,6 @@ fn dirs_with(key: &str) -> Vec<PathBuf> {
 
 fn read_json(p: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn load(dir: &Path) -> anyhow::Result<Self> {
-        Ok(Self {
-            bytes: std::fs::read(dir.join("reference.safetensors"))?,
-        })
-    }
-    fn f32(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        let st = SafeTensors::deserialize(&self.bytes)?;
-        let v = st.tensor(name)?;
-        let data = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok((v.shape().to_vec(), data))
-    }
-    fn i64(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<i64>)> {
-        let st = SafeTensors::deserialize(&self.bytes)?;
-        let v = st.tensor(name)?;
-        let data = v
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        Ok((v.shape().to_vec(), data))
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn ids_u32(v: &Value) -> Vec<u32> {
