@@ -6,8 +6,8 @@
 #
 # Stages (arguments; default: all but the fusion ones, in this order): peers (PyTorch matmul and
 # HF generate at the shapes), torch-qwen (PyTorch's Qwen2.5-0.5B-shaped training step,
-# f32 and bf16 autocast), small, qwen-f32, qwen-bf16, small-fusion and qwen-fusion-bf16 (burn's
-# operation fusion on). One device command may run 10 minutes at most: split the stages over
+# f32 and bf16 autocast), small, qwen-f32, qwen-bf16, qwen-bf16-ckpt (gradient checkpointing),
+# small-fusion and qwen-fusion-bf16 (burn's operation fusion on). One device command may run 10 minutes at most: split the stages over
 # calls, e.g. `peers torch-qwen small`, then `qwen-f32 qwen-bf16`, then the fusion ones (the
 # machine stays warm for a short while between calls).
 set -uo pipefail
@@ -48,6 +48,8 @@ for stage in "${stages[@]}"; do
     small) run small-cuda 90 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
     qwen-f32) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-f32 150 "$bin" "${qwen[@]}" --precision f32 ;;
     qwen-bf16) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-bf16 150 "$bin" "${qwen[@]}" --precision bf16 ;;
+    # Layer-level gradient checkpointing: memory (gpu_memory.csv) and step time against qwen-bf16.
+    qwen-bf16-ckpt) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-bf16-ckpt 150 "$bin" bench model --device cuda:0 --size qwen0.5b --train-batch 8 --train-len 256 --gen-batch 1 --prompt-len 4 --new-tokens 2 --steps 3 --precision bf16 --checkpointing ;;
     small-fusion) unpack "$fused"; run small-cuda-fusion 90 "$fused" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
     qwen-fusion-bf16) unpack "$fused"; CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-fusion-bf16 150 "$fused" "${qwen[@]}" --precision bf16 ;;
     *) echo "unknown stage $stage" | tee -a "$OUT/summary.txt" ;;

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -15,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use rlhf_model::memory::{self, MemoryEstimate, human};
 use rlhf_model::{
     Architecture, DeviceSpec, ModelConfig, Precision, SamplingParams, TokenBatch, Transformer,
-    masked_mean, target_mask,
+    gather_logprobs, masked_mean, target_mask,
 };
 use serde_json::json;
 
@@ -91,8 +90,8 @@ pub struct ModelBenchArgs {
     /// New tokens per sequence.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Train with burn's balanced gradient checkpointing (element-wise results recomputed in the
-    /// backward pass instead of kept).
+    /// Train with layer-level gradient checkpointing (`learner.gradient_checkpointing`): keep
+    /// each decoder layer's input, recompute the layers in the backward pass.
     #[arg(long)]
     checkpointing: bool,
     /// Compute precision: `f32`, or `bf16` (f32 master weights cast at each use for training,
@@ -139,15 +138,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             if args.steps == 0 || args.train_batch == 0 || args.train_len < 2 {
                 bail!("--steps and --train-batch must be positive, --train-len at least 2");
             }
-            if args.checkpointing {
-                with_backend!(args.device, |device: B| model_bench::<
-                    burn::backend::Autodiff<B, BalancedCheckpointing>,
-                >(&args, &device))
-            } else {
-                with_backend!(args.device, |device: B| model_bench::<
-                    burn::backend::Autodiff<B>,
-                >(&args, &device))
-            }
+            with_backend!(args.device, |device: B| model_bench::<
+                burn::backend::Autodiff<B>,
+            >(&args, &device))
         }
         BenchCommand::Dpo(args) => dpo_bench(&args),
     }
@@ -221,15 +214,32 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     let mut model = model;
     let mut times = vec![];
     // The policy alone (the reference of DPO-style objectives would add its weights).
-    let estimate = memory::training(&model.config, bsz, len, false, precision);
+    let estimate = memory::training(
+        &model.config,
+        bsz,
+        len,
+        false,
+        precision,
+        args.checkpointing,
+    );
     let mut growth = None;
     let mut first_step = 0.0;
     for step in 0..=args.steps {
         let rss = PeakRss::start();
         let start = Instant::now();
-        let lp = model.token_logprobs(&batch)?;
+        let (hidden, checkpoints) = if args.checkpointing {
+            let (hidden, checkpoints) = model.hidden_checkpointed(&batch)?;
+            (hidden, Some(checkpoints))
+        } else {
+            (model.hidden(&batch)?, None)
+        };
+        let lp = gather_logprobs(model.logits(hidden)?, &batch);
         let loss = masked_mean(lp, mask.clone()).mean().neg();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = loss.backward();
+        let grads = match checkpoints {
+            Some(c) => c.gradients(&model, &mut grads)?,
+            None => GradientsParams::from_module(&mut grads, &model),
+        };
         model = optim.step(1e-4, model, grads);
         wait_for(&model);
         if step > 0 {

@@ -18,7 +18,7 @@ use rlhf_learner::reward_model::{
     Rated, RewardSettings, TokenPair, as_reward_model, pair_accuracy, ratings_mse,
     train_ratings_model, train_reward_model,
 };
-use rlhf_model::{DeviceSpec, Tokenizer, Transformer};
+use rlhf_model::{DeviceSpec, Precision, Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
@@ -107,8 +107,10 @@ pub fn run(args: RmArgs) -> Result<()> {
     }
     let device = DeviceSpec::from_setting(&f.model.device)
         .map_err(|e| anyhow::anyhow!("{at}: model.device: {e}"))?;
+    let precision = Precision::for_device(&f.model.precision, device)
+        .map_err(|e| anyhow::anyhow!("{at}: model.precision: {e}"))?;
     with_backend!(device, |dev: B| rm_on::<burn::backend::Autodiff<B>>(
-        &f, &dev
+        &f, precision, &dev
     ))
 }
 
@@ -183,14 +185,16 @@ fn settings(s: &RmSection) -> RewardSettings {
     }
 }
 
-fn rm_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
+fn rm_on<B: AutodiffBackend>(f: &RmFile, precision: Precision, device: &B::Device) -> Result<()> {
+    // f32 master weights (saved as f32), computing in `precision`.
+    let model = Transformer::<B>::load(&f.model.path, device)?.with_precision(precision)?;
     match f.rm.objective {
-        Objective::BradleyTerry(c) => pairs_on::<B>(f, c, device),
-        _ => ratings_on::<B>(f, device),
+        Objective::BradleyTerry(c) => pairs_on::<B>(f, c, model),
+        _ => ratings_on::<B>(f, model),
     }
 }
 
-fn ratings_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> {
+fn ratings_on<B: AutodiffBackend>(f: &RmFile, model: Transformer<B>) -> Result<()> {
     let s = &f.rm;
     let tokenizer = Tokenizer::from_dir(&f.model.path)?;
     let lines = load_rated(&s.data)?;
@@ -224,7 +228,7 @@ fn ratings_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> 
         heldout.len(),
         s.epochs
     );
-    let model = as_reward_model(Transformer::<B>::load(&f.model.path, device)?, k)?;
+    let model = as_reward_model(model, k)?;
     let mse = |m: &Transformer<B::InnerBackend>| -> Result<Option<f64>> {
         if heldout.is_empty() {
             return Ok(None);
@@ -258,7 +262,7 @@ fn ratings_on<B: AutodiffBackend>(f: &RmFile, device: &B::Device) -> Result<()> 
 fn pairs_on<B: AutodiffBackend>(
     f: &RmFile,
     objective: rlhf_algo::reward_model::BradleyTerryConfig,
-    device: &B::Device,
+    model: Transformer<B>,
 ) -> Result<()> {
     let s = &f.rm;
     let tokenizer = Tokenizer::from_dir(&f.model.path)?;
@@ -296,7 +300,7 @@ fn pairs_on<B: AutodiffBackend>(
         heldout.len(),
         s.epochs
     );
-    let model = as_reward_model(Transformer::<B>::load(&f.model.path, device)?, 1)?;
+    let model = as_reward_model(model, 1)?;
     let accuracy = |m: &Transformer<B::InnerBackend>| -> Result<Option<f64>> {
         if heldout.is_empty() {
             return Ok(None);

@@ -10,7 +10,7 @@ use clap::Args;
 use rlhf_core::ChatMessage;
 use rlhf_data::{LoadOptions, Prompt};
 use rlhf_learner::sft::{SftSettings, tokenize_example, train_sft};
-use rlhf_model::{Tokenizer, Transformer};
+use rlhf_model::{Precision, Tokenizer, Transformer};
 use serde::Deserialize;
 
 use crate::inspect::with_backend;
@@ -46,6 +46,9 @@ struct SftSection {
     max_len: usize,
     #[serde(default)]
     skip_malformed: bool,
+    /// Layer-level gradient checkpointing (as `learner.gradient_checkpointing`).
+    #[serde(default)]
+    gradient_checkpointing: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,12 +66,14 @@ pub fn run(args: SftArgs) -> Result<()> {
     offline::check_optim(path, "sft", s.lr, s.batch_size, s.epochs, s.max_len)?;
     let device = rlhf_model::DeviceSpec::from_setting(&f.model.device)
         .map_err(|e| anyhow::anyhow!("{}: model.device: {e}", path.display()))?;
+    let precision = Precision::for_device(&f.model.precision, device)
+        .map_err(|e| anyhow::anyhow!("{}: model.precision: {e}", path.display()))?;
     with_backend!(device, |dev: B| sft_on::<burn::backend::Autodiff<B>>(
-        &f, &dev
+        &f, precision, &dev
     ))
 }
 
-fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
+fn sft_on<B: AutodiffBackend>(f: &SftFile, precision: Precision, device: &B::Device) -> Result<()> {
     let s = &f.sft;
     let tokenizer = Tokenizer::from_dir(&f.model.path)?;
     let report = rlhf_data::load_prompts(
@@ -118,7 +123,8 @@ fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
         report.skipped.len(),
         s.epochs
     );
-    let policy = Transformer::<B>::load(&f.model.path, device)?;
+    // f32 master weights (saved as f32), computing in `precision`.
+    let policy = Transformer::<B>::load(&f.model.path, device)?.with_precision(precision)?;
     let mut log = StepLog::create(&s.output_dir, "sft")?;
     let settings = SftSettings {
         lr: s.lr,
@@ -127,6 +133,7 @@ fn sft_on<B: AutodiffBackend>(f: &SftFile, device: &B::Device) -> Result<()> {
         batch_size: s.batch_size,
         epochs: s.epochs,
         max_len: s.max_len,
+        gradient_checkpointing: s.gradient_checkpointing,
     };
     let (policy, r) = train_sft(policy, &examples, settings, |step, total, loss| {
         let record = serde_json::json!({"step": step, "loss": loss});

@@ -80,3 +80,40 @@ fn a_conversation_without_a_final_answer_is_rejected() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sft_and_rm_take_model_precision() {
+    // `[model] precision` is read (it used to be ignored): bf16 needs a GPU, so on the CPU both
+    // commands refuse it at start-up, naming the field.
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        d.path(),
+        r#"{"prompt": "Repeat the letter a", "answer": "a a"}"#,
+    );
+    let bf16 = |path: &Path| {
+        let text = std::fs::read_to_string(path).expect("config");
+        std::fs::write(
+            path,
+            text.replace("[model]\n", "[model]\nprecision = \"bf16\"\n"),
+        )
+        .expect("config");
+    };
+    bf16(&cfg);
+    let (code, _, stderr) = rlhf(&["sft", cfg.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("model.precision"), "{stderr}");
+    let rm = d.path().join("rm.toml");
+    std::fs::write(
+        &rm,
+        format!(
+            "[model]\npath = \"{}\"\n\n[rm]\ndata = \"data.jsonl\"\noutput_dir = \"{}\"\n",
+            tiny_qwen2().display(),
+            d.path().join("rm-out").display()
+        ),
+    )
+    .expect("rm config");
+    bf16(&rm);
+    let (code, _, stderr) = rlhf(&["rm", rm.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("model.precision"), "{stderr}");
+}

@@ -20,10 +20,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_algo::policy::{GroupBatch, TokenBatch as PgTokens, entropy_from_logits};
 use rlhf_algo::{Objective, ObjectiveInput};
 use rlhf_model::load::host_vec;
-use rlhf_model::{TokenBatch, Transformer, gather_logprobs};
+use rlhf_model::{Checkpoints, TokenBatch, Transformer, gather_logprobs};
 
 use crate::LearnerError;
-use crate::trainer::{Sampled, Seq, TrainState, Unit, full_batch};
+use crate::trainer::{Sampled, Seq, StepInput, TrainState, Unit, full_batch};
 
 /// The entropy-bonus coefficient of a group objective (0 for the others).
 fn entropy_coef(objective: &Objective) -> f64 {
@@ -111,24 +111,24 @@ pub(crate) fn masked_kl(policy: &[f32], reference: &[f32], mask: &[f32], rows: u
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
-    /// The policy's (differentiable) completion log-probs `[rows, width]` picked by `idx`, and
-    /// their per-token entropies when the objective has an entropy bonus.
+    /// `model`'s (differentiable) completion log-probs `[rows, width]` picked by `idx`, their
+    /// per-token entropies when the objective has an entropy bonus, and the forward's layer
+    /// checkpoints under gradient checkpointing.
     #[allow(clippy::type_complexity)]
     pub(crate) fn policy_completion_logp(
         &self,
         model: &Transformer<B>,
         batch: &TokenBatch,
         idx: Tensor<B, 2, Int>,
-    ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>), LearnerError> {
-        if entropy_coef(&self.objective) > 0.0 {
-            let logits = model.forward_logits(batch)?;
+    ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Checkpoints<B>>), LearnerError> {
+        let (hidden, checkpoints) = self.trained_hidden(model, batch)?;
+        let logits = model.logits(hidden)?;
+        let entropy = (entropy_coef(&self.objective) > 0.0).then(|| {
             let [b, s, v] = logits.dims();
-            let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]));
-            let logp = gather_logprobs(logits, batch).gather(1, idx.clone());
-            Ok((logp, Some(entropy.gather(1, idx))))
-        } else {
-            Ok((model.token_logprobs(batch)?.gather(1, idx), None))
-        }
+            entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v])).gather(1, idx.clone())
+        });
+        let logp = gather_logprobs(logits, batch).gather(1, idx);
+        Ok((logp, entropy, checkpoints))
     }
 
     /// log π_old per sample (`[unit][item][token]`; rollouts have one item) when some sample of
@@ -174,14 +174,13 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// completion log-probs of their samples, computed once per update), the mean sequence KL
     /// to the reference and the token count; `None` when some log-prob was not finite (step
     /// skipped).
-    #[allow(clippy::type_complexity)]
     pub(crate) fn group_input(
         &self,
         model: &Transformer<B>,
         units: &[Unit],
         old: Option<&[Vec<Vec<f32>>]>,
         reference: &[f32],
-    ) -> Result<Option<(ObjectiveInput<B>, f64, u64)>, LearnerError> {
+    ) -> Result<Option<StepInput<B>>, LearnerError> {
         let sizes: Vec<usize> = units
             .iter()
             .map(|u| if let Unit::Group(g) = u { g.len() } else { 0 })
@@ -199,7 +198,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = self.policy_completion_logp(model, &batch, idx)?;
+        let (logp, entropy, checkpoints) = self.policy_completion_logp(model, &batch, idx)?;
         let behaviour: Vec<&[f32]> = items
             .iter()
             .map(|s| s.behaviour_logprobs.as_slice())
@@ -236,14 +235,15 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         let rewards = items.iter().map(|s| s.seq.reward as f32).collect();
         let tokens_trained = seqs.iter().map(|s| s.completion.len() as u64).sum();
-        Ok(Some((
-            ObjectiveInput::Groups(GroupBatch {
+        Ok(Some(StepInput {
+            input: ObjectiveInput::Groups(GroupBatch {
                 tokens,
                 rewards,
                 group_size,
             }),
             kl,
-            tokens_trained,
-        )))
+            tokens: tokens_trained,
+            checkpoints,
+        }))
     }
 }

@@ -51,6 +51,12 @@ pub struct LearnerConfig {
     /// `model.precision`.
     #[serde(default)]
     pub precision: String,
+    /// Layer-level gradient checkpointing: the training forward keeps only each decoder layer's
+    /// input and the backward pass recomputes the layers one at a time. The same gradients
+    /// (bit for bit on the CPU) for one more forward pass of the layers; saves most of the
+    /// activations' memory (docs/gpu.md). Off by default.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// The objective and its hyperparameters (`{ name = "dpo", beta = 0.1 }`).
     #[serde(default = "default_objective")]
     pub objective: Objective,
@@ -118,6 +124,7 @@ impl LearnerConfig {
             device: String::new(),
             devices: vec![],
             precision: String::new(),
+            gradient_checkpointing: false,
             objective: default_objective(),
             lr: default_lr(),
             weight_decay: 0.0,

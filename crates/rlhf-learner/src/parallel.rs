@@ -19,7 +19,7 @@ use rlhf_algo::{ObjectiveState, UnitKind};
 use rlhf_model::Transformer;
 
 use crate::LearnerError;
-use crate::trainer::{StepStats, TrainState, Unit, checked_loss};
+use crate::trainer::{StepStats, TrainState, Unit, checked_loss, model_grads};
 
 /// What one shard's thread hands back.
 struct ShardOutcome {
@@ -147,17 +147,18 @@ impl<B: AutodiffBackend> TrainState<B> {
         old: Option<&[Vec<Vec<f32>>]>,
         weight: f64,
     ) -> Result<Option<ShardOutcome>, LearnerError> {
-        let Some((input, kl, tokens)) = self.step_input(&model, units, reference, old)? else {
+        let Some(step) = self.step_input(&model, units, reference, old)? else {
             return Ok(None);
         };
         let mut state = self.objective_state;
-        let Some(out) = checked_loss(&self.objective, &mut state, &input)? else {
+        let Some(out) = checked_loss(&self.objective, &mut state, &step.input)? else {
             return Ok(None);
         };
-        let grads = GradientsParams::from_grads(out.loss.mul_scalar(weight).backward(), &model);
+        let mut grads = out.loss.mul_scalar(weight).backward();
+        let grads = model_grads(&model, step.checkpoints, &mut grads)?;
         Ok(Some(ShardOutcome {
             weight,
-            report: StepStats::new(out.stats, kl, tokens),
+            report: StepStats::new(out.stats, step.kl, step.tokens),
             grads,
             state,
         }))

@@ -12,7 +12,7 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_algo::policy::{KlController, RolloutBatch, TokenBatch as PgTokens, ValueBatch, gae};
@@ -23,7 +23,7 @@ use rlhf_model::load::host_vec;
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
 use crate::groups::{completion_columns, masked_kl, padded, samples};
-use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
+use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch, model_grads};
 
 /// The critic, its optimizer and the KL-in-reward controller.
 pub struct PpoState<B: AutodiffBackend> {
@@ -236,11 +236,13 @@ impl<B: AutodiffBackend> TrainState<B> {
         let batch = full_batch(&seqs, self.pad)?;
         let (idx, mask, width) = completion_columns(&seqs, &batch);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [rows, width]), &device);
-        let (logp, entropy) = self.policy_completion_logp(&self.policy, &batch, idx.clone())?;
+        let (logp, entropy, policy_checkpoints) =
+            self.policy_completion_logp(&self.policy, &batch, idx.clone())?;
         let Some(ppo) = self.ppo.as_ref() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
-        let values = ppo.critic.values(&batch)?.gather(1, idx);
+        let (critic_hidden, critic_checkpoints) = self.trained_hidden(&ppo.critic, &batch)?;
+        let values = ppo.critic.values_of(critic_hidden)?.gather(1, idx);
         let tensor =
             |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, width]), &device);
         let field = |f: fn(&Prepared) -> &Vec<f32>| -> Vec<f32> {
@@ -285,8 +287,8 @@ impl<B: AutodiffBackend> TrainState<B> {
         let Some(ppo) = self.ppo.as_mut() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
-        let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
-        let mut critic_grads = GradientsParams::from_module(&mut grads, &ppo.critic);
+        let mut policy_grads = model_grads(&self.policy, policy_checkpoints, &mut grads)?;
+        let mut critic_grads = model_grads(&ppo.critic, critic_checkpoints, &mut grads)?;
         let limit = self.settings.max_grad_norm;
         let policy_norm = clip_global_norm(&self.policy, &mut policy_grads, limit);
         let critic_norm = clip_global_norm(&ppo.critic, &mut critic_grads, limit);

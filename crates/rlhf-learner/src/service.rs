@@ -86,7 +86,8 @@ impl<B: AutodiffBackend> LearnerService<B> {
             )));
         }
         let v0 = publish(&policy.valid())?;
-        let mut state = TrainState::new(policy, reference, config.objective, config.optim());
+        let mut state = TrainState::new(policy, reference, config.objective, config.optim())
+            .with_gradient_checkpointing(config.gradient_checkpointing);
         if matches!(config.objective, rlhf_algo::Objective::Ppo(_)) {
             // Loaded on its own (never a clone of the policy): separate parameters.
             let dir = config.critic.as_ref().unwrap_or(&config.model);

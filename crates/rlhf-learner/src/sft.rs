@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use rlhf_core::ChatMessage;
 use rlhf_model::load::host_vec;
@@ -12,7 +12,7 @@ use rlhf_model::{Tokenizer, Transformer};
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
-use crate::trainer::{Seq, seq_logps};
+use crate::trainer::{Seq, model_grads, trained_seq_logps};
 
 /// SFT settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +24,8 @@ pub struct SftSettings {
     pub epochs: usize,
     /// Examples longer than this (prompt + answer tokens) are skipped and counted.
     pub max_len: usize,
+    /// Layer-level gradient checkpointing (see `learner.gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 /// One tokenized example: the prompt (masked) and the answer (trained on).
@@ -99,7 +101,8 @@ pub fn train_sft<B: AutodiffBackend>(
     for _ in 0..s.epochs.max(1) {
         for chunk in examples.chunks(s.batch_size.max(1)) {
             let seqs: Vec<&Seq> = chunk.iter().collect();
-            let (sums, counts) = seq_logps(&policy, &seqs, pad)?;
+            let (sums, counts, checkpoints) =
+                trained_seq_logps(&policy, &seqs, pad, s.gradient_checkpointing)?;
             let tokens: f32 = counts.iter().sum();
             let loss = sums.sum().neg().div_scalar(tokens.max(1.0));
             let value = f64::from(host_vec(loss.clone().detach().into_data())?[0]);
@@ -108,7 +111,8 @@ pub fn train_sft<B: AutodiffBackend>(
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
+            let mut grads = loss.backward();
+            let mut grads = model_grads(&policy, checkpoints, &mut grads)?;
             if !clip_global_norm(&policy, &mut grads, s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;

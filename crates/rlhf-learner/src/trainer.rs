@@ -16,7 +16,7 @@ use rlhf_algo::{
     LossOutput, Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss,
 };
 use rlhf_model::load::host_vec;
-use rlhf_model::{PaddingSide, TokenBatch, Transformer, masked_sum};
+use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, gather_logprobs, masked_sum};
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
@@ -112,6 +112,21 @@ pub struct TrainState<B: AutodiffBackend> {
     /// Data-parallel replicas of the policy on further devices (see
     /// [`TrainState::with_data_parallel`]); empty on one device.
     pub(crate) replicas: Vec<crate::parallel::Replica<B>>,
+    /// Layer-level gradient checkpointing of the trained models' forward passes (see
+    /// [`TrainState::with_gradient_checkpointing`]).
+    pub(crate) checkpointing: bool,
+}
+
+/// What one optimizer step (or data-parallel shard) feeds its objective, and what its backward
+/// pass needs besides the loss.
+pub(crate) struct StepInput<B: AutodiffBackend> {
+    pub(crate) input: ObjectiveInput<B>,
+    /// Sequence-level KL estimate to the reference.
+    pub(crate) kl: f64,
+    /// Completion tokens trained on.
+    pub(crate) tokens: u64,
+    /// The policy forward's layer checkpoints, under gradient checkpointing.
+    pub(crate) checkpoints: Option<Checkpoints<B>>,
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
@@ -136,7 +151,28 @@ impl<B: AutodiffBackend> TrainState<B> {
             version: 0,
             ppo: None,
             replicas: vec![],
+            checkpointing: false,
         }
+    }
+
+    /// Layer-level gradient checkpointing (`learner.gradient_checkpointing`): the policy's (and
+    /// PPO's critic's) training forward keeps only each decoder layer's input and the backward
+    /// pass recomputes the layers one at a time; the same gradients for one more forward pass
+    /// of the layers (`rlhf_model::checkpoint`).
+    pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
+        self.checkpointing = on;
+        self
+    }
+
+    /// Final hidden states of `batch` under `model` (the policy, a replica or PPO's critic) for
+    /// a training step, with the checkpoints its backward pass needs under gradient
+    /// checkpointing.
+    pub(crate) fn trained_hidden(
+        &self,
+        model: &Transformer<B>,
+        batch: &TokenBatch,
+    ) -> Result<(Tensor<B, 3>, Option<Checkpoints<B>>), LearnerError> {
+        training_forward(model, batch, self.checkpointing)
     }
 
     /// Replaces the reference by the current policy (stored in the policy's compute precision).
@@ -203,7 +239,7 @@ impl<B: AutodiffBackend> TrainState<B> {
                         let old = old.as_ref().map(|o| &o[range]);
                         let policy = &self.policy;
                         match self.step_input(policy, chunk, &reference[i][0], old)? {
-                            Some((input, kl, tokens)) => self.optimise(input, kl, tokens)?,
+                            Some(input) => self.optimise(input)?,
                             None => None,
                         }
                     }
@@ -254,22 +290,21 @@ impl<B: AutodiffBackend> TrainState<B> {
 
     /// The objective's input for one step (or shard) of pair, list, binary or group units under
     /// `model` (the policy or one of its replicas), with the reference's log-probs `ref_host`
-    /// and, for groups, log π_old; also the sequence-level KL estimate and the token count.
-    /// `None` when some log-prob was not finite (step skipped).
-    #[allow(clippy::type_complexity)]
+    /// and, for groups, log π_old. `None` when some log-prob was not finite (step skipped).
     pub(crate) fn step_input(
         &self,
         model: &Transformer<B>,
         units: &[Unit],
         ref_host: &[f32],
         old: Option<&[Vec<Vec<f32>>]>,
-    ) -> Result<Option<(ObjectiveInput<B>, f64, u64)>, LearnerError> {
+    ) -> Result<Option<StepInput<B>>, LearnerError> {
         if self.objective.kind() == UnitKind::Groups {
             return self.group_input(model, units, old, ref_host);
         }
         let device = model.device();
         let (seqs, layout) = flatten(units);
-        let (policy_lp, counts) = seq_logps(model, &seqs, self.pad)?;
+        let (policy_lp, counts, checkpoints) =
+            trained_seq_logps(model, &seqs, self.pad, self.checkpointing)?;
         let policy_host = host_vec(policy_lp.clone().detach().into_data())?;
         if policy_host.iter().chain(ref_host).any(|x| !x.is_finite()) {
             tracing::warn!(units = units.len(), "non-finite log-probs: step skipped");
@@ -297,7 +332,12 @@ impl<B: AutodiffBackend> TrainState<B> {
             .filter(|(_, r)| **r)
             .map(|(&c, _)| c as u64)
             .sum();
-        Ok(Some((input, kl, tokens)))
+        Ok(Some(StepInput {
+            input,
+            kl,
+            tokens,
+            checkpoints,
+        }))
     }
 
     /// The objective's loss on `input`; `None` (logged) when an input or the loss is not finite.
@@ -309,18 +349,17 @@ impl<B: AutodiffBackend> TrainState<B> {
     }
 
     /// Loss, backward, clipping and the AdamW step; `None` when the loss or gradient was not
-    /// finite (step skipped). `kl` (a sequence-level KL estimate) and `tokens` are reported.
+    /// finite (step skipped). The step's KL estimate and token count are reported.
     pub(crate) fn optimise(
         &mut self,
-        input: ObjectiveInput<B>,
-        kl: f64,
-        tokens: u64,
+        step: StepInput<B>,
     ) -> Result<Option<StepStats>, LearnerError> {
-        let Some(out) = self.checked_loss(&input)? else {
+        let Some(out) = self.checked_loss(&step.input)? else {
             return Ok(None);
         };
-        let grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
-        self.apply(grads, StepStats::new(out.stats, kl, tokens))
+        let mut grads = out.loss.backward();
+        let grads = model_grads(&self.policy, step.checkpoints, &mut grads)?;
+        self.apply(grads, StepStats::new(out.stats, step.kl, step.tokens))
     }
 
     /// Clipping and the AdamW step with `grads` (of the policy's parameters, on its device);
@@ -342,6 +381,19 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.sync_replicas();
         report.grad_norm = norm;
         Ok(Some(report))
+    }
+}
+
+/// The gradients of `model`'s parameters out of a loss's backward pass `grads` (they are taken
+/// out of it); with checkpoints of `model`'s forward, its layers' are recomputed.
+pub(crate) fn model_grads<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    checkpoints: Option<Checkpoints<B>>,
+    grads: &mut B::Gradients,
+) -> Result<GradientsParams, LearnerError> {
+    match checkpoints {
+        Some(c) => Ok(c.gradients(model, grads)?),
+        None => Ok(GradientsParams::from_module(grads, model)),
     }
 }
 
@@ -608,6 +660,16 @@ pub fn seq_logps<B: Backend>(
     pad: u32,
 ) -> Result<(Tensor<B, 1>, Vec<f32>), LearnerError> {
     let batch = full_batch(seqs, pad)?;
+    Ok(completion_sums(model.token_logprobs(&batch)?, seqs, &batch))
+}
+
+/// Sums of the completion tokens' entries of token log-probs `lp` (`[n, len - 1]`, of the
+/// `batch` that [`full_batch`] made of `seqs`), and the completion token counts.
+fn completion_sums<B: Backend>(
+    lp: Tensor<B, 2>,
+    seqs: &[&Seq],
+    batch: &TokenBatch,
+) -> (Tensor<B, 1>, Vec<f32>) {
     let l = batch.len;
     let mut mask = vec![0f32; seqs.len() * (l - 1)];
     for (r, s) in seqs.iter().enumerate() {
@@ -617,11 +679,40 @@ pub fn seq_logps<B: Backend>(
             mask[r * (l - 1) + t] = 1.0;
         }
     }
-    let lp = model.token_logprobs(&batch)?;
-    let mask =
-        Tensor::<B, 2>::from_data(TensorData::new(mask, [seqs.len(), l - 1]), &model.device());
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [seqs.len(), l - 1]), &lp.device());
     let counts = seqs.iter().map(|s| s.completion.len() as f32).collect();
-    Ok((masked_sum(lp, mask), counts))
+    (masked_sum(lp, mask), counts)
+}
+
+/// Final hidden states of `batch` under `model` for a training step; with `checkpointing`,
+/// layer-level gradient checkpointing and the checkpoints the backward pass needs (see
+/// [`model_grads`]).
+pub(crate) fn training_forward<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    batch: &TokenBatch,
+    checkpointing: bool,
+) -> Result<(Tensor<B, 3>, Option<Checkpoints<B>>), LearnerError> {
+    if checkpointing {
+        let (hidden, checkpoints) = model.hidden_checkpointed(batch)?;
+        Ok((hidden, Some(checkpoints)))
+    } else {
+        Ok((model.hidden(batch)?, None))
+    }
+}
+
+/// [`seq_logps`] for a training step (see [`training_forward`]).
+#[allow(clippy::type_complexity)]
+pub(crate) fn trained_seq_logps<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    seqs: &[&Seq],
+    pad: u32,
+    checkpointing: bool,
+) -> Result<(Tensor<B, 1>, Vec<f32>, Option<Checkpoints<B>>), LearnerError> {
+    let batch = full_batch(seqs, pad)?;
+    let (hidden, checkpoints) = training_forward(model, &batch, checkpointing)?;
+    let lp = gather_logprobs(model.logits(hidden)?, &batch);
+    let (sums, counts) = completion_sums(lp, seqs, &batch);
+    Ok((sums, counts, checkpoints))
 }
 
 /// Prompt + completion of each sequence, right-padded; errors on an empty prompt or completion.

@@ -1,6 +1,7 @@
 //! Data parallelism: a step split over two replicas (both on the CPU here; on a GPU node each
 //! on its own `cuda:N`) gives the same gradient and the same trained weights as one device on
-//! the whole step, for objectives whose loss is a mean over units.
+//! the whole step, for objectives whose loss is a mean over units; also with gradient
+//! checkpointing.
 
 use burn::module::AutodiffModule;
 use rlhf_algo::Objective;
@@ -133,6 +134,16 @@ fn two_replicas_train_like_one_device() -> anyhow::Result<()> {
         assert!(
             diff < 1e-5,
             "{name}: replicas differ from one device by {diff}"
+        );
+        // Each replica's shard under gradient checkpointing: the same step, bit for bit.
+        let mut ckpt = TrainState::new(base.clone(), base.valid(), objective, settings)
+            .with_data_parallel(vec![Default::default()])?
+            .with_gradient_checkpointing(true);
+        let c = ckpt.update(&units)?;
+        assert_eq!(
+            (c.loss, c.grad_norm, probe(&ckpt.policy)?),
+            (b.loss, b.grad_norm, pb),
+            "{name}: checkpointed replicas"
         );
     }
     Ok(())

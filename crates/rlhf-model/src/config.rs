@@ -451,6 +451,17 @@ impl ModelConfig {
     /// Number of parameters of the decoder and its head.
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
+        let head = match self.architecture.head() {
+            HeadKind::CausalLm if self.tie_word_embeddings => 0,
+            HeadKind::CausalLm => self.vocab_size * h,
+            HeadKind::SequenceClassification => self.num_labels * h,
+        };
+        self.vocab_size * h + self.num_hidden_layers * self.layer_parameters() + h + head
+    }
+
+    /// Parameters of one decoder layer (attention, MLP, its two norms).
+    pub fn layer_parameters(&self) -> usize {
+        let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
         let i = self.intermediate_size;
@@ -460,13 +471,7 @@ impl ModelConfig {
             + if self.qkv_bias { q + 2 * kv } else { 0 }
             + if self.o_bias { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let layer = attn + mlp + 2 * h;
-        let head = match self.architecture.head() {
-            HeadKind::CausalLm if self.tie_word_embeddings => 0,
-            HeadKind::CausalLm => self.vocab_size * h,
-            HeadKind::SequenceClassification => self.num_labels * h,
-        };
-        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+        attn + mlp + 2 * h
     }
 
     /// A small config for tests and benchmarks (random weights), in the Llama layout.

@@ -4,6 +4,7 @@
 //! - [`weights`]: safetensors in (single or sharded; f32/bf16/f16) and out.
 //! - [`tokenizer`]: `tokenizer.json` and the chat template.
 //! - [`model`]: the decoder as a burn module; logits, token log-probs, scores and values.
+//! - [`checkpoint`]: layer-level gradient checkpointing for training steps.
 //! - [`generate`]: batched sampling with a KV cache, returning policy log-probs.
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
 //! - [`memory`]: estimates of what training steps and generation calls hold.
@@ -11,6 +12,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -22,6 +24,7 @@ pub mod weights;
 
 pub use backend::{AnyModel, Cpu, CpuAutodiff, DeviceSpec, OnModel};
 pub use batch::{PaddingSide, TokenBatch};
+pub use checkpoint::Checkpoints;
 pub use config::{Architecture, HeadKind, ModelConfig};
 pub use error::{ModelError, Result};
 pub use generate::{Completion, FinishReason, SamplingParams};

@@ -87,12 +87,17 @@ pub fn human(bytes: u64) -> String {
 /// What a training step of the policy holds once AdamW's moments exist: resident weights,
 /// moments and (when the objective uses one) the frozen reference's weights; then either the
 /// activations and logits of a `batch × len` forward, or the gradients.
+///
+/// With layer-level `checkpointing` ([`crate::checkpoint`]) the forward keeps each layer's input
+/// instead of its activations; the backward pass then holds those inputs with either the head's
+/// activations and logits, or one recomputed layer's activations and the gradients.
 pub fn training(
     cfg: &ModelConfig,
     batch: usize,
     len: usize,
     reference: bool,
     precision: Precision,
+    checkpointing: bool,
 ) -> MemoryEstimate {
     let params = cfg.num_parameters() as u64;
     let weights = params * F32;
@@ -102,24 +107,49 @@ pub fn training(
         resident.push(("reference weights", params * compute));
     }
     let tokens = (batch * len) as u64;
+    let h = cfg.hidden_size as u64;
+    let layers = cfg.num_hidden_layers as u64;
     let (f32_floats, compute_floats) = layer_floats(cfg, len);
-    let mut forward = vec![
-        (
-            "activations",
-            tokens * (f32_floats * F32 + compute_floats * compute),
-        ),
-        ("logits", tokens * 4 * cfg.vocab_size as u64 * F32),
-    ];
-    if precision != Precision::F32 {
-        forward.push(("weight copies", params * compute));
-    }
-    MemoryEstimate {
-        resident,
-        phases: vec![
-            ("forward/backward", forward),
+    let activations = tokens * (f32_floats * F32 + compute_floats * compute);
+    let logits = ("logits", tokens * 4 * cfg.vocab_size as u64 * F32);
+    // The bf16 copies of the weights the matmuls' backward passes keep.
+    let copies = |n: u64| (precision != Precision::F32).then_some(("weight copies", n * compute));
+    let phases = if checkpointing {
+        let inputs = ("layer inputs", layers * tokens * h * compute);
+        // The final norm keeps three f32 values per hidden unit (`layer_floats`).
+        let head = ("head activations", tokens * 3 * h * F32);
+        let one_layer = (
+            "one layer's activations",
+            (activations - head.1) / layers.max(1),
+        );
+        vec![
+            ("forward/head backward", vec![inputs, head, logits]),
+            (
+                "layer recomputation",
+                [
+                    Some(inputs),
+                    Some(one_layer),
+                    Some(("gradients", weights)),
+                    copies(cfg.layer_parameters() as u64),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             ("update", vec![("gradients", weights)]),
-        ],
-    }
+        ]
+    } else {
+        let forward = [
+            Some(("activations", activations)),
+            Some(logits),
+            copies(params),
+        ];
+        vec![
+            ("forward/backward", forward.into_iter().flatten().collect()),
+            ("update", vec![("gradients", weights)]),
+        ]
+    };
+    MemoryEstimate { resident, phases }
 }
 
 /// What a generation call holds: resident weights; then the KV cache for `batch` rows of
@@ -180,15 +210,18 @@ mod tests {
         let cfg = ModelConfig::synthetic(Architecture::LlamaForCausalLM, 1000, 64, 2, 4, 2, 128);
         let weights = cfg.num_parameters() as u64 * 4;
         let f32 = Precision::F32;
-        let one = training(&cfg, 1, 32, false, f32);
-        let two = training(&cfg, 2, 32, false, f32);
+        let one = training(&cfg, 1, 32, false, f32, false);
+        let two = training(&cfg, 2, 32, false, f32, false);
         assert_eq!(one.resident(), 3 * weights);
-        assert_eq!(training(&cfg, 1, 32, true, f32).resident(), 4 * weights);
+        assert_eq!(
+            training(&cfg, 1, 32, true, f32, false).resident(),
+            4 * weights
+        );
         // Activations and logits dominate here and double with the batch.
         assert!(one.transient() > weights);
         assert_eq!(two.transient(), 2 * one.transient());
         // With a single token the update phase (gradients) is the larger one.
-        let tiny = training(&cfg, 1, 1, false, f32);
+        let tiny = training(&cfg, 1, 1, false, f32, false);
         assert_eq!(tiny.transient(), weights);
         let text = two.to_string();
         assert!(
@@ -206,8 +239,14 @@ mod tests {
         let params = cfg.num_parameters() as u64;
         let (f, b) = (Precision::F32, Precision::Bf16);
         // Master weights and moments stay f32; the reference is a bf16 copy.
-        assert_eq!(training(&cfg, 1, 32, false, b).resident(), 12 * params);
-        assert_eq!(training(&cfg, 1, 32, true, b).resident(), 14 * params);
+        assert_eq!(
+            training(&cfg, 1, 32, false, b, false).resident(),
+            12 * params
+        );
+        assert_eq!(
+            training(&cfg, 1, 32, true, b, false).resident(),
+            14 * params
+        );
         let part = |e: &MemoryEstimate, name: &str| {
             e.phases[0]
                 .1
@@ -216,8 +255,8 @@ mod tests {
                 .map(|(_, v)| *v)
         };
         let (t32, t16) = (
-            training(&cfg, 2, 32, false, f),
-            training(&cfg, 2, 32, false, b),
+            training(&cfg, 2, 32, false, f, false),
+            training(&cfg, 2, 32, false, b, false),
         );
         assert_eq!(part(&t16, "logits"), part(&t32, "logits"));
         let (a32, a16) = (part(&t32, "activations"), part(&t16, "activations"));
@@ -230,5 +269,31 @@ mod tests {
         );
         assert_eq!(2 * g16.resident(), g32.resident());
         assert_eq!(2 * g16.phases[0].1[0].1, g32.phases[0].1[0].1);
+    }
+
+    #[test]
+    fn checkpointing_keeps_layer_inputs_instead_of_activations() {
+        // Qwen2.5-0.5B's shape at the batch: the layers' activations dominate.
+        let cfg =
+            ModelConfig::synthetic(Architecture::Qwen2ForCausalLM, 151936, 896, 24, 14, 2, 4864);
+        for p in [Precision::F32, Precision::Bf16] {
+            let plain = training(&cfg, 8, 256, false, p, false);
+            let ckpt = training(&cfg, 8, 256, false, p, true);
+            assert_eq!(plain.resident(), ckpt.resident());
+            let inputs = 24 * 8 * 256 * 896 * p.bytes() as u64;
+            let phase = |e: &MemoryEstimate, name: &str| {
+                e.phases
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, parts)| parts.iter().map(|(_, b)| b).sum::<u64>())
+                    .unwrap_or(0)
+            };
+            // The head's phase: the layer inputs replace the activations; logits stay.
+            let head = phase(&ckpt, "forward/head backward");
+            assert!(head < phase(&plain, "forward/backward"), "{p}");
+            assert!(head > inputs + 8 * 256 * 4 * 151936 * 4, "{p}");
+            assert!(ckpt.peak() < plain.peak(), "{p}: {ckpt} vs {plain}");
+            assert!(phase(&ckpt, "layer recomputation") > 0, "{p}");
+        }
     }
 }

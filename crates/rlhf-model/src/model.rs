@@ -353,6 +353,34 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// What the layers of one forward call share: RoPE tables of the new tokens' positions, each
+/// layer's additive attention mask (layers with one sliding-window size share one tensor) and
+/// where the new tokens start in the KV cache.
+pub(crate) struct LayerInputs<B: Backend> {
+    pub(crate) rope: RopeTables<B>,
+    pub(crate) masks: Vec<Tensor<B, 4>>,
+    pub(crate) start: usize,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// `x + attn(norm(x))`, then `x + mlp(norm(x))`; with a cache, appends the new keys and
+    /// values to it.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
+        p: Precision,
+    ) -> Tensor<B, 3> {
+        let h = self.input_layernorm.forward(x.clone(), p);
+        let h = self.self_attn.forward(h, rope, mask, cache, p);
+        let x = x + h;
+        let h = self.post_attention_layernorm.forward(x.clone(), p);
+        x + self.mlp.forward(h, p)
+    }
+}
+
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
         let gate = silu(linear(&self.gate_proj, x.clone(), p));
@@ -425,23 +453,51 @@ impl<B: Backend> Transformer<B> {
         if device_ids.is_none() {
             batch.check_vocab(self.config.vocab_size)?;
         }
+        let inputs = self.layer_inputs(batch, slots)?;
+        let mut x = self.embed(batch, device_ids);
+        for (i, (layer, mask)) in self.layers.iter().zip(&inputs.masks).enumerate() {
+            let layer_cache = cache.as_mut().map(|c| (&mut c[i], inputs.start));
+            x = layer.forward(x, &inputs.rope, mask.clone(), layer_cache, self.precision);
+        }
+        Ok(self.norm.forward(x, self.precision))
+    }
+
+    /// The token embeddings of `batch` (or of `device_ids`, see [`Self::hidden_with`]) in the
+    /// compute format.
+    pub(crate) fn embed(
+        &self,
+        batch: &TokenBatch,
+        device_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let ids = match device_ids {
+            Some(ids) => ids,
+            None => Tensor::from_data(
+                TensorData::new(batch.ids_i64(), [batch.batch, batch.len]),
+                &self.device(),
+            ),
+        };
+        self.precision.compute(self.embed_tokens.forward(ids))
+    }
+
+    /// What every layer of a forward call over `batch` shares; appends the batch to `slots`.
+    pub(crate) fn layer_inputs(
+        &self,
+        batch: &TokenBatch,
+        slots: &mut SlotState,
+    ) -> Result<LayerInputs<B>> {
         let device = self.device();
         let start = slots.len;
         let positions = slots.append(batch)?;
         let (b, s) = (batch.batch, batch.len);
         let inv_freq = self.config.rope.inv_freq(self.config.head_dim);
-        let p = self.precision;
-        let rope = RopeTables::new(&inv_freq, &positions, b, s, p, &device);
+        let rope = RopeTables::new(&inv_freq, &positions, b, s, self.precision, &device);
         let kv_len = slots.len;
-        let mut masks: Vec<(usize, Tensor<B, 4>)> = Vec::new();
-        let ids = match device_ids {
-            Some(ids) => ids,
-            None => Tensor::from_data(TensorData::new(batch.ids_i64(), [b, s]), &device),
-        };
-        let mut x = p.compute(self.embed_tokens.forward(ids));
-        for (i, layer) in self.layers.iter().enumerate() {
+        // One mask per sliding-window size, shared by the layers that use it.
+        let mut by_window: Vec<(usize, Tensor<B, 4>)> = Vec::new();
+        let mut masks = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
             let window = layer.self_attn.window;
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
+            let mask = match by_window.iter().find(|(w, _)| *w == window) {
                 Some((_, m)) => m.clone(),
                 None => {
                     let w = (window > 0).then_some(window);
@@ -449,18 +505,13 @@ impl<B: Backend> Transformer<B> {
                         TensorData::new(slots.additive_mask(s, w), [b, 1, s, kv_len]),
                         &device,
                     );
-                    masks.push((window, m.clone()));
+                    by_window.push((window, m.clone()));
                     m
                 }
             };
-            let layer_cache = cache.as_mut().map(|c| (&mut c[i], start));
-            let h = layer.input_layernorm.forward(x.clone(), p);
-            let h = layer.self_attn.forward(h, &rope, mask, layer_cache, p);
-            x = x + h;
-            let h = layer.post_attention_layernorm.forward(x.clone(), p);
-            x = x + layer.mlp.forward(h, p);
+            masks.push(mask);
         }
-        Ok(self.norm.forward(x, p))
+        Ok(LayerInputs { rope, masks, start })
     }
 
     /// Cached forward of new tokens: returns the hidden state of the last new column `[batch, hidden]`.
@@ -540,17 +591,28 @@ impl<B: Backend> Transformer<B> {
     /// Per-position outputs of the `score` head `[batch, len, num_labels]`, in f32 (for a critic
     /// with one label, the value of every token).
     pub fn score_all(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>> {
+        self.score_of(self.hidden(batch)?)
+    }
+
+    /// The `score` head on final hidden states (of [`Self::hidden`] or
+    /// [`Self::hidden_checkpointed`]), in f32.
+    pub fn score_of(&self, hidden: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
         let head = self.score.as_ref().ok_or_else(|| {
             ModelError::Input(
                 "this model has no score head (it is not a reward or value model)".into(),
             )
         })?;
-        Ok(to_f32(linear(head, self.hidden(batch)?, self.precision)))
+        Ok(to_f32(linear(head, hidden, self.precision)))
     }
 
     /// Per-token values `[batch, len]` of a one-label score head (PPO critic).
     pub fn values(&self, batch: &TokenBatch) -> Result<Tensor<B, 2>> {
-        let all = self.score_all(batch)?;
+        self.values_of(self.hidden(batch)?)
+    }
+
+    /// [`Self::values`] from final hidden states.
+    pub fn values_of(&self, hidden: Tensor<B, 3>) -> Result<Tensor<B, 2>> {
+        let all = self.score_of(hidden)?;
         let [b, s, labels] = all.dims();
         if labels != 1 {
             return Err(ModelError::Input(format!(

@@ -95,6 +95,7 @@ pub fn train_letters_policy(out: &Path) -> anyhow::Result<()> {
         batch_size: examples.len(),
         epochs: 40,
         max_len: 256,
+        gradient_checkpointing: false,
     };
     let (policy, report) = train_sft(policy, &examples, settings, |_, _, _| {})?;
     anyhow::ensure!(

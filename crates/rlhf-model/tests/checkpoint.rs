@@ -1,0 +1,169 @@
+//! Layer-level gradient checkpointing (`Transformer::hidden_checkpointed` and
+//! `Checkpoints::gradients`) gives the gradients of the ordinary backward pass: on the fixtures
+//! (Llama, Qwen2 with tied embeddings, Mistral with a sliding window), with a right-padded
+//! batch, in f32 on the CPU backend and in bf16 on flex.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use burn_flex::Flex;
+use rlhf_model::load::host_vec;
+use rlhf_model::{
+    Cpu, PaddingSide, Precision, TokenBatch, Transformer, gather_logprobs, masked_sum, target_mask,
+};
+
+mod common;
+use common::fixtures;
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    vec![
+        fixtures().join("hf-tiny/tiny-llama3"),
+        fixtures().join("hf-tiny/tiny-qwen2"),
+        fixtures().join("hf-extra/mistral-window"),
+    ]
+}
+
+/// Rows of different lengths (right-padded), longer than mistral-window's window of 6.
+fn batch() -> anyhow::Result<TokenBatch> {
+    let rows: Vec<Vec<u32>> = vec![
+        (0..14).map(|i| (i * 37 + 5) % 500).collect(),
+        (0..9).map(|i| (i * 11 + 3) % 500).collect(),
+        (0..12).map(|i| (i * 53 + 1) % 500).collect(),
+    ];
+    Ok(TokenBatch::pad(&rows, 0, PaddingSide::Right)?)
+}
+
+/// A loss with different weights per row over the real targets: `-Σ_r w_r Σ_t log p`.
+fn loss<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    hidden: Tensor<B, 3>,
+    batch: &TokenBatch,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let device = model.device();
+    let lp = gather_logprobs(model.logits(hidden)?, batch);
+    let mask = Tensor::<B, 2>::from_data(
+        TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
+        &device,
+    );
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 0.5, 2.0], [3]), &device);
+    Ok((masked_sum(lp, mask) * weights).sum().neg())
+}
+
+/// Every parameter's gradient, by parameter path.
+fn by_name<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    grads: &GradientsParams,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(String, Option<TensorData>)>,
+        path: Vec<String>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let g = self.grads.get::<B::InnerBackend, D>(param.id);
+            self.out
+                .push((self.path.join("."), g.map(|g| g.into_data())));
+        }
+    }
+    let mut c = Collect {
+        grads,
+        out: vec![],
+        path: vec![],
+    };
+    model.visit(&mut c);
+    c.out
+        .into_iter()
+        .map(|(name, data)| {
+            let data = data.ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))?;
+            Ok((name, host_vec(data)?))
+        })
+        .collect()
+}
+
+/// Loss and gradients, ordinary and checkpointed; returns the largest difference of a gradient
+/// relative to that gradient's largest magnitude.
+fn compare<B: AutodiffBackend>(model: &Transformer<B>, what: &str) -> anyhow::Result<f32> {
+    let batch = batch()?;
+    let plain_loss = loss(model, model.hidden(&batch)?, &batch)?;
+    let plain_value = host_vec(plain_loss.clone().into_data())?[0];
+    let plain = GradientsParams::from_grads(plain_loss.backward(), model);
+
+    let (hidden, checkpoints) = model.hidden_checkpointed(&batch)?;
+    let ckpt_loss = loss(model, hidden, &batch)?;
+    let ckpt_value = host_vec(ckpt_loss.clone().into_data())?[0];
+    let mut grads = ckpt_loss.backward();
+    let ckpt = checkpoints.gradients(model, &mut grads)?;
+
+    assert_eq!(
+        plain_value.to_bits(),
+        ckpt_value.to_bits(),
+        "{what}: the checkpointed forward computes another loss ({plain_value} vs {ckpt_value})"
+    );
+    let plain = by_name(model, &plain)?;
+    let ckpt = by_name(model, &ckpt)?;
+    assert_eq!(plain.len(), ckpt.len());
+    let mut worst = 0f32;
+    for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{what}: {name} has a zero gradient");
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(diff / scale);
+    }
+    eprintln!(
+        "{what}: {} parameters, largest relative gradient difference {worst:.2e}",
+        plain.len()
+    );
+    Ok(worst)
+}
+
+fn load<B: AutodiffBackend>(dir: &Path, precision: Precision) -> anyhow::Result<Transformer<B>> {
+    Ok(Transformer::<B>::load(dir, &Default::default())?.with_precision(precision)?)
+}
+
+#[test]
+fn checkpointed_gradients_equal_the_ordinary_ones_in_f32() -> anyhow::Result<()> {
+    for dir in fixture_dirs() {
+        let model = load::<Autodiff<Cpu>>(&dir, Precision::F32)?;
+        let worst = compare(&model, &dir.display().to_string())?;
+        assert!(worst < 1e-6, "{}: {worst}", dir.display());
+    }
+    Ok(())
+}
+
+#[test]
+fn checkpointed_gradients_equal_the_ordinary_ones_in_bf16() -> anyhow::Result<()> {
+    for dir in fixture_dirs() {
+        let model = load::<Autodiff<Flex>>(&dir, Precision::Bf16)?;
+        let worst = compare(&model, &format!("{} (bf16)", dir.display()))?;
+        assert!(worst < 1e-3, "{}: {worst}", dir.display());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_loss_of_the_head_alone_gets_the_head_gradients_only() -> anyhow::Result<()> {
+    // The final norm's output is not used: nothing reaches the layers.
+    let model = load::<Autodiff<Cpu>>(&fixtures().join("hf-tiny/tiny-llama3"), Precision::F32)?;
+    let batch = batch()?;
+    let (hidden, checkpoints) = model.hidden_checkpointed(&batch)?;
+    let head = model.lm_head.as_ref().map(|h| h.weight.val());
+    let loss = head
+        .map(|w| w.sum())
+        .ok_or_else(|| anyhow::anyhow!("no lm_head"))?;
+    drop(hidden);
+    let mut grads = loss.backward();
+    let params = checkpoints.gradients(&model, &mut grads)?;
+    assert_eq!(params.len(), 1);
+    Ok(())
+}
