@@ -11,10 +11,11 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
+use rlhf_model::checkpoint::head_slice_rows;
 use rlhf_model::memory::{self, MemoryEstimate, human};
 use rlhf_model::{
     Architecture, DeviceSpec, ModelConfig, Precision, SamplingParams, TokenBatch, Transformer,
-    gather_logprobs, masked_mean, target_mask,
+    masked_mean, target_mask,
 };
 use serde_json::json;
 
@@ -227,13 +228,13 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     for step in 0..=args.steps {
         let rss = PeakRss::start();
         let start = Instant::now();
-        let (hidden, checkpoints) = if args.checkpointing {
-            let (hidden, checkpoints) = model.hidden_checkpointed(&batch)?;
-            (hidden, Some(checkpoints))
+        let (lp, checkpoints) = if args.checkpointing {
+            let rows = head_slice_rows(&model.config, len);
+            let (lp, checkpoints) = model.token_logprobs_checkpointed(&batch, rows)?;
+            (lp, Some(checkpoints))
         } else {
-            (model.hidden(&batch)?, None)
+            (model.token_logprobs(&batch)?, None)
         };
-        let lp = gather_logprobs(model.logits(hidden)?, &batch);
         let loss = masked_mean(lp, mask.clone()).mean().neg();
         let mut grads = loss.backward();
         let grads = match checkpoints {

@@ -23,7 +23,9 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Checkpoints, TokenBatch, Transformer, gather_logprobs};
 
 use crate::LearnerError;
-use crate::trainer::{Sampled, Seq, StepInput, TrainState, Unit, full_batch};
+use crate::trainer::{
+    Sampled, Seq, StepInput, TrainState, Unit, full_batch, trained_token_logprobs,
+};
 
 /// The entropy-bonus coefficient of a group objective (0 for the others).
 fn entropy_coef(objective: &Objective) -> f64 {
@@ -121,14 +123,18 @@ impl<B: AutodiffBackend> TrainState<B> {
         batch: &TokenBatch,
         idx: Tensor<B, 2, Int>,
     ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Checkpoints<B>>), LearnerError> {
+        if entropy_coef(&self.objective) <= 0.0 {
+            let (lp, checkpoints) = trained_token_logprobs(model, batch, self.checkpointing)?;
+            return Ok((lp.gather(1, idx), None, checkpoints));
+        }
+        // The entropy needs the whole distribution: the logits stay an ordinary graph.
         let (hidden, checkpoints) = self.trained_hidden(model, batch)?;
         let logits = model.logits(hidden)?;
-        let entropy = (entropy_coef(&self.objective) > 0.0).then(|| {
-            let [b, s, v] = logits.dims();
-            entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v])).gather(1, idx.clone())
-        });
+        let [b, s, v] = logits.dims();
+        let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]))
+            .gather(1, idx.clone());
         let logp = gather_logprobs(logits, batch).gather(1, idx);
-        Ok((logp, entropy, checkpoints))
+        Ok((logp, Some(entropy), checkpoints))
     }
 
     /// log π_old per sample (`[unit][item][token]`; rollouts have one item) when some sample of

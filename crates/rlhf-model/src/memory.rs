@@ -22,6 +22,7 @@
 
 use std::fmt;
 
+use crate::checkpoint::head_slice_rows;
 use crate::config::ModelConfig;
 use crate::model::Precision;
 
@@ -88,9 +89,10 @@ pub fn human(bytes: u64) -> String {
 /// moments and (when the objective uses one) the frozen reference's weights; then either the
 /// activations and logits of a `batch × len` forward, or the gradients.
 ///
-/// With layer-level `checkpointing` ([`crate::checkpoint`]) the forward keeps each layer's input
-/// instead of its activations; the backward pass then holds those inputs with either the head's
-/// activations and logits, or one recomputed layer's activations and the gradients.
+/// With `checkpointing` ([`crate::checkpoint`], token log-probs checkpointed) the forward keeps
+/// each layer's input instead of its activations; the backward pass then holds those inputs with
+/// either one recomputed slice of the output head, or one recomputed layer's activations and the
+/// gradients.
 pub fn training(
     cfg: &ModelConfig,
     batch: usize,
@@ -116,14 +118,26 @@ pub fn training(
     let copies = |n: u64| (precision != Precision::F32).then_some(("weight copies", n * compute));
     let phases = if checkpointing {
         let inputs = ("layer inputs", layers * tokens * h * compute);
-        // The final norm keeps three f32 values per hidden unit (`layer_floats`).
-        let head = ("head activations", tokens * 3 * h * F32);
+        // The head is recomputed a slice of rows at a time: the slice's final norm (three f32
+        // values per hidden unit, `layer_floats`) and logits, with the whole batch's log-probs.
+        let rows = batch.min(head_slice_rows(cfg, len)) as u64;
+        let slice_tokens = rows * len as u64;
+        let head = vec![
+            inputs,
+            ("log-probs", tokens * F32),
+            ("head slice activations", slice_tokens * 3 * h * F32),
+            (
+                "head slice logits",
+                slice_tokens * 4 * cfg.vocab_size as u64 * F32,
+            ),
+        ];
+        let final_norm = tokens * 3 * h * F32;
         let one_layer = (
             "one layer's activations",
-            (activations - head.1) / layers.max(1),
+            (activations - final_norm) / layers.max(1),
         );
         vec![
-            ("forward/head backward", vec![inputs, head, logits]),
+            ("head recomputation", head),
             (
                 "layer recomputation",
                 [
@@ -288,10 +302,11 @@ mod tests {
                     .map(|(_, parts)| parts.iter().map(|(_, b)| b).sum::<u64>())
                     .unwrap_or(0)
             };
-            // The head's phase: the layer inputs replace the activations; logits stay.
-            let head = phase(&ckpt, "forward/head backward");
-            assert!(head < phase(&plain, "forward/backward"), "{p}");
-            assert!(head > inputs + 8 * 256 * 4 * 151936 * 4, "{p}");
+            // The head's phase: the layer inputs replace the activations, one row's logits
+            // (a 256-token row of Qwen's vocabulary is over the slice budget alone) the batch's.
+            let head = phase(&ckpt, "head recomputation");
+            assert!(head > inputs + 256 * 4 * 151936 * 4, "{p}");
+            assert!(head < inputs + 2 * 256 * 4 * 151936 * 4, "{p}");
             assert!(ckpt.peak() < plain.peak(), "{p}: {ckpt} vs {plain}");
             assert!(phase(&ckpt, "layer recomputation") > 0, "{p}");
         }
