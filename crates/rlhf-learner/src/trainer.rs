@@ -686,8 +686,8 @@ fn completion_sums<B: Backend>(
 }
 
 /// Final hidden states of `batch` under `model` for a training step; with `checkpointing`,
-/// layer-level gradient checkpointing and the checkpoints the backward pass needs (see
-/// [`model_grads`]).
+/// the layers checkpointed, and the checkpoints the backward pass needs (see [`model_grads`]).
+/// For losses that need more than token log-probs (logits, values).
 pub(crate) fn training_forward<B: AutodiffBackend>(
     model: &Transformer<B>,
     batch: &TokenBatch,
@@ -701,7 +701,7 @@ pub(crate) fn training_forward<B: AutodiffBackend>(
     }
 }
 
-/// [`seq_logps`] for a training step (see [`training_forward`]).
+/// [`seq_logps`] for a training step (see [`trained_token_logprobs`]).
 #[allow(clippy::type_complexity)]
 pub(crate) fn trained_seq_logps<B: AutodiffBackend>(
     model: &Transformer<B>,
