@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod inspect;
+mod memory;
 mod offline;
 mod rm;
 mod run;
@@ -50,6 +51,8 @@ enum Command {
     Sft(sft::SftArgs),
     /// Train a Bradley–Terry reward model on preference pairs.
     Rm(rm::RmArgs),
+    /// Memory estimates of a checkpoint's training step and generation call, from config.json.
+    Memory(memory::MemoryArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),
+        Command::Memory(args) => memory::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

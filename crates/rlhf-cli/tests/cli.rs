@@ -329,3 +329,46 @@ fn bad_arguments_are_reported() {
     assert_ne!(code, 0);
     assert!(stderr.contains("not a reward model"), "{stderr}");
 }
+
+#[test]
+fn memory_estimates_a_checkpoint_from_its_config() {
+    let dir = fixture("hf-tiny/tiny-qwen2");
+    let estimate = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "memory",
+            "--model",
+            path(&dir),
+            "--rows",
+            "8",
+            "--len",
+            "64",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = rlhf(&args);
+        assert_eq!(code, 0, "{stderr}");
+        json_of(&stdout)
+    };
+    let plain = estimate(&[]);
+    let params = plain["parameters"].as_u64().expect("parameters");
+    assert_eq!(
+        plain["training"]["resident_bytes"]["weights"].as_u64(),
+        Some(4 * params)
+    );
+    let peak = |v: &Value| v["training"]["peak_bytes"].as_u64().expect("peak");
+    // Checkpointing keeps layer inputs instead of activations and logits.
+    let ckpt = estimate(&["--checkpointing"]);
+    assert!(peak(&ckpt) < peak(&plain), "{ckpt} vs {plain}");
+    assert!(ckpt["training"]["phases"]["layer recomputation"].is_object());
+    // A bf16 reference adds half the weights.
+    let with_ref = estimate(&["--reference", "--precision", "bf16"]);
+    assert_eq!(
+        with_ref["training"]["resident_bytes"]["reference weights"].as_u64(),
+        Some(2 * params)
+    );
+    assert!(plain["generation"]["phases"]["decoding"]["kv cache"].as_u64() > Some(0));
+    // A folder without config.json names the file.
+    let (code, _, stderr) = rlhf(&["memory", "--model", "/nonexistent-model"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("config.json"), "{stderr}");
+}
