@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
-use rlhf_model::checkpoint::head_slice_rows;
 use rlhf_model::memory::{self, MemoryEstimate, human};
 use rlhf_model::{
     Architecture, DeviceSpec, ModelConfig, Precision, SamplingParams, TokenBatch, Transformer,
@@ -91,8 +90,8 @@ pub struct ModelBenchArgs {
     /// New tokens per sequence.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Train with layer-level gradient checkpointing (`learner.gradient_checkpointing`): keep
-    /// each decoder layer's input, recompute the layers in the backward pass.
+    /// Train with gradient checkpointing (`learner.gradient_checkpointing`): keep each decoder
+    /// layer's input and no logits, recompute head and layers in the backward pass.
     #[arg(long)]
     checkpointing: bool,
     /// Compute precision: `f32`, or `bf16` (f32 master weights cast at each use for training,
@@ -228,19 +227,10 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     for step in 0..=args.steps {
         let rss = PeakRss::start();
         let start = Instant::now();
-        let (lp, checkpoints) = if args.checkpointing {
-            let rows = head_slice_rows(&model.config, len);
-            let (lp, checkpoints) = model.token_logprobs_checkpointed(&batch, rows)?;
-            (lp, Some(checkpoints))
-        } else {
-            (model.token_logprobs(&batch)?, None)
-        };
+        let (lp, checkpoints) = model.token_logprobs_for_training(&batch, args.checkpointing)?;
         let loss = masked_mean(lp, mask.clone()).mean().neg();
         let mut grads = loss.backward();
-        let grads = match checkpoints {
-            Some(c) => c.gradients(&model, &mut grads)?,
-            None => GradientsParams::from_module(&mut grads, &model),
-        };
+        let grads = model.param_gradients(checkpoints, &mut grads)?;
         model = optim.step(1e-4, model, grads);
         wait_for(&model);
         if step > 0 {

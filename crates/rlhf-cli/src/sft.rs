@@ -46,7 +46,7 @@ struct SftSection {
     max_len: usize,
     #[serde(default)]
     skip_malformed: bool,
-    /// Layer-level gradient checkpointing (as `learner.gradient_checkpointing`).
+    /// Gradient checkpointing (as `learner.gradient_checkpointing`).
     #[serde(default)]
     gradient_checkpointing: bool,
 }

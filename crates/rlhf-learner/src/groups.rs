@@ -23,9 +23,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Checkpoints, TokenBatch, Transformer, gather_logprobs};
 
 use crate::LearnerError;
-use crate::trainer::{
-    Sampled, Seq, StepInput, TrainState, Unit, full_batch, trained_token_logprobs,
-};
+use crate::trainer::{Sampled, Seq, StepInput, TrainState, Unit, full_batch};
 
 /// The entropy-bonus coefficient of a group objective (0 for the others).
 fn entropy_coef(objective: &Objective) -> f64 {
@@ -114,7 +112,7 @@ pub(crate) fn masked_kl(policy: &[f32], reference: &[f32], mask: &[f32], rows: u
 
 impl<B: AutodiffBackend> TrainState<B> {
     /// `model`'s (differentiable) completion log-probs `[rows, width]` picked by `idx`, their
-    /// per-token entropies when the objective has an entropy bonus, and the forward's layer
+    /// per-token entropies when the objective has an entropy bonus, and the forward's
     /// checkpoints under gradient checkpointing.
     #[allow(clippy::type_complexity)]
     pub(crate) fn policy_completion_logp(
@@ -124,11 +122,11 @@ impl<B: AutodiffBackend> TrainState<B> {
         idx: Tensor<B, 2, Int>,
     ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Checkpoints<B>>), LearnerError> {
         if entropy_coef(&self.objective) <= 0.0 {
-            let (lp, checkpoints) = trained_token_logprobs(model, batch, self.checkpointing)?;
+            let (lp, checkpoints) = model.token_logprobs_for_training(batch, self.checkpointing)?;
             return Ok((lp.gather(1, idx), None, checkpoints));
         }
         // The entropy needs the whole distribution: the logits stay an ordinary graph.
-        let (hidden, checkpoints) = self.trained_hidden(model, batch)?;
+        let (hidden, checkpoints) = model.hidden_for_training(batch, self.checkpointing)?;
         let logits = model.logits(hidden)?;
         let [b, s, v] = logits.dims();
         let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]))

@@ -19,7 +19,7 @@ use rlhf_algo::{ObjectiveState, UnitKind};
 use rlhf_model::Transformer;
 
 use crate::LearnerError;
-use crate::trainer::{StepStats, TrainState, Unit, checked_loss, model_grads};
+use crate::trainer::{StepStats, TrainState, Unit, checked_loss};
 
 /// What one shard's thread hands back.
 struct ShardOutcome {
@@ -155,7 +155,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             return Ok(None);
         };
         let mut grads = out.loss.mul_scalar(weight).backward();
-        let grads = model_grads(&model, step.checkpoints, &mut grads)?;
+        let grads = model.param_gradients(step.checkpoints, &mut grads)?;
         Ok(Some(ShardOutcome {
             weight,
             report: StepStats::new(out.stats, step.kl, step.tokens),

@@ -23,7 +23,7 @@ use rlhf_model::load::host_vec;
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
 use crate::groups::{completion_columns, masked_kl, padded, samples};
-use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch, model_grads};
+use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
 /// The critic, its optimizer and the KL-in-reward controller.
 pub struct PpoState<B: AutodiffBackend> {
@@ -241,7 +241,8 @@ impl<B: AutodiffBackend> TrainState<B> {
         let Some(ppo) = self.ppo.as_ref() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
-        let (critic_hidden, critic_checkpoints) = self.trained_hidden(&ppo.critic, &batch)?;
+        let (critic_hidden, critic_checkpoints) =
+            ppo.critic.hidden_for_training(&batch, self.checkpointing)?;
         let values = ppo.critic.values_of(critic_hidden)?.gather(1, idx);
         let tensor =
             |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, width]), &device);
@@ -287,8 +288,10 @@ impl<B: AutodiffBackend> TrainState<B> {
         let Some(ppo) = self.ppo.as_mut() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
-        let mut policy_grads = model_grads(&self.policy, policy_checkpoints, &mut grads)?;
-        let mut critic_grads = model_grads(&ppo.critic, critic_checkpoints, &mut grads)?;
+        let mut policy_grads = self
+            .policy
+            .param_gradients(policy_checkpoints, &mut grads)?;
+        let mut critic_grads = ppo.critic.param_gradients(critic_checkpoints, &mut grads)?;
         let limit = self.settings.max_grad_norm;
         let policy_norm = clip_global_norm(&self.policy, &mut policy_grads, limit);
         let critic_norm = clip_global_norm(&ppo.critic, &mut critic_grads, limit);

@@ -12,7 +12,7 @@ use rlhf_model::{Tokenizer, Transformer};
 
 use crate::LearnerError;
 use crate::clip::clip_global_norm;
-use crate::trainer::{Seq, model_grads, trained_seq_logps};
+use crate::trainer::{Seq, trained_seq_logps};
 
 /// SFT settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,7 +24,7 @@ pub struct SftSettings {
     pub epochs: usize,
     /// Examples longer than this (prompt + answer tokens) are skipped and counted.
     pub max_len: usize,
-    /// Layer-level gradient checkpointing (see `learner.gradient_checkpointing`).
+    /// Gradient checkpointing (see `learner.gradient_checkpointing`).
     pub gradient_checkpointing: bool,
 }
 
@@ -112,7 +112,7 @@ pub fn train_sft<B: AutodiffBackend>(
                 continue;
             }
             let mut grads = loss.backward();
-            let mut grads = model_grads(&policy, checkpoints, &mut grads)?;
+            let mut grads = policy.param_gradients(checkpoints, &mut grads)?;
             if !clip_global_norm(&policy, &mut grads, s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;

@@ -15,7 +15,6 @@ use rlhf_algo::pairwise::PairBatch;
 use rlhf_algo::{
     LossOutput, Objective, ObjectiveInput, ObjectiveState, Stats, UnitKind, compute_loss,
 };
-use rlhf_model::checkpoint::head_slice_rows;
 use rlhf_model::load::host_vec;
 use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, masked_sum};
 
@@ -113,7 +112,7 @@ pub struct TrainState<B: AutodiffBackend> {
     /// Data-parallel replicas of the policy on further devices (see
     /// [`TrainState::with_data_parallel`]); empty on one device.
     pub(crate) replicas: Vec<crate::parallel::Replica<B>>,
-    /// Layer-level gradient checkpointing of the trained models' forward passes (see
+    /// Gradient checkpointing of the trained models' forward passes (see
     /// [`TrainState::with_gradient_checkpointing`]).
     pub(crate) checkpointing: bool,
 }
@@ -126,7 +125,7 @@ pub(crate) struct StepInput<B: AutodiffBackend> {
     pub(crate) kl: f64,
     /// Completion tokens trained on.
     pub(crate) tokens: u64,
-    /// The policy forward's layer checkpoints, under gradient checkpointing.
+    /// The policy forward's checkpoints, under gradient checkpointing.
     pub(crate) checkpoints: Option<Checkpoints<B>>,
 }
 
@@ -156,24 +155,13 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
     }
 
-    /// Layer-level gradient checkpointing (`learner.gradient_checkpointing`): the policy's (and
-    /// PPO's critic's) training forward keeps only each decoder layer's input and the backward
-    /// pass recomputes the layers one at a time; the same gradients for one more forward pass
-    /// of the layers (`rlhf_model::checkpoint`).
+    /// Gradient checkpointing (`learner.gradient_checkpointing`): the policy's (and PPO's
+    /// critic's) training forward keeps only each decoder layer's input (and, for log-probs, no
+    /// logits); the backward pass recomputes the head and the layers segment by segment. The
+    /// same gradients up to rounding for one more forward pass (`rlhf_model::checkpoint`).
     pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
         self.checkpointing = on;
         self
-    }
-
-    /// Final hidden states of `batch` under `model` (the policy, a replica or PPO's critic) for
-    /// a training step, with the checkpoints its backward pass needs under gradient
-    /// checkpointing.
-    pub(crate) fn trained_hidden(
-        &self,
-        model: &Transformer<B>,
-        batch: &TokenBatch,
-    ) -> Result<(Tensor<B, 3>, Option<Checkpoints<B>>), LearnerError> {
-        training_forward(model, batch, self.checkpointing)
     }
 
     /// Replaces the reference by the current policy (stored in the policy's compute precision).
@@ -359,7 +347,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             return Ok(None);
         };
         let mut grads = out.loss.backward();
-        let grads = model_grads(&self.policy, step.checkpoints, &mut grads)?;
+        let grads = self.policy.param_gradients(step.checkpoints, &mut grads)?;
         self.apply(grads, StepStats::new(out.stats, step.kl, step.tokens))
     }
 
@@ -382,19 +370,6 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.sync_replicas();
         report.grad_norm = norm;
         Ok(Some(report))
-    }
-}
-
-/// The gradients of `model`'s parameters out of a loss's backward pass `grads` (they are taken
-/// out of it); with checkpoints of `model`'s forward, its layers' are recomputed.
-pub(crate) fn model_grads<B: AutodiffBackend>(
-    model: &Transformer<B>,
-    checkpoints: Option<Checkpoints<B>>,
-    grads: &mut B::Gradients,
-) -> Result<GradientsParams, LearnerError> {
-    match checkpoints {
-        Some(c) => Ok(c.gradients(model, grads)?),
-        None => Ok(GradientsParams::from_module(grads, model)),
     }
 }
 
@@ -685,23 +660,7 @@ fn completion_sums<B: Backend>(
     (masked_sum(lp, mask), counts)
 }
 
-/// Final hidden states of `batch` under `model` for a training step; with `checkpointing`,
-/// the layers checkpointed, and the checkpoints the backward pass needs (see [`model_grads`]).
-/// For losses that need more than token log-probs (logits, values).
-pub(crate) fn training_forward<B: AutodiffBackend>(
-    model: &Transformer<B>,
-    batch: &TokenBatch,
-    checkpointing: bool,
-) -> Result<(Tensor<B, 3>, Option<Checkpoints<B>>), LearnerError> {
-    if checkpointing {
-        let (hidden, checkpoints) = model.hidden_checkpointed(batch)?;
-        Ok((hidden, Some(checkpoints)))
-    } else {
-        Ok((model.hidden(batch)?, None))
-    }
-}
-
-/// [`seq_logps`] for a training step (see [`trained_token_logprobs`]).
+/// [`seq_logps`] for a training step (see [`Transformer::token_logprobs_for_training`]).
 #[allow(clippy::type_complexity)]
 pub(crate) fn trained_seq_logps<B: AutodiffBackend>(
     model: &Transformer<B>,
@@ -710,26 +669,9 @@ pub(crate) fn trained_seq_logps<B: AutodiffBackend>(
     checkpointing: bool,
 ) -> Result<(Tensor<B, 1>, Vec<f32>, Option<Checkpoints<B>>), LearnerError> {
     let batch = full_batch(seqs, pad)?;
-    let (lp, checkpoints) = trained_token_logprobs(model, &batch, checkpointing)?;
+    let (lp, checkpoints) = model.token_logprobs_for_training(&batch, checkpointing)?;
     let (sums, counts) = completion_sums(lp, seqs, &batch);
     Ok((sums, counts, checkpoints))
-}
-
-/// Token log-probs `[batch, len - 1]` of `batch` under `model` for a training step; with
-/// `checkpointing`, the layers and the output head are checkpointed (the head recomputed in
-/// slices of rows in the backward pass: the logits are never all held).
-pub(crate) fn trained_token_logprobs<B: AutodiffBackend>(
-    model: &Transformer<B>,
-    batch: &TokenBatch,
-    checkpointing: bool,
-) -> Result<(Tensor<B, 2>, Option<Checkpoints<B>>), LearnerError> {
-    if checkpointing {
-        let rows = head_slice_rows(&model.config, batch.len);
-        let (lp, checkpoints) = model.token_logprobs_checkpointed(batch, rows)?;
-        Ok((lp, Some(checkpoints)))
-    } else {
-        Ok((model.token_logprobs(batch)?, None))
-    }
 }
 
 /// Prompt + completion of each sequence, right-padded; errors on an empty prompt or completion.

@@ -55,14 +55,72 @@ pub struct Checkpoints<B: AutodiffBackend> {
     batch: TokenBatch,
     /// The input of each layer (the first is the embeddings), without a graph.
     inputs: Vec<Tensor<B::InnerBackend, 3>>,
-    /// The last layer's output: a leaf the head's graph starts at, or (with `logprobs`) the
-    /// plain tensor the head is recomputed from.
-    top: Tensor<B, 3>,
-    /// [`Transformer::token_logprobs_checkpointed`]'s leaf and rows per head slice.
-    logprobs: Option<(Tensor<B, 2>, usize)>,
+    /// Where the caller's graph starts.
+    leaf: Leaf<B>,
+}
+
+/// The leaf a checkpointed forward hands to the caller's graph.
+#[derive(Debug)]
+enum Leaf<B: AutodiffBackend> {
+    /// [`Transformer::hidden_checkpointed`]: the last layer's output; the head is the caller's.
+    Top(Tensor<B, 3>),
+    /// [`Transformer::token_logprobs_checkpointed`]: the log-probs, the last layer's output the
+    /// head is recomputed from, and the rows per head slice.
+    Logprobs {
+        logprobs: Tensor<B, 2>,
+        top: Tensor<B::InnerBackend, 3>,
+        slice_rows: usize,
+    },
 }
 
 impl<B: AutodiffBackend> Transformer<B> {
+    /// Final hidden states for a training step: [`Self::hidden`], or with `checkpointing`
+    /// [`Self::hidden_checkpointed`]; for losses that need the logits or a score head. Pass the
+    /// checkpoints to [`Self::param_gradients`].
+    pub fn hidden_for_training(
+        &self,
+        batch: &TokenBatch,
+        checkpointing: bool,
+    ) -> Result<(Tensor<B, 3>, Option<Checkpoints<B>>)> {
+        if checkpointing {
+            let (hidden, checkpoints) = self.hidden_checkpointed(batch)?;
+            Ok((hidden, Some(checkpoints)))
+        } else {
+            Ok((self.hidden(batch)?, None))
+        }
+    }
+
+    /// Token log-probs for a training step: [`Self::token_logprobs`], or with `checkpointing`
+    /// [`Self::token_logprobs_checkpointed`] in head slices of [`head_slice_rows`]. Pass the
+    /// checkpoints to [`Self::param_gradients`].
+    pub fn token_logprobs_for_training(
+        &self,
+        batch: &TokenBatch,
+        checkpointing: bool,
+    ) -> Result<(Tensor<B, 2>, Option<Checkpoints<B>>)> {
+        if checkpointing {
+            let rows = head_slice_rows(&self.config, batch.len);
+            let (lp, checkpoints) = self.token_logprobs_checkpointed(batch, rows)?;
+            Ok((lp, Some(checkpoints)))
+        } else {
+            Ok((self.token_logprobs(batch)?, None))
+        }
+    }
+
+    /// This model's parameter gradients out of a loss's backward pass `grads` (taken out of
+    /// it); with the checkpoints of this model's training forward, the checkpointed segments are
+    /// recomputed ([`Checkpoints::gradients`]).
+    pub fn param_gradients(
+        &self,
+        checkpoints: Option<Checkpoints<B>>,
+        grads: &mut B::Gradients,
+    ) -> Result<GradientsParams> {
+        match checkpoints {
+            Some(c) => c.gradients(self, grads),
+            None => Ok(GradientsParams::from_module(grads, self)),
+        }
+    }
+
     /// Final hidden states `[batch, len, hidden]` of a padded batch, as [`Self::hidden`], for a
     /// training step with layer-level gradient checkpointing: the returned tensor's graph covers
     /// only the final norm; pass the loss's gradients to [`Checkpoints::gradients`] for the
@@ -71,7 +129,7 @@ impl<B: AutodiffBackend> Transformer<B> {
         &self,
         batch: &TokenBatch,
     ) -> Result<(Tensor<B, 3>, Checkpoints<B>)> {
-        let (top, inputs) = self.layers_without_graph(batch)?;
+        let (top, inputs) = self.layers_without_graph(&self.valid(), batch)?;
         let top = Tensor::<B, 3>::from_inner(top).require_grad();
         let hidden = self.norm.forward(top.clone(), self.precision);
         Ok((
@@ -79,8 +137,7 @@ impl<B: AutodiffBackend> Transformer<B> {
             Checkpoints {
                 batch: batch.clone(),
                 inputs,
-                top,
-                logprobs: None,
+                leaf: Leaf::Top(top),
             },
         ))
     }
@@ -99,8 +156,8 @@ impl<B: AutodiffBackend> Transformer<B> {
                 "log-probs need sequences of at least two tokens".into(),
             ));
         }
-        let (top, inputs) = self.layers_without_graph(batch)?;
         let inner = self.valid();
+        let (top, inputs) = self.layers_without_graph(&inner, batch)?;
         let slice_rows = slice_rows.max(1);
         let mut parts = Vec::with_capacity(batch.batch.div_ceil(slice_rows));
         for (rows, sub) in row_slices(batch, slice_rows) {
@@ -114,20 +171,24 @@ impl<B: AutodiffBackend> Transformer<B> {
             Checkpoints {
                 batch: batch.clone(),
                 inputs,
-                top: Tensor::from_inner(top),
-                logprobs: Some((logprobs, slice_rows)),
+                leaf: Leaf::Logprobs {
+                    logprobs,
+                    top,
+                    slice_rows,
+                },
             },
         ))
     }
 
-    /// Embeddings and layers without a graph: the last layer's output and each layer's input.
+    /// Embeddings and layers of `inner` (this model without a graph): the last layer's output
+    /// and each layer's input.
     #[allow(clippy::type_complexity)]
     fn layers_without_graph(
         &self,
+        inner: &Transformer<B::InnerBackend>,
         batch: &TokenBatch,
     ) -> Result<(Tensor<B::InnerBackend, 3>, Vec<Tensor<B::InnerBackend, 3>>)> {
         batch.check_vocab(self.config.vocab_size)?;
-        let inner = self.valid();
         let layer_inputs =
             inner.layer_inputs(batch, &mut SlotState::new(batch.batch, batch.len))?;
         let mut x = inner.embed(batch, None);
@@ -178,8 +239,12 @@ impl<B: AutodiffBackend> Checkpoints<B> {
     ) -> Result<GradientsParams> {
         let mut sum = GradientsAccumulator::<Transformer<B>>::new();
         let p = model.precision;
-        let g = match &self.logprobs {
-            Some((logprobs, slice_rows)) => {
+        let mut g = match &self.leaf {
+            Leaf::Logprobs {
+                logprobs,
+                top,
+                slice_rows,
+            } => {
                 let Some(g_lp) = logprobs.grad_remove(grads) else {
                     // The loss does not depend on the log-probs.
                     return Ok(GradientsParams::from_module(grads, model));
@@ -187,7 +252,7 @@ impl<B: AutodiffBackend> Checkpoints<B> {
                 sum.accumulate(model, GradientsParams::from_module(grads, model));
                 let mut g_top = Vec::with_capacity(self.batch.batch.div_ceil(*slice_rows));
                 for (rows, sub) in row_slices(&self.batch, *slice_rows) {
-                    let x = slice_rows_of(self.top.clone().inner(), rows.clone());
+                    let x = slice_rows_of(top.clone(), rows.clone());
                     let x = Tensor::<B, 3>::from_inner(x).require_grad();
                     let hidden = model.norm.forward(x.clone(), p);
                     let lp = gather_logprobs(model.logits(hidden)?, &sub);
@@ -198,8 +263,8 @@ impl<B: AutodiffBackend> Checkpoints<B> {
                 }
                 Tensor::cat(g_top, 0)
             }
-            None => {
-                let Some(g) = self.top.grad_remove(grads) else {
+            Leaf::Top(top) => {
+                let Some(g) = top.grad_remove(grads) else {
                     // The loss does not depend on the layers: the head's gradients are all.
                     return Ok(GradientsParams::from_module(grads, model));
                 };
@@ -207,7 +272,6 @@ impl<B: AutodiffBackend> Checkpoints<B> {
                 g
             }
         };
-        let mut g = g;
         let layer_inputs = model.layer_inputs(
             &self.batch,
             &mut SlotState::new(self.batch.batch, self.batch.len),

@@ -4,7 +4,7 @@
 //! - [`weights`]: safetensors in (single or sharded; f32/bf16/f16) and out.
 //! - [`tokenizer`]: `tokenizer.json` and the chat template.
 //! - [`model`]: the decoder as a burn module; logits, token log-probs, scores and values.
-//! - [`checkpoint`]: layer-level gradient checkpointing for training steps.
+//! - [`checkpoint`]: gradient checkpointing (layers and output head) for training steps.
 //! - [`generate`]: batched sampling with a KV cache, returning policy log-probs.
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
 //! - [`memory`]: estimates of what training steps and generation calls hold.
