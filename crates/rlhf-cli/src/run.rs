@@ -1,6 +1,7 @@
 //! `rlhf run` (every role in this process, real gRPC on loopback ports, in-memory membership)
-//! and `rlhf coordinator | rollout | scorer | learner` (one role per process, static addresses
-//! from the run file's `[cluster]` section).
+//! and `rlhf coordinator | rollout | scorer | learner` (one role per process: static addresses
+//! from the run file's `[cluster]` section, or, with `cluster.etcd`, members that register
+//! themselves in etcd and a coordinator that finds them there).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rlhf_core::CancellationToken;
-use rlhf_membership::{InMemoryMembership, Membership, Role};
+use rlhf_membership::{EtcdMembership, InMemoryMembership, Membership, Registration, Role};
 use tokio::net::TcpListener;
 
 use crate::runfile::RunFile;
@@ -53,6 +54,14 @@ pub struct RoleArgs {
     /// Which rollout worker or scorer of `[cluster]` this process is (0-based).
     #[arg(long, default_value_t = 0)]
     index: usize,
+    /// host:port to listen on, instead of this role's address in `[cluster]` (port 0: any free
+    /// port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// host:port the other roles reach this process at, registered in etcd (default: the
+    /// address it listens on). Only with `cluster.etcd`.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -254,10 +263,115 @@ async fn wait_reachable(addr: &str) -> Result<()> {
 fn addr_of(list: &[String], index: usize, role: &str) -> Result<String> {
     list.get(index).cloned().with_context(|| {
         format!(
-            "cluster.{role}: no address at index {index} (the run file lists {})",
+            "cluster.{role}: no address at index {index} (the run file lists {}; or pass --listen)",
             list.len()
         )
     })
+}
+
+/// The membership of distributed mode (`cluster.etcd`), if the run file names etcd.
+async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<dyn Membership>>> {
+    let c = &f.cluster;
+    if c.etcd.is_empty() {
+        return Ok(None);
+    }
+    let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, Duration::from_secs(10))
+        .await
+        .context("cluster.etcd")?;
+    Ok(Some(Arc::new(m)))
+}
+
+/// The coordinator's members in distributed mode: waits until etcd lists at least one learner,
+/// rollout worker and scorer, and each accepts connections.
+async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
+    let c = &f.cluster;
+    let deadline = std::time::Instant::now() + Duration::from_secs(c.wait_members_s);
+    let mut said = std::time::Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        let mut found = Vec::new();
+        for role in [Role::Learner, Role::Rollout, Role::Scorer] {
+            let members = m.members(role).await?;
+            if members.is_empty() {
+                missing.push(role.to_string());
+            }
+            found.extend(members);
+        }
+        if missing.is_empty() {
+            for member in &found {
+                let addr = member.address.trim_start_matches("http://");
+                wait_reachable(addr).await?;
+            }
+            eprintln!(
+                "members: {}",
+                found
+                    .iter()
+                    .map(|m| format!("{} {} at {}", m.role, m.name, m.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no {} registered under {} in etcd ({}) within cluster.wait_members_s = {} s",
+                missing.join(", no "),
+                c.etcd_prefix,
+                c.etcd.join(", "),
+                c.wait_members_s
+            );
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "waiting for members to register: no {} yet",
+                missing.join(", no ")
+            );
+            said = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The coordinator's members in static mode: the run file's `[cluster]` addresses.
+async fn static_members(f: &RunFile) -> Result<Arc<dyn Membership>> {
+    let c = &f.cluster;
+    let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
+    let learner = c.learner.clone().context("cluster.learner: missing")?;
+    membership
+        .register(
+            Role::Learner,
+            "learner",
+            &format!("http://{learner}"),
+            STATIC_TTL,
+        )
+        .await?;
+    if c.rollout.is_empty() || c.scorer.is_empty() {
+        bail!(
+            "cluster.rollout and cluster.scorer must list at least one address each (or name cluster.etcd)"
+        );
+    }
+    for (role, list) in [(Role::Rollout, &c.rollout), (Role::Scorer, &c.scorer)] {
+        for (i, a) in list.iter().enumerate() {
+            membership
+                .register(
+                    role,
+                    &format!("{role}-{i}"),
+                    &format!("http://{a}"),
+                    STATIC_TTL,
+                )
+                .await?;
+        }
+    }
+    // Static members may still be loading their models: wait until each accepts.
+    for a in c
+        .rollout
+        .iter()
+        .chain(&c.scorer)
+        .chain(std::iter::once(&learner))
+    {
+        wait_reachable(a).await?;
+    }
+    Ok(membership)
 }
 
 /// `rlhf learner | rollout | scorer | coordinator`.
@@ -267,94 +381,122 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let shutdown = CancellationToken::new();
         rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
         let c = &f.cluster;
-        match role {
-            Role::Learner => {
-                let addr = c.learner.clone().context("cluster.learner: missing")?;
-                rlhf_learner::run(f.learner.clone(), bind(&addr).await?, shutdown).await?;
-            }
-            Role::Rollout => {
-                let addr = addr_of(&c.rollout, args.index, "rollout")?;
-                let devices = f.rollout.devices.len();
-                if devices > 0 && args.index >= devices {
-                    bail!(
-                        "--index {}: rollout.devices lists {devices} devices (indices 0..{devices})",
-                        args.index
-                    );
+        let etcd = etcd_membership(&f).await?;
+        if role == Role::Coordinator {
+            let listener = match args.listen.as_ref().or(c.coordinator.as_ref()) {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            };
+            let (membership, registration) = match etcd {
+                Some(m) => {
+                    wait_for_members(m.as_ref(), &f).await?;
+                    let registration = match &listener {
+                        Some(l) => {
+                            let at = advertised(&args, &l.local_addr()?.to_string());
+                            Some(register(&m, Role::Coordinator, "coordinator", &at, &f).await?)
+                        }
+                        None => None,
+                    };
+                    (m, registration)
                 }
-                rlhf_rollout::run(f.rollout_config(args.index), bind(&addr).await?, shutdown)
-                    .await?;
-            }
-            Role::Scorer => {
-                let addr = addr_of(&c.scorer, args.index, "scorer")?;
-                let mut cfg = f.scorer.clone();
-                cfg.name = format!("{}-{}", cfg.name, args.index);
-                rlhf_reward::run(
-                    cfg,
-                    &rlhf_reward::builtin_rules(),
-                    bind(&addr).await?,
-                    shutdown,
-                )
-                .await?;
-            }
-            Role::Coordinator => {
-                let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
-                let learner = c.learner.clone().context("cluster.learner: missing")?;
-                membership
-                    .register(
-                        Role::Learner,
-                        "learner",
-                        &format!("http://{learner}"),
-                        STATIC_TTL,
-                    )
-                    .await?;
-                if c.rollout.is_empty() || c.scorer.is_empty() {
-                    bail!("cluster.rollout and cluster.scorer must list at least one address each");
-                }
-                for (i, a) in c.rollout.iter().enumerate() {
-                    membership
-                        .register(
-                            Role::Rollout,
-                            &format!("rollout-{i}"),
-                            &format!("http://{a}"),
-                            STATIC_TTL,
-                        )
-                        .await?;
-                }
-                for (i, a) in c.scorer.iter().enumerate() {
-                    membership
-                        .register(
-                            Role::Scorer,
-                            &format!("scorer-{i}"),
-                            &format!("http://{a}"),
-                            STATIC_TTL,
-                        )
-                        .await?;
-                }
-                // Static members may still be loading their models: wait until each accepts.
-                for a in c
-                    .rollout
-                    .iter()
-                    .chain(&c.scorer)
-                    .chain(std::iter::once(&learner))
-                {
-                    wait_reachable(a).await?;
-                }
-                let listener = match &c.coordinator {
-                    Some(a) => Some(bind(a).await?),
-                    None => None,
-                };
-                let deps = rlhf_coordinator::CoordinatorDeps {
-                    membership,
-                    listener,
-                    unit_kind: f.learner.objective.kind(),
-                    quiet: false,
-                };
-                let summary =
-                    rlhf_coordinator::run(f.coordinator.clone(), f.data.clone(), deps, shutdown)
-                        .await?;
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                None => (static_members(&f).await?, None),
+            };
+            let deps = rlhf_coordinator::CoordinatorDeps {
+                membership,
+                listener,
+                unit_kind: f.learner.objective.kind(),
+                quiet: false,
+            };
+            let summary =
+                rlhf_coordinator::run(f.coordinator.clone(), f.data.clone(), deps, shutdown).await;
+            leave(registration).await;
+            println!("{}", serde_json::to_string_pretty(&summary?)?);
+            return Ok(());
+        }
+        let (addr, name) = match role {
+            Role::Learner => (
+                args.listen
+                    .clone()
+                    .or_else(|| c.learner.clone())
+                    .context("cluster.learner: missing (or pass --listen)")?,
+                "learner".to_string(),
+            ),
+            Role::Rollout => (
+                listen_at(&args, &c.rollout, "rollout")?,
+                format!("rollout-{}", args.index),
+            ),
+            _ => (
+                listen_at(&args, &c.scorer, "scorer")?,
+                format!("scorer-{}", args.index),
+            ),
+        };
+        if role == Role::Rollout {
+            let devices = f.rollout.devices.len();
+            if devices > 0 && args.index >= devices {
+                bail!(
+                    "--index {}: rollout.devices lists {devices} devices (indices 0..{devices})",
+                    args.index
+                );
             }
         }
-        Ok(())
+        let listener = bind(&addr).await?;
+        let registration = match &etcd {
+            Some(m) => {
+                let at = advertised(&args, &listener.local_addr()?.to_string());
+                Some(register(m, role, &name, &at, &f).await?)
+            }
+            None => None,
+        };
+        let served = match role {
+            Role::Learner => rlhf_learner::run(f.learner.clone(), listener, shutdown)
+                .await
+                .map_err(anyhow::Error::from),
+            Role::Rollout => rlhf_rollout::run(f.rollout_config(args.index), listener, shutdown)
+                .await
+                .map_err(anyhow::Error::from),
+            _ => {
+                let mut cfg = f.scorer.clone();
+                cfg.name = format!("{}-{}", cfg.name, args.index);
+                rlhf_reward::run(cfg, &rlhf_reward::builtin_rules(), listener, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        };
+        leave(registration).await;
+        served
     })
+}
+
+fn listen_at(args: &RoleArgs, list: &[String], what: &str) -> Result<String> {
+    match &args.listen {
+        Some(a) => Ok(a.clone()),
+        None => addr_of(list, args.index, what),
+    }
+}
+
+/// `http://` + `--advertise`, else the address this process listens on.
+fn advertised(args: &RoleArgs, listening: &str) -> String {
+    format!("http://{}", args.advertise.as_deref().unwrap_or(listening))
+}
+
+async fn register(
+    m: &Arc<dyn Membership>,
+    role: Role,
+    name: &str,
+    address: &str,
+    f: &RunFile,
+) -> Result<Registration> {
+    let ttl = Duration::from_secs(f.cluster.member_ttl_s);
+    Registration::start(m.clone(), role, name, address, ttl)
+        .await
+        .with_context(|| format!("registering {role} `{name}` in etcd"))
+}
+
+/// Removes this process's registration on its way out (a failure only costs the TTL).
+async fn leave(r: Option<Registration>) {
+    if let Some(r) = r
+        && let Err(e) = r.leave().await
+    {
+        tracing::warn!("leaving the membership: {e} (the registration expires by itself)");
+    }
 }

@@ -83,8 +83,8 @@ impl RolloutSection {
     }
 }
 
-/// Static addresses for one-role-per-process mode (`rlhf coordinator|rollout|scorer|learner`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One role per process (`rlhf coordinator|rollout|scorer|learner`): static addresses, or etcd.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// host:port of the coordinator's admin API.
@@ -99,6 +99,65 @@ pub struct ClusterSection {
     /// host:port of each scorer.
     #[serde(default)]
     pub scorer: Vec<String>,
+    /// etcd endpoints (`host:port`). With them the roles register themselves in etcd (with a
+    /// lease of `member_ttl_s`, heartbeated) and the coordinator finds them there instead of
+    /// in the static lists above.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd: runs with different prefixes share an etcd without seeing each other.
+    #[serde(default = "default_etcd_prefix")]
+    pub etcd_prefix: String,
+    /// Seconds a member stays registered after its last heartbeat (heartbeats every third).
+    #[serde(default = "default_member_ttl_s")]
+    pub member_ttl_s: u64,
+    /// Seconds the coordinator waits for a learner, a rollout worker and a scorer to register.
+    #[serde(default = "default_wait_members_s")]
+    pub wait_members_s: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            coordinator: None,
+            learner: None,
+            rollout: Vec::new(),
+            scorer: Vec::new(),
+            etcd: Vec::new(),
+            etcd_prefix: default_etcd_prefix(),
+            member_ttl_s: default_member_ttl_s(),
+            wait_members_s: default_wait_members_s(),
+        }
+    }
+}
+
+impl ClusterSection {
+    fn validate(&self) -> Result<()> {
+        if self.member_ttl_s < 2 {
+            bail!(
+                "cluster.member_ttl_s is {}: it must be at least 2 (heartbeats every third of it)",
+                self.member_ttl_s
+            );
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            bail!(
+                "cluster.etcd_prefix `{}` must start with `/`",
+                self.etcd_prefix
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_etcd_prefix() -> String {
+    "/rlhf".into()
+}
+
+fn default_member_ttl_s() -> u64 {
+    10
+}
+
+fn default_wait_members_s() -> u64 {
+    300
 }
 
 /// A whole run file.
@@ -199,6 +258,9 @@ impl RunFile {
         f.rollout
             .validate()
             .with_context(|| ctx("invalid [rollout]"))?;
+        f.cluster
+            .validate()
+            .with_context(|| ctx("invalid [cluster]"))?;
         for i in 0..f.rollout.worker_count() {
             f.rollout_config(i).validate().with_context(|| {
                 if f.rollout.devices.is_empty() {

@@ -1,9 +1,12 @@
 //! One role per process: `rlhf learner`, `rlhf rollout`, `rlhf scorer` and `rlhf coordinator`
-//! started as separate OS processes with static addresses from the run file's `[cluster]`,
-//! talking gRPC over loopback TCP.
+//! started as separate OS processes, talking gRPC over loopback TCP, with static addresses from
+//! the run file's `[cluster]` or registered in a real etcd.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rlhf_membership::{Membership, Role};
 
 /// Kills the role processes when the test ends, however it ends.
 struct Kill(Vec<Child>);
@@ -26,11 +29,9 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
 }
 
-#[test]
-fn every_role_in_its_own_process() {
-    let d = tempfile::tempdir().expect("tempdir");
-    let [c, l, r, s] = [free_port(), free_port(), free_port(), free_port()];
-    let cfg = d.path().join("run.toml");
+/// A run file for a two-iteration IPO run on the tiny fixture, with this `[cluster]` section.
+fn run_file(dir: &Path, cluster: &str) -> PathBuf {
+    let cfg = dir.join("run.toml");
     let text = format!(
         r#"
 [model]
@@ -57,40 +58,61 @@ objective = {{ name = "ipo", beta = 0.1 }}
 scorer = {{ type = "rule", name = "letters" }}
 
 [cluster]
-coordinator = "127.0.0.1:{c}"
-learner = "127.0.0.1:{l}"
-rollout = ["127.0.0.1:{r}"]
-scorer = ["127.0.0.1:{s}"]
+{cluster}
 "#,
         model = fixture().display(),
-        out = d.path().join("out").display(),
+        out = dir.join("out").display(),
     );
     std::fs::write(&cfg, text).expect("write");
+    cfg
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a role")
+}
+
+/// Runs the coordinator to its end, checks its summary and returns its stderr.
+fn coordinate(cfg: &str, out: &Path, extra: &[&str]) -> String {
+    let run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg])
+        .args(extra)
+        .output()
+        .expect("run the coordinator");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).expect("summary JSON");
+    assert_eq!(summary["iterations"], 2);
+    assert_eq!(summary["policy_version"], 2);
+    assert_eq!(summary["ledger_violations"], 0);
+    assert!(out.join("final/model.safetensors").exists());
+    stderr.into_owned()
+}
+
+#[test]
+fn every_role_in_its_own_process() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let [c, l, r, s] = [free_port(), free_port(), free_port(), free_port()];
+    let cfg = run_file(
+        d.path(),
+        &format!(
+            r#"coordinator = "127.0.0.1:{c}"
+learner = "127.0.0.1:{l}"
+rollout = ["127.0.0.1:{r}"]
+scorer = ["127.0.0.1:{s}"]"#
+        ),
+    );
     let cfg = cfg.to_str().expect("utf-8");
-    let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_rlhf"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn a role")
-    };
     let _roles = Kill(vec![
         spawn(&["learner", "--config", cfg]),
         spawn(&["rollout", "--config", cfg, "--index", "0"]),
         spawn(&["scorer", "--config", cfg, "--index", "0"]),
     ]);
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["coordinator", "--config", cfg])
-        .output()
-        .expect("run the coordinator");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
-    assert_eq!(summary["iterations"], 2);
-    assert_eq!(summary["policy_version"], 2);
-    assert_eq!(summary["ledger_violations"], 0);
-    assert!(d.path().join("out/final/model.safetensors").exists());
+    coordinate(cfg, &d.path().join("out"), &[]);
     // The coordinator with a missing address fails at start-up, naming it.
     let bad = d.path().join("bad.toml");
     let text = std::fs::read_to_string(d.path().join("run.toml"))
@@ -109,4 +131,121 @@ scorer = ["127.0.0.1:{s}"]
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.rollout"));
+}
+
+/// Distributed mode: the roles listen on ports of their own choosing, register themselves in a
+/// real etcd, and the coordinator finds them there. A role stopped by a signal leaves at once;
+/// one killed with -9 stays until its lease expires.
+#[test]
+fn roles_find_each_other_through_etcd() {
+    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = run_file(
+        d.path(),
+        &format!(
+            "etcd = [\"{}\"]\netcd_prefix = \"/test/run\"\nmember_ttl_s = 60",
+            etcd.endpoint()
+        ),
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    let any = "127.0.0.1:0";
+    let mut roles = Kill(vec![
+        spawn(&["learner", "--config", cfg, "--listen", any]),
+        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
+    ]);
+    let said = coordinate(cfg, &d.path().join("out"), &["--listen", any]);
+    let found = said
+        .lines()
+        .find(|l| l.starts_with("members: "))
+        .unwrap_or_default();
+    for who in [
+        "learner learner at http://127.0.0.1:",
+        "rollout rollout-0 at http://127.0.0.1:",
+        "scorer scorer-0 at http://127.0.0.1:",
+    ] {
+        assert!(found.contains(who), "{who} not in: {said}");
+    }
+    assert!(!found.contains(":0,") && !found.ends_with(":0"), "{found}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let m = rt
+        .block_on(rlhf_membership::EtcdMembership::connect(
+            &[etcd.endpoint().to_string()],
+            "/test/run",
+            Duration::from_secs(10),
+        ))
+        .expect("connect");
+    let names = |role| -> Vec<String> {
+        let members = rt.block_on(m.members(role)).expect("members");
+        members.into_iter().map(|x| x.name).collect()
+    };
+    assert_eq!(names(Role::Learner), ["learner"]);
+    assert_eq!(names(Role::Rollout), ["rollout-0"]);
+    assert_eq!(names(Role::Scorer), ["scorer-0"]);
+    // The coordinator left when it finished.
+    assert!(names(Role::Coordinator).is_empty());
+    // SIGTERM: the scorer drains and deregisters, long before its 60 s lease would expire.
+    let scorer = roles.0.pop().expect("scorer");
+    let term = Command::new("kill")
+        .args(["-TERM", &scorer.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !names(Role::Scorer).is_empty() {
+        assert!(Instant::now() < deadline, "the scorer did not deregister");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    roles.0.push(scorer);
+    // kill -9: nothing deregisters the rollout worker; etcd keeps it until the lease expires.
+    roles.0[1].kill().expect("kill -9");
+    roles.0[1].wait().expect("wait");
+    assert_eq!(names(Role::Rollout), ["rollout-0"]);
+}
+
+/// The coordinator waits for members to register, and names the missing roles when they never
+/// come.
+#[test]
+fn the_coordinator_names_roles_missing_from_etcd() {
+    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = run_file(
+        d.path(),
+        &format!("etcd = [\"{}\"]\nwait_members_s = 2", etcd.endpoint()),
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    let _learner = Kill(vec![spawn(&[
+        "learner",
+        "--config",
+        cfg,
+        "--listen",
+        "127.0.0.1:0",
+    ])]);
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg])
+        .output()
+        .expect("run the coordinator");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no rollout, no scorer registered under /rlhf"),
+        "{stderr}"
+    );
+    // A dead etcd is named.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(cfg)
+        .expect("read")
+        .replace(etcd.endpoint(), &dead);
+    std::fs::write(cfg, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["scorer", "--config", cfg, "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run a scorer");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&dead) && stderr.contains("cluster.etcd"),
+        "{stderr}"
+    );
 }

@@ -58,6 +58,8 @@ fn status(e: MembershipError) -> Status {
         MembershipError::NotRegistered { .. } => Status::not_found(e.to_string()),
         MembershipError::StaleEpoch { .. } => Status::aborted(e.to_string()),
         MembershipError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        MembershipError::Backend(_) => Status::unavailable(e.to_string()),
+        MembershipError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
     }
 }
 

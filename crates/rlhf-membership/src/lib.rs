@@ -3,7 +3,8 @@
 //! [`Membership`] is what the coordinator asks; [`InMemoryMembership`] serves `rlhf run` (all
 //! roles in one process). Registrations carry a fencing epoch (strictly increasing across the
 //! whole membership) and expire unless heartbeated within their TTL. Expiry is decided from
-//! tokio's clock, so tests can pause time.
+//! tokio's clock, so tests can pause time. [`EtcdMembership`] keeps the same registrations in
+//! etcd for distributed mode; [`Registration`] keeps one alive from a member's process.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+
+mod etcd;
+pub mod local;
+mod registration;
+
+pub use etcd::EtcdMembership;
+pub use registration::Registration;
 
 /// The role a member plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +66,11 @@ pub enum MembershipError {
     },
     #[error("invalid registration: {0}")]
     Invalid(String),
+    /// The membership store failed or could not be reached.
+    #[error("{0}")]
+    Backend(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 /// The membership service as the coordinator and the workers see it.
@@ -73,8 +86,9 @@ pub trait Membership: Send + Sync + fmt::Debug {
     ) -> Result<u64, MembershipError>;
     /// Extends a registration; fails for an expired registration or a stale epoch.
     async fn heartbeat(&self, role: Role, name: &str, epoch: u64) -> Result<(), MembershipError>;
-    /// Removes a member.
-    async fn deregister(&self, role: Role, name: &str) -> Result<(), MembershipError>;
+    /// Removes a member's registration if it still has `epoch` (a fenced holder cannot remove
+    /// its successor).
+    async fn deregister(&self, role: Role, name: &str, epoch: u64) -> Result<(), MembershipError>;
     /// Live members of a role, sorted by name.
     async fn members(&self, role: Role) -> Result<Vec<Member>, MembershipError>;
 }
@@ -163,9 +177,20 @@ impl Membership for InMemoryMembership {
         }
     }
 
-    async fn deregister(&self, role: Role, name: &str) -> Result<(), MembershipError> {
-        match self.lock().1.remove(&(role, name.to_string())) {
-            Some(_) => Ok(()),
+    async fn deregister(&self, role: Role, name: &str, epoch: u64) -> Result<(), MembershipError> {
+        let mut g = self.lock();
+        let key = (role, name.to_string());
+        match g.1.get(&key) {
+            Some(e) if e.epoch != epoch => Err(MembershipError::StaleEpoch {
+                role,
+                name: name.into(),
+                given: epoch,
+                current: e.epoch,
+            }),
+            Some(_) => {
+                g.1.remove(&key);
+                Ok(())
+            }
             None => Err(MembershipError::NotRegistered {
                 role,
                 name: name.into(),
@@ -232,7 +257,11 @@ mod tests {
         ));
         m.heartbeat(Role::Scorer, "s", new).await?;
         assert_eq!(m.members(Role::Scorer).await?[0].address, "http://b");
-        m.deregister(Role::Scorer, "s").await?;
+        assert!(matches!(
+            m.deregister(Role::Scorer, "s", old).await,
+            Err(MembershipError::StaleEpoch { .. })
+        ));
+        m.deregister(Role::Scorer, "s", new).await?;
         assert!(m.members(Role::Scorer).await?.is_empty());
         Ok(())
     }

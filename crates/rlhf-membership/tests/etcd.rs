@@ -1,0 +1,231 @@
+//! `EtcdMembership` and `Registration` against a real etcd (Debian's `etcd-server`, started
+//! on loopback by `LocalEtcd`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rlhf_membership::local::LocalEtcd;
+use rlhf_membership::{EtcdMembership, Membership, MembershipError, Registration, Role};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const CONNECT: Duration = Duration::from_secs(10);
+
+async fn connect(etcd: &LocalEtcd, prefix: &str) -> Result<EtcdMembership> {
+    Ok(EtcdMembership::connect(&[etcd.endpoint().to_string()], prefix, CONNECT).await?)
+}
+
+/// Polls `f` every 100 ms until it returns true, or fails after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> Result
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await? {
+        if Instant::now() > deadline {
+            return Err(format!("not within {within:?}: {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn registrations_epochs_and_fencing() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let m = connect(&etcd, "/test/a").await?;
+    let other = connect(&etcd, "/test/b").await?;
+    let ttl = Duration::from_secs(30);
+    let w1 = m.register(Role::Rollout, "w1", "http://h:1", ttl).await?;
+    let w2 = m.register(Role::Rollout, "w2", "http://h:2", ttl).await?;
+    let s = m.register(Role::Scorer, "s", "http://h:3", ttl).await?;
+    assert!(w1 < w2 && w2 < s, "epochs grow: {w1} {w2} {s}");
+    let live = m.members(Role::Rollout).await?;
+    assert_eq!(
+        live.iter()
+            .map(|x| (x.name.as_str(), x.address.as_str(), x.epoch))
+            .collect::<Vec<_>>(),
+        [("w1", "http://h:1", w1), ("w2", "http://h:2", w2)]
+    );
+    // Another prefix is another cluster.
+    assert!(other.members(Role::Rollout).await?.is_empty());
+    // Heartbeats do not change the epoch.
+    m.heartbeat(Role::Rollout, "w1", w1).await?;
+    assert_eq!(m.members(Role::Rollout).await?[0].epoch, w1);
+    // A second process registering the same name fences the first.
+    let w1b = m.register(Role::Rollout, "w1", "http://h:9", ttl).await?;
+    assert!(w1b > s);
+    assert!(matches!(
+        m.heartbeat(Role::Rollout, "w1", w1).await,
+        Err(MembershipError::StaleEpoch { given, current, .. }) if given == w1 && current == w1b
+    ));
+    assert!(matches!(
+        m.deregister(Role::Rollout, "w1", w1).await,
+        Err(MembershipError::StaleEpoch { .. })
+    ));
+    assert_eq!(m.members(Role::Rollout).await?[0].address, "http://h:9");
+    m.deregister(Role::Rollout, "w1", w1b).await?;
+    assert!(matches!(
+        m.heartbeat(Role::Rollout, "w1", w1b).await,
+        Err(MembershipError::NotRegistered { .. })
+    ));
+    assert_eq!(m.members(Role::Rollout).await?.len(), 1);
+    // Bad input is refused, naming what is wrong.
+    let e = m
+        .register(Role::Rollout, "a/b", "http://h:1", ttl)
+        .await
+        .err()
+        .ok_or("a name with `/` was accepted")?;
+    assert!(e.to_string().contains("a/b"), "{e}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn silent_members_expire_and_registrations_stay_alive() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let m = Arc::new(connect(&etcd, "/test").await?);
+    let ttl = Duration::from_secs(2);
+    // Registered, then never heartbeated (a process killed with -9): etcd drops it.
+    let dead = m.register(Role::Scorer, "dead", "http://h:1", ttl).await?;
+    let kept = Registration::start(m.clone(), Role::Scorer, "kept", "http://h:2", ttl).await?;
+    let first = kept.epoch().ok_or("fenced at start")?;
+    eventually(Duration::from_secs(8), "the silent member expires", || {
+        let m = m.clone();
+        async move { Ok(m.members(Role::Scorer).await?.len() == 1) }
+    })
+    .await?;
+    assert!(matches!(
+        m.heartbeat(Role::Scorer, "dead", dead).await,
+        Err(MembershipError::NotRegistered { .. })
+    ));
+    // Three TTLs later the heartbeated one is still there with its first epoch.
+    tokio::time::sleep(3 * ttl).await;
+    let live = m.members(Role::Scorer).await?;
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].name.as_str(), live[0].epoch), ("kept", first));
+    // Its registration vanishes (as if it expired while the process was paused): the
+    // background task registers again, with a newer epoch.
+    m.deregister(Role::Scorer, "kept", first).await?;
+    eventually(Duration::from_secs(5), "registered again", || {
+        let m = m.clone();
+        async move { Ok(m.members(Role::Scorer).await?.len() == 1) }
+    })
+    .await?;
+    let again = kept.epoch().ok_or("fenced")?;
+    assert!(again > first);
+    assert_eq!(m.members(Role::Scorer).await?[0].epoch, again);
+    // Leaving removes it at once, not after the TTL.
+    kept.leave().await?;
+    assert!(m.members(Role::Scorer).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fenced_registration_stops_and_leaves_its_successor_alone() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let m = Arc::new(connect(&etcd, "/test").await?);
+    let ttl = Duration::from_secs(2);
+    let old = Registration::start(m.clone(), Role::Rollout, "w", "http://old:1", ttl).await?;
+    let new = m.register(Role::Rollout, "w", "http://new:1", ttl).await?;
+    let old_ref = &old;
+    eventually(
+        Duration::from_secs(5),
+        "the old one notices",
+        || async move { Ok(old_ref.epoch().is_none()) },
+    )
+    .await?;
+    old.leave().await?;
+    let live = m.members(Role::Rollout).await?;
+    assert_eq!(
+        (live[0].address.as_str(), live[0].epoch),
+        ("http://new:1", new)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rank_zero_publishes_and_the_others_wait() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let ttl = Duration::from_secs(30);
+    let rank0 = connect(&etcd, "/test").await?;
+    let epoch = rank0
+        .register(Role::Learner, "learner-0", "http://h:0", ttl)
+        .await?;
+    // Three ranks, each its own connection, wait before anything is published.
+    let mut waiters = Vec::new();
+    for _ in 1..4 {
+        let m = connect(&etcd, "/test").await?;
+        waiters.push(tokio::spawn(async move {
+            m.wait_published("nccl-0", Duration::from_secs(10)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id: Vec<u8> = (0..128u8).map(|i| i.wrapping_mul(37)).collect();
+    rank0
+        .publish(Role::Learner, "learner-0", epoch, "nccl-0", &id)
+        .await?;
+    for w in waiters {
+        assert_eq!(w.await??, id);
+    }
+    // A rank arriving late reads it at once.
+    let late = connect(&etcd, "/test").await?;
+    assert_eq!(
+        late.wait_published("nccl-0", Duration::from_secs(1))
+            .await?,
+        id
+    );
+    // A fenced rank 0 cannot overwrite what its successor published.
+    let newer = rank0
+        .register(Role::Learner, "learner-0", "http://h:0", ttl)
+        .await?;
+    assert!(matches!(
+        rank0
+            .publish(Role::Learner, "learner-0", epoch, "nccl-0", b"stale")
+            .await,
+        Err(MembershipError::StaleEpoch { .. })
+    ));
+    rank0
+        .publish(Role::Learner, "learner-0", newer, "nccl-0", b"fresh")
+        .await?;
+    assert_eq!(
+        late.wait_published("nccl-0", Duration::from_secs(1))
+            .await?,
+        b"fresh"
+    );
+    // The value lives as long as the publisher's registration.
+    rank0.deregister(Role::Learner, "learner-0", newer).await?;
+    let e = late
+        .wait_published("nccl-0", Duration::from_millis(500))
+        .await
+        .err()
+        .ok_or("published value outlived its publisher")?;
+    assert!(matches!(e, MembershipError::Timeout(_)), "{e}");
+    assert!(e.to_string().contains("/test/rendezvous/nccl-0"), "{e}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_fails_fast_naming_the_endpoint() -> Result {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let t = Instant::now();
+    let e = EtcdMembership::connect(
+        std::slice::from_ref(&endpoint),
+        "/x",
+        Duration::from_secs(2),
+    )
+    .await
+    .err()
+    .ok_or("connected to nothing")?;
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(e.to_string().contains(&endpoint), "{e}");
+    let e = EtcdMembership::connect(&[endpoint], "no-slash", Duration::from_secs(2))
+        .await
+        .err()
+        .ok_or("a prefix without `/` was accepted")?;
+    assert!(e.to_string().contains("cluster.etcd_prefix"), "{e}");
+    Ok(())
+}
