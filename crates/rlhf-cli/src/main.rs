@@ -1,5 +1,6 @@
 //! The `rlhf` binary: parses the command line and calls into the library crates.
 
+mod admin;
 mod bench;
 mod eval;
 mod inspect;
@@ -45,6 +46,11 @@ enum Command {
     Scorer(run::RoleArgs),
     /// Run only the learner of a run file's `[cluster]`.
     Learner(run::RoleArgs),
+    /// A running coordinator's state (iteration, policy version, members, last metrics) as JSON.
+    Status(admin::AdminArgs),
+    /// Ask a running coordinator to stop after its current iteration (final checkpoint and
+    /// summary are still written).
+    Stop(admin::AdminArgs),
     /// Evaluate policies: reward, win rate under a judge, ranking accuracy, length, KL.
     Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Rollout(args) => run::role(rlhf_membership::Role::Rollout, args),
         Command::Scorer(args) => run::role(rlhf_membership::Role::Scorer, args),
         Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
+        Command::Status(args) => admin::status(args),
+        Command::Stop(args) => admin::stop(args),
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),

@@ -29,8 +29,8 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
 }
 
-/// A run file for a two-iteration IPO run on the tiny fixture, with this `[cluster]` section.
-fn run_file(dir: &Path, cluster: &str) -> PathBuf {
+/// A run file for an IPO run on the tiny fixture, with this `[cluster]` section.
+fn run_file(dir: &Path, iterations: u32, cluster: &str) -> PathBuf {
     let cfg = dir.join("run.toml");
     let text = format!(
         r#"
@@ -43,7 +43,7 @@ builtin_prompts = 40
 
 [coordinator]
 output_dir = "{out}"
-iterations = 2
+iterations = {iterations}
 prompts_per_iteration = 4
 samples_per_prompt = 2
 eval_prompts = 4
@@ -99,6 +99,7 @@ fn every_role_in_its_own_process() {
     let [c, l, r, s] = [free_port(), free_port(), free_port(), free_port()];
     let cfg = run_file(
         d.path(),
+        2,
         &format!(
             r#"coordinator = "127.0.0.1:{c}"
 learner = "127.0.0.1:{l}"
@@ -142,6 +143,7 @@ fn roles_find_each_other_through_etcd() {
     let d = tempfile::tempdir().expect("tempdir");
     let cfg = run_file(
         d.path(),
+        500,
         &format!(
             "etcd = [\"{}\"]\netcd_prefix = \"/test/run\"\nmember_ttl_s = 60",
             etcd.endpoint()
@@ -154,19 +156,62 @@ fn roles_find_each_other_through_etcd() {
         spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
         spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
     ]);
-    let said = coordinate(cfg, &d.path().join("out"), &["--listen", any]);
-    let found = said
-        .lines()
-        .find(|l| l.starts_with("members: "))
-        .unwrap_or_default();
-    for who in [
-        "learner learner at http://127.0.0.1:",
-        "rollout rollout-0 at http://127.0.0.1:",
-        "scorer scorer-0 at http://127.0.0.1:",
+    // The coordinator registers its admin API in etcd: `rlhf status|stop --config` find it.
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg, "--listen", any])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the coordinator");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+            .args(["status", "--config", cfg])
+            .output()
+            .expect("rlhf status");
+        if out.status.success() {
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if s["iteration"].as_u64() >= Some(1) {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "no progress: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let members = status["members"].as_array().expect("members");
+    for (role, name) in [
+        ("learner", "learner"),
+        ("rollout", "rollout-0"),
+        ("scorer", "scorer-0"),
     ] {
-        assert!(found.contains(who), "{who} not in: {said}");
+        let m = members
+            .iter()
+            .find(|m| m["role"] == role && m["name"] == name)
+            .unwrap_or_else(|| panic!("{role} {name} not in {status}"));
+        let address = m["address"].as_str().expect("address");
+        assert!(
+            address.starts_with("http://127.0.0.1:") && !address.ends_with(":0"),
+            "{m}"
+        );
     }
-    assert!(!found.contains(":0,") && !found.ends_with(":0"), "{found}");
+    let stop = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["stop", "--config", cfg])
+        .output()
+        .expect("rlhf stop");
+    assert!(stop.status.success(), "{stop:?}");
+    let out = coordinator
+        .wait_with_output()
+        .expect("the coordinator ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    let done = summary["iterations"].as_u64().expect("iterations");
+    assert!((1..500).contains(&done), "{summary}");
+    assert_eq!(summary["ledger_violations"], 0);
+    assert!(d.path().join("out/final/model.safetensors").exists());
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let m = rt
@@ -212,6 +257,7 @@ fn the_coordinator_names_roles_missing_from_etcd() {
     let d = tempfile::tempdir().expect("tempdir");
     let cfg = run_file(
         d.path(),
+        2,
         &format!("etcd = [\"{}\"]\nwait_members_s = 2", etcd.endpoint()),
     );
     let cfg = cfg.to_str().expect("utf-8");

@@ -551,3 +551,85 @@ fn an_eval_section_evaluates_every_checkpoint_after_the_run() {
     );
     assert!(!d.path().join("bad/out/metrics.jsonl").exists());
 }
+
+/// Polls `rlhf status ARGS` until `ready` accepts its JSON (up to 120 s).
+fn status_until(args: &[&str], ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        let (code, stdout, stderr) = rlhf(&all);
+        if code == 0 {
+            let s: Value = serde_json::from_str(&stdout).expect("status is JSON");
+            if ready(&s) {
+                return s;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never ready: {stdout} {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The admin API of a running `rlhf run`: `rlhf status` reports progress and members,
+/// `rlhf stop` ends the run after its current iteration with the final checkpoint written.
+#[test]
+fn status_and_stop_through_the_admin_api() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(d.path(), "iterations = 500", "builtin = \"letters\"", "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut text = std::fs::read_to_string(&cfg).expect("read");
+    text.push_str(&format!(
+        "\n[cluster]\ncoordinator = \"127.0.0.1:{port}\"\n"
+    ));
+    std::fs::write(&cfg, text).expect("write");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    let at = format!("127.0.0.1:{port}");
+    // By address, and through the run file's cluster.coordinator.
+    let s = status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["iterations_total"], 500);
+    assert!(s["last_metrics"]["reward_mean"].is_number(), "{s}");
+    let mut roles: Vec<&str> = s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["learner", "rollout", "scorer"]);
+    let s = status_until(&["--config", cfg.to_str().expect("utf-8")], |_| true);
+    assert_eq!(s["iterations_total"], 500);
+    let (code, stdout, stderr) = rlhf(&["stop", "--coordinator", &at]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"stopping\""), "{stdout}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while run.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the run did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().expect("output");
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    let done = summary["iterations"].as_u64().expect("iterations");
+    assert!((1..500).contains(&done), "{summary}");
+    assert!(d.path().join("out/final/model.safetensors").exists());
+    check_ledger(&d.path().join("out"));
+    // Nothing listens any more: the error names the address.
+    let (code, _, stderr) = rlhf(&["status", "--coordinator", &at]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains(&at), "{stderr}");
+}

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rlhf_core::CancellationToken;
 use rlhf_membership::{Membership, MembershipError, Role};
 use rlhf_proto::v1;
 use tonic::{Request, Response, Status};
@@ -13,10 +14,12 @@ use crate::status::SharedStatus;
 /// Seconds a registration lives without a heartbeat.
 pub const MEMBER_TTL_SECONDS: u32 = 30;
 
-/// Serves `Admin.Status` from the run's shared status.
+/// Serves `Admin.Status` from the run's shared status, and `Admin.Stop`.
 pub struct AdminService {
     pub status: SharedStatus,
     pub membership: Arc<dyn Membership>,
+    /// The run's shutdown token: cancelling it stops the run after its current iteration.
+    pub stop: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -36,6 +39,24 @@ impl v1::admin_server::Admin for AdminService {
             }
         }
         Ok(Response::new(s))
+    }
+
+    async fn stop(
+        &self,
+        _request: Request<v1::StopRequest>,
+    ) -> Result<Response<v1::StopResponse>, Status> {
+        let mut state = String::new();
+        self.status.update(|s| {
+            if s.state != "finished" && s.state != "failed" {
+                s.state = "stopping".into();
+            }
+            state = s.state.clone();
+        });
+        if !self.stop.is_cancelled() {
+            tracing::info!("stop requested through the admin API: stopping after this iteration");
+            self.stop.cancel();
+        }
+        Ok(Response::new(v1::StopResponse { state }))
     }
 }
 

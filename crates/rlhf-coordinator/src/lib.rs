@@ -133,12 +133,14 @@ pub async fn run(
         s.state = "starting".into();
         s.iterations_total = config.iterations;
     });
-    let serve_stop = shutdown.child_token();
+    // The admin API serves until the run has ended (through a stop's last iteration).
+    let serve_stop = CancellationToken::new();
     let server = deps.listener.map(|listener| {
         let limit = config.max_message_bytes;
         let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
             status: status.clone(),
             membership: deps.membership.clone(),
+            stop: shutdown.clone(),
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -258,7 +260,12 @@ async fn run_inner(
     for role in [Role::Rollout, Role::Scorer, Role::Learner] {
         wait_for(&consumer.producer.cluster, role, shutdown).await?;
     }
-    status.update(|s| s.state = "running".into());
+    status.update(|s| {
+        // A stop asked for while starting stays visible.
+        if s.state == "starting" {
+            s.state = "running".into();
+        }
+    });
     let initial = consumer.producer.evaluate(&consumer.heldout, 0).await?;
     if let Some(r) = initial {
         tracing::info!(heldout_reward = r, "initial policy evaluated");
