@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// Sample from the initial policy only (the offline-DPO baseline).
     #[arg(long)]
     offline: bool,
+    /// Continue from the newest resumable checkpoint in the output folder (coordinator.resume).
+    #[arg(long)]
+    resume: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -91,6 +94,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     if let Some(l) = args.max_policy_lag {
         f.coordinator.max_policy_lag = l;
+    }
+    if args.resume {
+        f.coordinator.resume = true;
     }
     f.coordinator.offline |= args.offline;
     if let Some(o) = &args.objective {

@@ -633,3 +633,76 @@ fn status_and_stop_through_the_admin_api() {
     assert_ne!(code, 0);
     assert!(stderr.contains(&at), "{stderr}");
 }
+
+/// A run killed with -9 after a checkpoint resumes from it (`--resume`) and ends exactly as a
+/// run that never stopped: the same metrics, samples and final weights, every sample in the
+/// ledger accounted for once.
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped() {
+    let extra = "iterations = 12\ncheckpoint_every = 3\neval_every = 6";
+    let data = "builtin = \"letters\"";
+    let straight = tempfile::tempdir().expect("tempdir");
+    let cfg = config(straight.path(), extra, data, "");
+    let a = run_ok(&cfg, &[]);
+
+    let killed = tempfile::tempdir().expect("tempdir");
+    let cfg = config(killed.path(), extra, data, "");
+    let out = killed.path().join("out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    let marker = out.join("checkpoints/iter-00003/resume.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            run.try_wait().expect("wait").is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        run.try_wait().expect("wait").is_none(),
+        "the run finished before it could be killed"
+    );
+    run.kill().expect("kill -9");
+    run.wait().expect("wait");
+    assert!(!out.join("summary.json").exists());
+
+    let b = run_ok(&cfg, &["--resume"]);
+    for key in [
+        "iterations",
+        "policy_version",
+        "samples_trained",
+        "final_heldout_reward",
+    ] {
+        assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+    }
+    let read = |dir: &Path, name: &str| std::fs::read(dir.join("out").join(name)).expect(name);
+    for name in ["metrics.jsonl", "samples.jsonl", "final/model.safetensors"] {
+        assert!(
+            read(straight.path(), name) == read(killed.path(), name),
+            "{name} differs after resuming"
+        );
+    }
+    check_ledger(&out);
+    // Resuming a finished run with more iterations continues it from final/.
+    let more = run_ok(&cfg, &["--resume", "--iterations", "14"]);
+    assert_eq!(more["iterations"], 14);
+    assert_eq!(more["policy_version"], 14);
+    check_ledger(&out);
+    // Another seed is another run: refused, naming the setting.
+    let (code, _, stderr) = rlhf(&[
+        "run",
+        cfg.to_str().expect("utf-8"),
+        "--resume",
+        "--seed",
+        "9",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("coordinator.seed"), "{stderr}");
+}

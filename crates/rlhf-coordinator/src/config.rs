@@ -154,9 +154,15 @@ pub struct CoordinatorConfig {
     /// How units are built from scores.
     #[serde(default)]
     pub units: UnitsConfig,
-    /// Save a Hugging Face checkpoint every k iterations (0: only at the end).
+    /// Save a Hugging Face checkpoint every k iterations (0: only at the end). Every checkpoint
+    /// carries what a resumed run needs (`resume`).
     #[serde(default)]
     pub checkpoint_every: u64,
+    /// Continue from the newest resumable checkpoint in `output_dir` (`checkpoints/iter-N/` or
+    /// `final/`, the one with the most iterations done) when there is one; start afresh
+    /// otherwise. Logs are cut back to that checkpoint and appended to (`rlhf run --resume`).
+    #[serde(default)]
+    pub resume: bool,
     /// Evaluate on held-out prompts every k iterations (0: only at start and end).
     #[serde(default)]
     pub eval_every: u64,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rlhf_algo::UnitKind;
 use rlhf_core::{CancellationToken, PolicyVersion, mix};
 use rlhf_data::{
-    AuditRecord, AuditWriter, DropReason, FinishReason, HistoryWriter, MetricsRecord,
+    AuditRecord, AuditWriter, CursorState, DropReason, FinishReason, HistoryWriter, MetricsRecord,
     MetricsWriter, PromptCursor,
 };
 use rlhf_membership::Role;
@@ -31,6 +31,8 @@ pub(crate) struct Produced {
     pub scores: Vec<ScoreOutcome>,
     pub generate_s: f64,
     pub score_s: f64,
+    /// The prompt cursor just after this iteration's batch was drawn (for resume points).
+    pub cursor: Option<CursorState>,
 }
 
 /// What generation needs, owned so it can run on its own task.
@@ -148,6 +150,7 @@ impl Producer {
             scores,
             generate_s,
             score_s,
+            cursor: None,
         })
     }
 
@@ -193,6 +196,10 @@ pub(crate) struct Consumer {
     pub trained: u64,
     pub dropped: BTreeMap<String, u64>,
     pub heldout_rewards: Vec<(u64, f64)>,
+    /// The initial policy's held-out reward (kept for resume points).
+    pub initial_heldout: Option<f64>,
+    /// The prompt cursor after the last consumed iteration's batch.
+    pub last_cursor: Option<CursorState>,
 }
 
 impl Consumer {
@@ -204,9 +211,40 @@ impl Consumer {
         *self.dropped.entry(reason.to_string()).or_default() += 1;
     }
 
+    /// Asks the learner for a checkpoint at `dir` and, when it wrote its training state, adds
+    /// the coordinator's `resume.json` (last) so that the run can resume from it.
+    pub async fn checkpoint(
+        &self,
+        learner: &str,
+        dir: &std::path::Path,
+        iterations_done: u64,
+    ) -> Result<(), CoordinatorError> {
+        let resumable = checkpoint(&self.producer.cluster, learner, dir).await?;
+        let Some(cursor) = self.last_cursor.filter(|_| resumable) else {
+            return Ok(());
+        };
+        let state = crate::resume::RunState {
+            format: 1,
+            iterations_done,
+            policy_version: self.version,
+            cursor,
+            samples_trained: self.trained,
+            dropped: self.dropped.clone(),
+            initial_heldout_reward: self.initial_heldout,
+            heldout_rewards: self.heldout_rewards.clone(),
+            logs: crate::resume::log_lengths(&self.cfg().output_dir)?,
+            seed: self.cfg().seed,
+            samples_per_prompt: self.cfg().samples_per_prompt,
+        };
+        crate::resume::write(dir, &state)
+    }
+
     /// Trains on one produced iteration and writes its logs.
     pub async fn consume(&mut self, p: Produced) -> Result<(), CoordinatorError> {
         let t_iter = Instant::now();
+        if p.cursor.is_some() {
+            self.last_cursor = p.cursor;
+        }
         let max_lag = self.cfg().max_policy_lag;
         let current = self.version;
         // Admission and grouping by prompt.
@@ -402,7 +440,7 @@ impl Consumer {
                 .output_dir
                 .join("checkpoints")
                 .join(format!("iter-{:05}", p.iteration + 1));
-            checkpoint(&self.producer.cluster, &learner, &dir).await?;
+            self.checkpoint(&learner, &dir, p.iteration + 1).await?;
         }
         self.progress.iteration(&m, &t);
         self.status.update(|s| {
@@ -492,10 +530,13 @@ impl Consumer {
 }
 
 /// Runs every iteration, synchronously or pipelined.
+/// Starts at iteration `start` (0, or the iterations a resumed run had done) and returns the
+/// iterations done in all.
 pub(crate) async fn run_loop(
     consumer: &mut Consumer,
     mut cursor: PromptCursor,
     shutdown: &CancellationToken,
+    start: u64,
 ) -> Result<u64, CoordinatorError> {
     let cfg = consumer.cfg().clone();
     let (chat, per_iteration) = (cfg.chat, cfg.prompts_per_iteration);
@@ -506,31 +547,33 @@ pub(crate) async fn run_loop(
             .collect()
     };
     if cfg.max_policy_lag == 0 {
-        for it in 0..cfg.iterations {
+        for it in start..cfg.iterations {
             if shutdown.is_cancelled() {
                 return Ok(it);
             }
             let t = Instant::now();
-            let produced = consumer
+            let prompts = batch(&mut cursor);
+            let mut produced = consumer
                 .producer
-                .produce(it, batch(&mut cursor), consumer.version)
+                .produce(it, prompts, consumer.version)
                 .await?;
+            produced.cursor = Some(cursor.state());
             consumer.idle_s += t.elapsed().as_secs_f64();
             consumer.consume(produced).await?;
         }
-        return Ok(cfg.iterations);
+        return Ok(cfg.iterations.max(start));
     }
     // Pipelined: the producer runs ahead by up to `max_policy_lag` iterations.
     let (tx, mut rx) =
         mpsc::channel::<Result<Produced, CoordinatorError>>(cfg.max_policy_lag as usize);
     // (iterations consumed, policy version) as the consumer advances.
-    let (version_tx, version_rx) = watch::channel((0u64, consumer.version));
+    let (version_tx, version_rx) = watch::channel((start, consumer.version));
     let lag = cfg.max_policy_lag;
     let producer = consumer.producer.clone();
     let stop = shutdown.child_token();
     let stop_producer = stop.clone();
     let handle = tokio::spawn(async move {
-        for it in 0..cfg.iterations {
+        for it in start..cfg.iterations {
             if stop_producer.is_cancelled() {
                 return cursor;
             }
@@ -546,7 +589,12 @@ pub(crate) async fn run_loop(
                 return cursor;
             }
             let version = version_rx.borrow().1;
-            let out = producer.produce(it, batch(&mut cursor), version).await;
+            let prompts = batch(&mut cursor);
+            let state = cursor.state();
+            let out = producer.produce(it, prompts, version).await.map(|mut p| {
+                p.cursor = Some(state);
+                p
+            });
             let failed = out.is_err();
             if tx.send(out).await.is_err() || failed {
                 return cursor;
@@ -554,9 +602,9 @@ pub(crate) async fn run_loop(
         }
         cursor
     });
-    let mut done = 0;
+    let mut done = start;
     let result = loop {
-        if shutdown.is_cancelled() || done == cfg.iterations {
+        if shutdown.is_cancelled() || done >= cfg.iterations {
             break Ok(done);
         }
         let t = Instant::now();

@@ -218,20 +218,38 @@ pub async fn train(
     ))
 }
 
-/// Asks the learner to write a Hugging Face checkpoint.
+/// Asks the learner to write a Hugging Face checkpoint with its training state; returns
+/// whether the training state was written (the checkpoint is resumable).
 pub async fn checkpoint(
+    cluster: &Cluster,
+    learner: &str,
+    path: &std::path::Path,
+) -> Result<bool, CoordinatorError> {
+    let mut client = cluster.learner(learner)?;
+    let resp = client
+        .save_checkpoint(v1::SaveCheckpointRequest {
+            path: path.display().to_string(),
+            training_state: true,
+        })
+        .await
+        .map_err(|s| {
+            CoordinatorError::Learner(format!("checkpoint {}: {}", path.display(), s.message()))
+        })?;
+    Ok(resp.into_inner().training_state)
+}
+
+/// Asks the learner to continue from a resumable checkpoint; returns its policy version.
+pub async fn resume(
     cluster: &Cluster,
     learner: &str,
     path: &std::path::Path,
 ) -> Result<u64, CoordinatorError> {
     let mut client = cluster.learner(learner)?;
     let resp = client
-        .save_checkpoint(v1::SaveCheckpointRequest {
+        .resume(v1::ResumeRequest {
             path: path.display().to_string(),
         })
         .await
-        .map_err(|s| {
-            CoordinatorError::Learner(format!("checkpoint {}: {}", path.display(), s.message()))
-        })?;
+        .map_err(|s| CoordinatorError::Learner(s.message().to_string()))?;
     Ok(resp.into_inner().policy_version)
 }

@@ -16,6 +16,7 @@ pub mod config;
 mod driver;
 pub mod generate;
 pub mod learn;
+pub mod resume;
 pub mod score;
 pub mod status;
 
@@ -221,14 +222,61 @@ async fn run_inner(
         .take(config.eval_prompts)
         .map(|r| PromptCtx::new(r, config.chat))
         .collect();
-    let cursor =
-        PromptCursor::new(train, config.seed).map_err(|e| CoordinatorError::Data(e.to_string()))?;
-    let ledger = Ledger::new(config.samples_per_prompt)
-        .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+    let resumed = if config.resume {
+        resume::latest(out)?
+    } else {
+        None
+    };
+    let (cursor, ledger, abandoned_on_resume, history_written) = match &resumed {
+        Some((dir, state)) => {
+            if state.seed != config.seed || state.samples_per_prompt != config.samples_per_prompt {
+                return Err(CoordinatorError::Config(format!(
+                    "resume: {} was written with coordinator.seed = {} and samples_per_prompt = \
+                     {}; this run has {} and {}",
+                    dir.display(),
+                    state.seed,
+                    state.samples_per_prompt,
+                    config.seed,
+                    config.samples_per_prompt
+                )));
+            }
+            resume::truncate_logs(out, &state.logs)?;
+            let cursor = PromptCursor::resume(train, state.cursor).map_err(|e| {
+                CoordinatorError::Data(format!("resume from {}: {e}", dir.display()))
+            })?;
+            let history = rlhf_data::read_history(out.join("ledger.jsonl"))
+                .map_err(|e| CoordinatorError::Ledger(e.to_string()))?
+                .records;
+            let mut ledger = Ledger::replay(config.samples_per_prompt, history)
+                .map_err(|e| CoordinatorError::Ledger(format!("resume: {e}")))?;
+            let replayed = ledger.history().len();
+            // Samples of iterations after the checkpoint that were in flight are redone.
+            let abandoned = ledger
+                .abandon_unfinished("resumed")
+                .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+            tracing::info!(
+                from = %dir.display(),
+                iterations_done = state.iterations_done,
+                policy_version = state.policy_version,
+                abandoned,
+                "resuming"
+            );
+            (cursor, ledger, abandoned, replayed)
+        }
+        None => {
+            let cursor = PromptCursor::new(train, config.seed)
+                .map_err(|e| CoordinatorError::Data(e.to_string()))?;
+            let ledger = Ledger::new(config.samples_per_prompt)
+                .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+            (cursor, ledger, 0, 0)
+        }
+    };
     let open = |name: &str| -> Result<_, CoordinatorError> {
         let path = out.join(name);
-        // A fresh run replaces old logs of the same name.
-        let _ = std::fs::remove_file(&path);
+        // A fresh run replaces old logs of the same name; a resumed one appends.
+        if resumed.is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
         Ok(path)
     };
     let io = |e: rlhf_data::DataError| CoordinatorError::Io(e.to_string());
@@ -245,7 +293,8 @@ async fn run_inner(
         metrics: rlhf_data::MetricsWriter::open(open("metrics.jsonl")?).map_err(io)?,
         timings: rlhf_data::MetricsWriter::open(open("timings.jsonl")?).map_err(io)?,
         history: rlhf_data::HistoryWriter::open(open("ledger.jsonl")?).map_err(io)?,
-        history_written: 0,
+        // Events replayed from ledger.jsonl are already on disk.
+        history_written,
         version: 0,
         heldout,
         status: status.clone(),
@@ -255,6 +304,8 @@ async fn run_inner(
         trained: 0,
         dropped: Default::default(),
         heldout_rewards: vec![],
+        initial_heldout: None,
+        last_cursor: None,
     };
     // Wait for every role to be registered.
     for role in [Role::Rollout, Role::Scorer, Role::Learner] {
@@ -266,11 +317,48 @@ async fn run_inner(
             s.state = "running".into();
         }
     });
-    let initial = consumer.producer.evaluate(&consumer.heldout, 0).await?;
-    if let Some(r) = initial {
+    let start_at = match &resumed {
+        Some((dir, state)) => {
+            let learner = consumer.producer.cluster.members(Role::Learner).await?[0]
+                .address
+                .clone();
+            let version = learn::resume(&consumer.producer.cluster, &learner, dir).await?;
+            if version != state.policy_version {
+                return Err(CoordinatorError::Learner(format!(
+                    "resume from {}: the learner restored version {version}, the coordinator \
+                     recorded {}",
+                    dir.display(),
+                    state.policy_version
+                )));
+            }
+            consumer.version = state.policy_version;
+            consumer.trained = state.samples_trained;
+            consumer.dropped = state.dropped.clone();
+            if abandoned_on_resume > 0 {
+                *consumer.dropped.entry("abandoned".into()).or_default() +=
+                    abandoned_on_resume as u64;
+            }
+            consumer.heldout_rewards = state.heldout_rewards.clone();
+            consumer.last_cursor = Some(state.cursor);
+            consumer.progress.resumed_at(state.iterations_done);
+            status.update(|s| {
+                s.iteration = state.iterations_done;
+                s.policy_version = state.policy_version;
+                s.samples_trained = state.samples_trained;
+            });
+            state.iterations_done
+        }
+        None => 0,
+    };
+    let initial = match &resumed {
+        Some((_, state)) => state.initial_heldout_reward,
+        None => consumer.producer.evaluate(&consumer.heldout, 0).await?,
+    };
+    if let (Some(r), None) = (initial, &resumed) {
         tracing::info!(heldout_reward = r, "initial policy evaluated");
     }
-    let loop_result = run_loop(&mut consumer, cursor, shutdown).await;
+    consumer.initial_heldout = initial;
+    let loop_result = run_loop(&mut consumer, cursor, shutdown, start_at).await;
     // Whatever happened, the ledger ends consistent and is written out.
     let abandoned = consumer
         .producer
@@ -290,7 +378,7 @@ async fn run_inner(
         .address
         .clone();
     let final_dir = out.join("final");
-    learn::checkpoint(&consumer.producer.cluster, &learner, &final_dir).await?;
+    consumer.checkpoint(&learner, &final_dir, done).await?;
     let history = consumer
         .producer
         .ledger

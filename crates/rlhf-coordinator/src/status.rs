@@ -47,6 +47,14 @@ impl Progress {
         Self { bar, total }
     }
 
+    /// Starts the bar at the iterations a resumed run had already done.
+    pub fn resumed_at(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => tracing::info!("resumed after iteration {done} of {}", self.total),
+        }
+    }
+
     /// Reports a finished iteration.
     pub fn iteration(&self, m: &MetricsRecord, t: &MetricsRecord) {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());

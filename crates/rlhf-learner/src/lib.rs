@@ -10,6 +10,7 @@ mod clip;
 mod groups;
 mod parallel;
 mod ppo;
+pub mod resume;
 pub mod reward_model;
 mod service;
 pub mod sft;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use ppo::PpoState;
+pub use resume::{STATE_DIR, has_training_state};
 pub use service::{LearnerService, Published, publish};
 pub use trainer::{OptimSettings, Sampled, Seq, TrainState, Unit, UpdateMetrics};
 

@@ -340,7 +340,8 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         &self,
         request: Request<v1::SaveCheckpointRequest>,
     ) -> Result<Response<v1::SaveCheckpointResponse>, Status> {
-        let path = PathBuf::from(request.into_inner().path);
+        let request = request.into_inner();
+        let path = PathBuf::from(request.path);
         if path.as_os_str().is_empty() {
             return Err(status(ErrorKind::InvalidArgument, "missing `path`"));
         }
@@ -348,32 +349,79 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         let tokenizer_from = self.config.model.clone();
         let progress = self.progress.clone();
         let out = path.clone();
-        let version = tokio::task::spawn_blocking(move || -> Result<u64, LearnerError> {
-            let st = state.lock().unwrap_or_else(|p| p.into_inner());
-            let version = progress.lock().unwrap_or_else(|p| p.into_inner()).0;
-            st.policy
-                .valid()
-                .save_pretrained(&out, Some(&tokenizer_from))?;
-            // PPO: the critic next to it (a `*ForSequenceClassification` folder that
-            // `learner.critic` accepts, to continue from this checkpoint).
-            if let Some(ppo) = &st.ppo {
-                ppo.critic
+        let training_state = request.training_state;
+        let (version, saved) =
+            tokio::task::spawn_blocking(move || -> Result<(u64, bool), LearnerError> {
+                let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let (version, updates) = *progress.lock().unwrap_or_else(|p| p.into_inner());
+                st.policy
                     .valid()
-                    .save_pretrained(&out.join("critic"), Some(&tokenizer_from))?;
-            }
-            Ok(version)
-        })
-        .await
-        .map_err(|e| status(ErrorKind::Internal, format!("saving panicked: {e}")))?
-        .map_err(|e| {
-            status(
-                ErrorKind::Internal,
-                format!("saving {}: {e}", path.display()),
-            )
-        })?;
+                    .save_pretrained(&out, Some(&tokenizer_from))?;
+                let saved = training_state && st.save_training_state(&out, updates)?;
+                if training_state && !saved {
+                    tracing::warn!(
+                        "ppo: no training state saved with the checkpoint (not resumable)"
+                    );
+                }
+                // PPO: the critic next to it (a `*ForSequenceClassification` folder that
+                // `learner.critic` accepts, to continue from this checkpoint).
+                if let Some(ppo) = &st.ppo {
+                    ppo.critic
+                        .valid()
+                        .save_pretrained(&out.join("critic"), Some(&tokenizer_from))?;
+                }
+                Ok((version, saved))
+            })
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("saving panicked: {e}")))?
+            .map_err(|e| {
+                status(
+                    ErrorKind::Internal,
+                    format!("saving {}: {e}", path.display()),
+                )
+            })?;
         Ok(Response::new(v1::SaveCheckpointResponse {
             path: path.display().to_string(),
             policy_version: version,
+            training_state: saved,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeRequest>,
+    ) -> Result<Response<v1::ResumeResponse>, Status> {
+        let path = PathBuf::from(request.into_inner().path);
+        if path.as_os_str().is_empty() {
+            return Err(status(ErrorKind::InvalidArgument, "missing `path`"));
+        }
+        // No Train runs meanwhile.
+        let _training = self.training.lock().await;
+        let state = self.state.clone();
+        let progress = self.progress.clone();
+        let from = path.clone();
+        let (version, updates, published) =
+            tokio::task::spawn_blocking(move || -> Result<(u64, u64, Published), LearnerError> {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let updates = st.load_training_state(&from)?;
+                let published = publish(&st.policy.valid())?;
+                *progress.lock().unwrap_or_else(|p| p.into_inner()) = (st.version, updates);
+                Ok((st.version, updates, published))
+            })
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("resuming panicked: {e}")))?
+            .map_err(|e| {
+                status(
+                    ErrorKind::FailedPrecondition,
+                    format!("resuming from {}: {e}", path.display()),
+                )
+            })?;
+        // Only the restored version is served: older ones belong to the run that stopped.
+        *self.versions.write().await = BTreeMap::from([(version, published)]);
+        tracing::info!(version, updates, path = %path.display(), "learner resumed");
+        Ok(Response::new(v1::ResumeResponse {
+            policy_version: version,
+            updates,
         }))
     }
 

@@ -115,6 +115,17 @@ pub struct TrainState<B: AutodiffBackend> {
     /// Gradient checkpointing of the trained models' forward passes (see
     /// [`TrainState::with_gradient_checkpointing`]).
     pub(crate) checkpointing: bool,
+    /// Whether the reference was replaced by a policy snapshot (saved with the training state).
+    pub(crate) reference_refreshed: bool,
+}
+
+/// A fresh AdamW for the policy.
+pub(crate) fn new_optimizer<B: AutodiffBackend>(
+    settings: &OptimSettings,
+) -> OptimizerAdaptor<AdamW, Transformer<B>, B> {
+    AdamWConfig::new()
+        .with_weight_decay(settings.weight_decay)
+        .init::<B, Transformer<B>>()
 }
 
 /// What one optimizer step (or data-parallel shard) feeds its objective, and what its backward
@@ -136,9 +147,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         objective: Objective,
         settings: OptimSettings,
     ) -> Self {
-        let optim = AdamWConfig::new()
-            .with_weight_decay(settings.weight_decay)
-            .init::<B, Transformer<B>>();
+        let optim = new_optimizer(&settings);
         let pad = policy.config.pad_token_id.unwrap_or(0);
         Self {
             policy,
@@ -152,6 +161,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             ppo: None,
             replicas: vec![],
             checkpointing: false,
+            reference_refreshed: false,
         }
     }
 
@@ -167,6 +177,7 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// Replaces the reference by the current policy (stored in the policy's compute precision).
     pub fn refresh_reference(&mut self) -> Result<(), LearnerError> {
         self.reference = self.policy.valid().cast_weights(self.policy.precision)?;
+        self.reference_refreshed = true;
         Ok(())
     }
 

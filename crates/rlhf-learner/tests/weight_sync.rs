@@ -130,6 +130,7 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     learner
         .save_checkpoint(v1::SaveCheckpointRequest {
+            training_state: false,
             path: dir.display().to_string(),
         })
         .await?;

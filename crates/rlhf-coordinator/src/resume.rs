@@ -1,0 +1,142 @@
+//! Resuming a run (`coordinator.resume`, `rlhf run --resume`).
+//!
+//! Every checkpoint the coordinator asks for (`checkpoints/iter-N/` and `final/`) carries the
+//! learner's training state (`learner-state/`, see `rlhf_learner::resume`) and, written last,
+//! the coordinator's own `resume.json`: iterations done, policy version, the prompt cursor,
+//! counters, held-out rewards, and the byte length of each log at that moment. Resuming picks
+//! the checkpoint with the most iterations done that has a `resume.json`, cuts every log back to
+//! its recorded length (whatever a crash or a later iteration appended is dropped and redone),
+//! rebuilds the sample ledger from `ledger.jsonl` (samples still unfinished there are abandoned
+//! with the reason `resumed`), asks the learner to restore its state, and continues the loop at
+//! the next iteration. A synchronous run resumed this way writes the same metrics, samples and
+//! weights as one that never stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rlhf_data::CursorState;
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorError;
+
+/// The coordinator's state file inside a checkpoint folder.
+pub const FILE: &str = "resume.json";
+
+/// The logs cut back on resume.
+pub const LOGS: [&str; 4] = [
+    "metrics.jsonl",
+    "timings.jsonl",
+    "samples.jsonl",
+    "ledger.jsonl",
+];
+
+const FORMAT: u32 = 1;
+
+/// What the coordinator needs to continue a run from a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunState {
+    pub format: u32,
+    /// Iterations completed (the next one to run).
+    pub iterations_done: u64,
+    pub policy_version: u64,
+    /// The prompt cursor after the last completed iteration's batch.
+    pub cursor: CursorState,
+    pub samples_trained: u64,
+    pub dropped: BTreeMap<String, u64>,
+    pub initial_heldout_reward: Option<f64>,
+    pub heldout_rewards: Vec<(u64, f64)>,
+    /// Byte length of each log (by file name) when the checkpoint was taken.
+    pub logs: BTreeMap<String, u64>,
+    /// Checked on resume: a different seed or sample count is another run.
+    pub seed: u64,
+    pub samples_per_prompt: u32,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::Io(format!("{}: {e}", path.display()))
+}
+
+/// The current byte length of each log in `out`.
+pub fn log_lengths(out: &Path) -> Result<BTreeMap<String, u64>, CoordinatorError> {
+    let mut logs = BTreeMap::new();
+    for name in LOGS {
+        let path = out.join(name);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(&path, e)),
+        };
+        logs.insert(name.to_string(), len);
+    }
+    Ok(logs)
+}
+
+/// Writes `resume.json` into a checkpoint folder, atomically.
+pub fn write(dir: &Path, state: &RunState) -> Result<(), CoordinatorError> {
+    let path = dir.join(FILE);
+    let text = serde_json::to_string_pretty(state).map_err(|e| io(&path, e))?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+}
+
+/// The resumable checkpoint with the most iterations done in `out`, if any.
+pub fn latest(out: &Path) -> Result<Option<(PathBuf, RunState)>, CoordinatorError> {
+    let mut candidates = vec![out.join("final")];
+    let dir = out.join("checkpoints");
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            candidates.push(entry.map_err(|e| io(&dir, e))?.path());
+        }
+    }
+    let mut best: Option<(PathBuf, RunState)> = None;
+    for c in candidates {
+        let path = c.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path, e)),
+        };
+        let state: RunState = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        if state.format != FORMAT {
+            return Err(io(
+                &path,
+                format!("format {} (this build reads {FORMAT})", state.format),
+            ));
+        }
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| state.iterations_done > b.iterations_done)
+        {
+            best = Some((c, state));
+        }
+    }
+    Ok(best)
+}
+
+/// Cuts each log back to its recorded length. A log shorter than recorded means the outputs
+/// were changed by hand or by another run: an error, not a guess.
+pub fn truncate_logs(out: &Path, logs: &BTreeMap<String, u64>) -> Result<(), CoordinatorError> {
+    for (name, &len) in logs {
+        let path = out.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(len == 0)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let now = file.metadata().map_err(|e| io(&path, e))?.len();
+        if now < len {
+            return Err(io(
+                &path,
+                format!(
+                    "{now} bytes, shorter than the {len} bytes the checkpoint recorded: cannot \
+                     resume"
+                ),
+            ));
+        }
+        file.set_len(len).map_err(|e| io(&path, e))?;
+    }
+    Ok(())
+}
