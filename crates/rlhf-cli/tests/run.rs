@@ -706,3 +706,34 @@ fn a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped() {
     assert_ne!(code, 0);
     assert!(stderr.contains("coordinator.seed"), "{stderr}");
 }
+
+/// Pipelined mode: generation of the next iteration is in flight when a checkpoint is taken;
+/// a run killed after it resumes, redoes those samples, and accounts for every sample once.
+#[test]
+fn a_killed_pipelined_run_resumes_with_a_consistent_ledger() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let extra = "iterations = 10\ncheckpoint_every = 2\nmax_policy_lag = 1\nprompts_per_lease = 2";
+    let cfg = config(d.path(), extra, "builtin = \"letters\"", "");
+    let out = d.path().join("out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    let marker = out.join("checkpoints/iter-00002/resume.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(run.try_wait().expect("wait").is_none(), "ended early");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(run.try_wait().expect("wait").is_none(), "finished early");
+    run.kill().expect("kill -9");
+    run.wait().expect("wait");
+    let s = run_ok(&cfg, &["--resume"]);
+    assert_eq!(s["iterations"], 10);
+    assert_eq!(s["ledger_violations"], 0);
+    check_ledger(&out);
+}

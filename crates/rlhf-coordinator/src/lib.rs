@@ -247,10 +247,17 @@ async fn run_inner(
             let history = rlhf_data::read_history(out.join("ledger.jsonl"))
                 .map_err(|e| CoordinatorError::Ledger(e.to_string()))?
                 .records;
+            // Work of later iterations that was in flight (pipelined mode) is redone: its
+            // events leave the ledger as if it had never been leased.
+            let recorded = history.len();
+            let history = rlhf_data::history_before(history, state.iterations_done);
+            if history.len() < recorded {
+                resume::rewrite_history(out, &history)?;
+            }
             let mut ledger = Ledger::replay(config.samples_per_prompt, history)
                 .map_err(|e| CoordinatorError::Ledger(format!("resume: {e}")))?;
             let replayed = ledger.history().len();
-            // Samples of iterations after the checkpoint that were in flight are redone.
+            // Nothing should be unfinished before the checkpoint; if it is, it is not redone.
             let abandoned = ledger
                 .abandon_unfinished("resumed")
                 .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;

@@ -6,9 +6,9 @@
 //! counters, held-out rewards, and the byte length of each log at that moment. Resuming picks
 //! the checkpoint with the most iterations done that has a `resume.json`, cuts every log back to
 //! its recorded length (whatever a crash or a later iteration appended is dropped and redone),
-//! rebuilds the sample ledger from `ledger.jsonl` (samples still unfinished there are abandoned
-//! with the reason `resumed`), asks the learner to restore its state, and continues the loop at
-//! the next iteration. A synchronous run resumed this way writes the same metrics, samples and
+//! removes from `ledger.jsonl` the events of later iterations that were in flight when the
+//! checkpoint was taken (pipelined mode; they are redone), rebuilds the sample ledger from it,
+//! asks the learner to restore its state, and continues the loop at the next iteration. A synchronous run resumed this way writes the same metrics, samples and
 //! weights as one that never stopped.
 
 use std::collections::BTreeMap;
@@ -139,4 +139,18 @@ pub fn truncate_logs(out: &Path, logs: &BTreeMap<String, u64>) -> Result<(), Coo
         file.set_len(len).map_err(|e| io(&path, e))?;
     }
     Ok(())
+}
+
+/// Replaces `ledger.jsonl` with `history` (atomically: written beside it, then renamed).
+pub fn rewrite_history(
+    out: &Path,
+    history: &[rlhf_data::LedgerEvent],
+) -> Result<(), CoordinatorError> {
+    let path = out.join("ledger.jsonl");
+    let tmp = out.join("ledger.jsonl.resume-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut w = rlhf_data::HistoryWriter::open(&tmp).map_err(|e| io(&tmp, e))?;
+    w.append_batch(history.iter()).map_err(|e| io(&tmp, e))?;
+    drop(w);
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
 }

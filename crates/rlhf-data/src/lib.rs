@@ -39,7 +39,7 @@ pub use error::{DataError, Location, RecordError};
 pub use jsonlog::{JsonlLog, JsonlWriter, read_jsonl};
 pub use ledger::{
     DropReason, Expect, HistoryWriter, LeaseId, Ledger, LedgerError, LedgerEvent, SampleState,
-    ValidationReport, Violation, ViolationKind, read_history, validate,
+    ValidationReport, Violation, ViolationKind, history_before, read_history, validate,
 };
 pub use metrics::{MetricsRecord, MetricsWriter, read_metrics};
 pub use record::{Prompt, PromptRecord};

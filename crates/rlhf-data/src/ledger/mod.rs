@@ -421,6 +421,32 @@ impl Ledger {
 /// Appends [`LedgerEvent`]s to a JSONL history file.
 pub type HistoryWriter = JsonlWriter<LedgerEvent>;
 
+/// The events of a history that belong to iterations before `iteration` (a run resumed after
+/// `iteration - 1`: work of later iterations that was in flight is discarded and redone). An
+/// `Expired` event belongs to its lease's iteration.
+pub fn history_before(history: Vec<LedgerEvent>, iteration: u64) -> Vec<LedgerEvent> {
+    let mut lease_iteration = std::collections::HashMap::new();
+    history
+        .into_iter()
+        .filter(|e| {
+            let it = match e {
+                LedgerEvent::Leased {
+                    lease, iteration, ..
+                } => {
+                    lease_iteration.insert(*lease, *iteration);
+                    Some(*iteration)
+                }
+                LedgerEvent::Expired { lease } => lease_iteration.get(lease).copied(),
+                LedgerEvent::Generated { sample, .. }
+                | LedgerEvent::Scored { sample }
+                | LedgerEvent::Trained { sample }
+                | LedgerEvent::Dropped { sample, .. } => Some(sample.iteration),
+            };
+            it.is_some_and(|i| i < iteration)
+        })
+        .collect()
+}
+
 /// Reads a ledger history back (tolerating a crash's partial last line).
 pub fn read_history(path: impl AsRef<Path>) -> Result<JsonlLog<LedgerEvent>, DataError> {
     read_jsonl(path)

@@ -454,3 +454,35 @@ fn abandoning_a_stopped_run_leaves_a_finished_history() -> Result<(), LedgerErro
     assert_eq!(l.sample_state(&sid(0, "p", 0)), Some(SampleState::Trained));
     Ok(())
 }
+
+#[test]
+fn history_before_keeps_earlier_iterations_and_replays_clean() {
+    // Iteration 0 finished; iteration 1 was in flight (one lease expired, one sample scored).
+    let history = vec![
+        lease(0, 0, "a", 1),
+        gen_(0, 0, "a", 0),
+        lease(1, 1, "b", 1),
+        score(0, "a", 0),
+        expire(1),
+        lease(2, 1, "b", 1),
+        train(0, "a", 0),
+        gen_(2, 1, "b", 0),
+        score(1, "b", 0),
+    ];
+    let kept = history_before(history.clone(), 1);
+    assert_eq!(kept, history_before(kept.clone(), 1));
+    assert_eq!(
+        kept,
+        vec![
+            lease(0, 0, "a", 1),
+            gen_(0, 0, "a", 0),
+            score(0, "a", 0),
+            train(0, "a", 0)
+        ]
+    );
+    let mut ledger = Ledger::replay(1, kept).expect("replays");
+    assert!(ledger.unfinished().is_empty());
+    // Iteration 1 can be leased again from scratch.
+    ledger.lease(1, "b", "w").expect("re-lease");
+    assert!(history_before(history, 0).is_empty());
+}
