@@ -29,7 +29,7 @@ use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 pub struct PpoState<B: AutodiffBackend> {
     /// The value model (one-output score head).
     pub critic: Transformer<B>,
-    optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    pub(crate) optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
     /// Learning rate of the critic.
     pub lr: f64,
     /// β of the KL penalty in the reward.

@@ -7,7 +7,9 @@
 //!   AdamW's step count (or none for a parameter that never had a gradient);
 //! - `optimizer.safetensors`: AdamW's first and second moments, `m1.{i}` and `m2.{i}`, f32 in
 //!   burn's layout;
-//! - `reference/`: the reference policy, when `reference_refresh_every` replaces it during a run.
+//! - `reference/`: the reference policy, when `reference_refresh_every` replaces it during a run;
+//! - PPO: `critic-optimizer.safetensors` (the critic's AdamW; its weights are the checkpoint's
+//!   `critic/`) and the KL controller in `state.json`.
 //!
 //! burn keys optimizer state by parameter id, which a freshly loaded model does not share with
 //! the one that was saved; the visiting order of a model's parameters is fixed by its config,
@@ -24,12 +26,13 @@ use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use rlhf_algo::binary::RunningMean;
+use rlhf_algo::policy::KlController;
 use rlhf_model::Transformer;
 use rlhf_model::weights::{HostTensor, WeightStore, write_atomic, write_safetensors};
 use serde::{Deserialize, Serialize};
 
 use crate::LearnerError;
-use crate::trainer::TrainState;
+use crate::trainer::{OptimSettings, TrainState};
 
 /// The folder, inside a checkpoint, that holds the training state.
 pub const STATE_DIR: &str = "learner-state";
@@ -43,12 +46,28 @@ struct StateFile {
     updates: u64,
     objective: String,
     bco_running_mean: RunningMean,
-    /// AdamW's step count per parameter (visiting order); `None`: no state yet.
+    /// The policy's AdamW (moments in `optimizer.safetensors`).
+    policy: OptimState,
+    /// Whether `reference/` holds a refreshed reference.
+    reference: bool,
+    /// PPO: the critic's AdamW (moments in `critic-optimizer.safetensors`; its weights are the
+    /// checkpoint's `critic/`) and the KL controller.
+    critic: Option<CriticState>,
+}
+
+/// AdamW's state of one model, by parameter position.
+#[derive(Debug, Serialize, Deserialize)]
+struct OptimState {
+    /// Step count per parameter (visiting order); `None`: no state yet.
     adam_steps: Vec<Option<usize>>,
     /// Shape per parameter, checked on load.
     shapes: Vec<Vec<usize>>,
-    /// Whether `reference/` holds a refreshed reference.
-    reference: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CriticState {
+    optimizer: OptimState,
+    kl: KlController,
 }
 
 /// AdamW's state of every parameter, keyed by parameter id.
@@ -104,7 +123,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 
 /// Rebuilds the AdamW records for a model's (new) parameter ids.
 struct Restore<'a, B: AutodiffBackend> {
-    file: &'a StateFile,
+    state: &'a OptimState,
     store: &'a mut WeightStore,
     index: usize,
     records: Records<B>,
@@ -119,15 +138,15 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
             return;
         }
         let shape = param.shape().dims::<D>().to_vec();
-        if self.file.shapes.get(i) != Some(&shape) {
+        if self.state.shapes.get(i) != Some(&shape) {
             self.error = Some(format!(
                 "parameter {i} has shape {shape:?} here and {:?} in the saved state (another \
                  model?)",
-                self.file.shapes.get(i)
+                self.state.shapes.get(i)
             ));
             return;
         }
-        let Some(Some(time)) = self.file.adam_steps.get(i).copied() else {
+        let Some(Some(time)) = self.state.adam_steps.get(i).copied() else {
             return;
         };
         let device = param.val().device();
@@ -151,66 +170,114 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
     }
 }
 
+/// Writes `model`'s AdamW moments to `file` and returns its steps and shapes.
+fn save_optimizer<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    optim: &OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    file: &Path,
+) -> Result<OptimState, LearnerError> {
+    let records = optim.to_record();
+    let mut c = Collect::<B> {
+        records: &records,
+        steps: vec![],
+        shapes: vec![],
+        tensors: BTreeMap::new(),
+        error: None,
+    };
+    model.visit(&mut c);
+    if let Some(e) = c.error {
+        return Err(invalid(file, format!("reading the optimizer state: {e}")));
+    }
+    write_safetensors(file, &c.tensors)?;
+    Ok(OptimState {
+        adam_steps: c.steps,
+        shapes: c.shapes,
+    })
+}
+
+/// A fresh AdamW for `model` holding the moments saved in `file`.
+fn load_optimizer<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    state: &OptimState,
+    file: &Path,
+    settings: &OptimSettings,
+) -> Result<OptimizerAdaptor<AdamW, Transformer<B>, B>, LearnerError> {
+    let bytes = std::fs::read(file).map_err(|e| invalid(file, e))?;
+    let mut store = WeightStore::from_bytes(&bytes, file)?;
+    let mut r = Restore::<B> {
+        state,
+        store: &mut store,
+        index: 0,
+        records: Records::<B>::default(),
+        error: None,
+    };
+    model.visit(&mut r);
+    if let Some(e) = r.error {
+        return Err(invalid(file, e));
+    }
+    if r.index != state.shapes.len() {
+        return Err(invalid(
+            file,
+            format!(
+                "{} parameters saved, the model has {} (another model?)",
+                state.shapes.len(),
+                r.index
+            ),
+        ));
+    }
+    Ok(crate::trainer::new_optimizer(settings).load_record(r.records))
+}
+
 impl<B: AutodiffBackend> TrainState<B> {
     /// Writes the training state under `checkpoint/learner-state/` (the policy's weights are the
-    /// checkpoint's own `model.safetensors`). `updates` is the number of Train calls so far.
-    /// Returns false, writing nothing, for PPO (its critic's optimizer state is not saved yet).
-    pub fn save_training_state(
-        &self,
-        checkpoint: &Path,
-        updates: u64,
-    ) -> Result<bool, LearnerError> {
-        if self.ppo.is_some() {
-            return Ok(false);
-        }
+    /// checkpoint's own `model.safetensors`, PPO's critic its `critic/`). `updates` is the
+    /// number of Train calls so far.
+    pub fn save_training_state(&self, checkpoint: &Path, updates: u64) -> Result<(), LearnerError> {
         let dir = checkpoint.join(STATE_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| invalid(&dir, e))?;
-        let records = self.optim.to_record();
-        let mut c = Collect::<B> {
-            records: &records,
-            steps: vec![],
-            shapes: vec![],
-            tensors: BTreeMap::new(),
-            error: None,
-        };
-        self.policy.visit(&mut c);
-        if let Some(e) = c.error {
-            return Err(invalid(&dir, format!("reading the optimizer state: {e}")));
-        }
-        write_safetensors(&dir.join("optimizer.safetensors"), &c.tensors)?;
+        let policy = save_optimizer(
+            &self.policy,
+            &self.optim,
+            &dir.join("optimizer.safetensors"),
+        )?;
         let reference = self.reference_refreshed;
         if reference {
             self.reference
                 .save_pretrained(&dir.join("reference"), None)?;
         }
+        let critic = match &self.ppo {
+            Some(ppo) => Some(CriticState {
+                optimizer: save_optimizer(
+                    &ppo.critic,
+                    &ppo.optim,
+                    &dir.join("critic-optimizer.safetensors"),
+                )?,
+                kl: ppo.kl,
+            }),
+            None => None,
+        };
         let file = StateFile {
             format: FORMAT,
             version: self.version,
             updates,
             objective: self.objective.name().to_string(),
             bco_running_mean: self.objective_state.bco_running_mean,
-            adam_steps: c.steps,
-            shapes: c.shapes,
+            policy,
             reference,
+            critic,
         };
         let text = serde_json::to_string_pretty(&file)
             .map_err(|e| invalid(&dir, format!("state.json: {e}")))?;
         // Written last: a folder without it is incomplete.
         write_atomic(&dir.join("state.json"), text.as_bytes())?;
-        Ok(true)
+        Ok(())
     }
 
     /// Continues from a checkpoint written with [`TrainState::save_training_state`]: the
-    /// policy's weights, AdamW's moments and steps, the version, the objective's statistics
-    /// and a refreshed reference. Returns the number of updates done.
+    /// policy's weights, AdamW's moments and steps, the version, the objective's statistics,
+    /// a refreshed reference and PPO's critic, its AdamW and KL controller. Returns the number
+    /// of updates done.
     pub fn load_training_state(&mut self, checkpoint: &Path) -> Result<u64, LearnerError> {
-        if self.ppo.is_some() {
-            return Err(LearnerError::Config(
-                "resuming is not supported for `ppo` yet (the critic's optimizer state is not \
-                 saved)"
-                    .into(),
-            ));
-        }
         let dir = checkpoint.join(STATE_DIR);
         let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| {
             invalid(
@@ -242,44 +309,54 @@ impl<B: AutodiffBackend> TrainState<B> {
             .into_iter()
             .next()
             .ok_or_else(|| LearnerError::Config("the policy has no parameters".into()))?;
-        let policy =
-            Transformer::<B>::load(checkpoint, &device)?.with_precision(self.policy.precision)?;
-        let path = dir.join("optimizer.safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| invalid(&path, e))?;
-        let mut store = WeightStore::from_bytes(&bytes, &path)?;
-        let mut r = Restore::<B> {
-            file: &file,
-            store: &mut store,
-            index: 0,
-            records: Records::<B>::default(),
-            error: None,
+        let precision = self.policy.precision;
+        // Everything is read before anything is replaced: a bad file leaves the state as it was.
+        let policy = Transformer::<B>::load(checkpoint, &device)?.with_precision(precision)?;
+        let optim = load_optimizer(
+            &policy,
+            &file.policy,
+            &dir.join("optimizer.safetensors"),
+            &self.settings,
+        )?;
+        let reference = if file.reference {
+            Some(
+                Transformer::<B::InnerBackend>::load(&dir.join("reference"), &device)?
+                    .cast_weights(precision)?,
+            )
+        } else {
+            None
         };
-        policy.visit(&mut r);
-        if let Some(e) = r.error {
-            return Err(invalid(&dir, e));
-        }
-        if r.index != file.shapes.len() {
-            return Err(invalid(
-                &dir,
-                format!(
-                    "{} parameters saved, the model has {} (another model?)",
-                    file.shapes.len(),
-                    r.index
-                ),
-            ));
-        }
-        let records = r.records;
-        if file.reference {
-            self.reference = Transformer::<B::InnerBackend>::load(&dir.join("reference"), &device)?
-                .cast_weights(self.policy.precision)?;
+        let critic = match (&self.ppo, &file.critic) {
+            (Some(_), Some(c)) => {
+                let critic = Transformer::<B>::load(&checkpoint.join("critic"), &device)?
+                    .with_precision(precision)?;
+                let optim = load_optimizer(
+                    &critic,
+                    &c.optimizer,
+                    &dir.join("critic-optimizer.safetensors"),
+                    &self.settings,
+                )?;
+                Some((critic, optim, c.kl))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    &dir,
+                    "the saved state and this learner disagree on a critic",
+                ));
+            }
+        };
+        self.policy = policy;
+        self.optim = optim;
+        if let Some(r) = reference {
+            self.reference = r;
             self.reference_refreshed = true;
         }
-        let optim: OptimizerAdaptor<AdamW, Transformer<B>, B> = std::mem::replace(
-            &mut self.optim,
-            crate::trainer::new_optimizer(&self.settings),
-        );
-        self.optim = optim.load_record(records);
-        self.policy = policy;
+        if let (Some(ppo), Some((critic, optim, kl))) = (&mut self.ppo, critic) {
+            ppo.critic = critic;
+            ppo.optim = optim;
+            ppo.kl = kl;
+        }
         self.version = file.version;
         self.objective_state.bco_running_mean = file.bco_running_mean;
         self.sync_replicas();

@@ -350,40 +350,37 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         let progress = self.progress.clone();
         let out = path.clone();
         let training_state = request.training_state;
-        let (version, saved) =
-            tokio::task::spawn_blocking(move || -> Result<(u64, bool), LearnerError> {
-                let st = state.lock().unwrap_or_else(|p| p.into_inner());
-                let (version, updates) = *progress.lock().unwrap_or_else(|p| p.into_inner());
-                st.policy
+        let version = tokio::task::spawn_blocking(move || -> Result<u64, LearnerError> {
+            let st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let (version, updates) = *progress.lock().unwrap_or_else(|p| p.into_inner());
+            st.policy
+                .valid()
+                .save_pretrained(&out, Some(&tokenizer_from))?;
+            // PPO: the critic next to it (a `*ForSequenceClassification` folder that
+            // `learner.critic` accepts, to continue from this checkpoint).
+            if let Some(ppo) = &st.ppo {
+                ppo.critic
                     .valid()
-                    .save_pretrained(&out, Some(&tokenizer_from))?;
-                let saved = training_state && st.save_training_state(&out, updates)?;
-                if training_state && !saved {
-                    tracing::warn!(
-                        "ppo: no training state saved with the checkpoint (not resumable)"
-                    );
-                }
-                // PPO: the critic next to it (a `*ForSequenceClassification` folder that
-                // `learner.critic` accepts, to continue from this checkpoint).
-                if let Some(ppo) = &st.ppo {
-                    ppo.critic
-                        .valid()
-                        .save_pretrained(&out.join("critic"), Some(&tokenizer_from))?;
-                }
-                Ok((version, saved))
-            })
-            .await
-            .map_err(|e| status(ErrorKind::Internal, format!("saving panicked: {e}")))?
-            .map_err(|e| {
-                status(
-                    ErrorKind::Internal,
-                    format!("saving {}: {e}", path.display()),
-                )
-            })?;
+                    .save_pretrained(&out.join("critic"), Some(&tokenizer_from))?;
+            }
+            // Last: its state.json marks the checkpoint resumable.
+            if training_state {
+                st.save_training_state(&out, updates)?;
+            }
+            Ok(version)
+        })
+        .await
+        .map_err(|e| status(ErrorKind::Internal, format!("saving panicked: {e}")))?
+        .map_err(|e| {
+            status(
+                ErrorKind::Internal,
+                format!("saving {}: {e}", path.display()),
+            )
+        })?;
         Ok(Response::new(v1::SaveCheckpointResponse {
             path: path.display().to_string(),
             policy_version: version,
-            training_state: saved,
+            training_state,
         }))
     }
 

@@ -1,11 +1,11 @@
 //! The learner's training state (`learner-state/` beside a checkpoint): a learner restored
 //! from it continues exactly as the one that saved it (same bits), for DPO with a refreshed
-//! reference and for BCO (whose running reward mean is state too); without the optimizer's
-//! moments it would not; a mismatched objective or a checkpoint without state is refused.
+//! reference, for BCO (whose running reward mean is state too) and for PPO (critic, its
+//! optimizer, the adaptive KL coefficient); without the optimizer's moments it would not; a mismatched objective or a checkpoint without state is refused.
 
 use burn::module::AutodiffModule;
 use rlhf_algo::Objective;
-use rlhf_learner::{OptimSettings, TrainState, Unit};
+use rlhf_learner::{OptimSettings, Sampled, TrainState, Unit};
 use rlhf_model::load::host_vec;
 use rlhf_model::{Cpu, TokenBatch, Transformer};
 
@@ -78,7 +78,7 @@ fn resumes_exactly(
         a.refresh_reference()?;
     }
     a.policy.valid().save_pretrained(dir.path(), None)?;
-    assert!(a.save_training_state(dir.path(), 1)?);
+    a.save_training_state(dir.path(), 1)?;
     a.update(&units(1))?;
     let straight = probe(&a)?;
 
@@ -140,5 +140,71 @@ fn a_mismatched_or_missing_state_is_refused() -> anyhow::Result<()> {
         e.to_string().contains("dpo") && e.to_string().contains("ipo"),
         "{e}"
     );
+    Ok(())
+}
+
+/// Rollouts of two prompts as sampled by `state`'s current policy (behaviour log-probs).
+fn rollouts(state: &TrainState<B>, shift: u32) -> anyhow::Result<Vec<Unit>> {
+    let policy = state.policy.valid();
+    let raw = [
+        seq(&[5, 6, 7], &[11 + shift, 12, 13], 1.0),
+        seq(&[5, 6, 7], &[14, 15], 0.0),
+        seq(&[9, 10], &[17, 18 + shift], 0.4),
+    ];
+    raw.into_iter()
+        .map(|s| {
+            let ids: Vec<u32> = s.prompt.iter().chain(&s.completion).copied().collect();
+            let n = ids.len();
+            let lp = host_vec(
+                policy
+                    .token_logprobs(&TokenBatch::unpadded(ids, 1, n)?)?
+                    .into_data(),
+            )?;
+            Ok(Unit::Rollout(Sampled {
+                behaviour_logprobs: lp[s.prompt.len() - 1..].to_vec(),
+                seq: s,
+                policy_version: state.version,
+            }))
+        })
+        .collect()
+}
+
+fn fresh_ppo() -> anyhow::Result<TrainState<B>> {
+    let ppo: Objective = serde_json::from_value(serde_json::json!({
+        "name": "ppo",
+        "kl_reward": { "name": "adaptive", "init_coef": 0.1, "target": 0.01, "horizon": 100.0 }
+    }))?;
+    let critic = Transformer::<B>::load(&fixture(), &Default::default())?.with_score_head(1);
+    Ok(fresh(ppo)?.with_critic(critic, 1e-2)?)
+}
+
+#[test]
+fn ppo_resumes_exactly_with_its_critic_and_kl_controller() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut a = fresh_ppo()?;
+    a.update(&rollouts(&a, 0)?)?;
+    a.policy.valid().save_pretrained(dir.path(), None)?;
+    let ppo = a.ppo.as_ref().ok_or_else(|| anyhow::anyhow!("no critic"))?;
+    ppo.critic
+        .valid()
+        .save_pretrained(&dir.path().join("critic"), None)?;
+    let kl = format!("{:?}", ppo.kl);
+    a.save_training_state(dir.path(), 1)?;
+    let second = rollouts(&a, 1)?;
+    a.update(&second)?;
+    let straight = probe(&a)?;
+
+    let mut b = fresh_ppo()?;
+    assert_eq!(b.load_training_state(dir.path())?, 1);
+    let restored = b.ppo.as_ref().ok_or_else(|| anyhow::anyhow!("no critic"))?;
+    assert_eq!(format!("{:?}", restored.kl), kl);
+    b.update(&second)?;
+    assert_eq!(probe(&b)?, straight, "ppo: resumed training differs");
+    let value = |s: &TrainState<B>| -> anyhow::Result<Vec<f32>> {
+        let ppo = s.ppo.as_ref().ok_or_else(|| anyhow::anyhow!("no critic"))?;
+        let batch = TokenBatch::unpadded(vec![5, 6, 7, 11], 1, 4)?;
+        Ok(host_vec(ppo.critic.valid().values(&batch)?.into_data())?)
+    };
+    assert_eq!(value(&b)?, value(&a)?, "ppo: the critic differs");
     Ok(())
 }
