@@ -634,6 +634,38 @@ fn status_and_stop_through_the_admin_api() {
     assert!(stderr.contains(&at), "{stderr}");
 }
 
+/// Starts `rlhf run cfg` and kills it with -9 as soon as `marker` exists (failing if the run
+/// ends before that).
+fn kill_after(cfg: &Path, marker: &Path) {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            run.try_wait().expect("wait").is_none(),
+            "the run ended before {}",
+            marker.display()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {}",
+            marker.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        run.try_wait().expect("wait").is_none(),
+        "the run finished before it could be killed"
+    );
+    run.kill().expect("kill -9");
+    run.wait().expect("wait");
+}
+
 /// A run killed with -9 after a checkpoint resumes from it (`--resume`) and ends exactly as a
 /// run that never stopped: the same metrics, samples and final weights, every sample in the
 /// ledger accounted for once.
@@ -648,29 +680,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped() {
     let killed = tempfile::tempdir().expect("tempdir");
     let cfg = config(killed.path(), extra, data, "");
     let out = killed.path().join("out");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start rlhf run");
-    let marker = out.join("checkpoints/iter-00003/resume.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !marker.exists() {
-        assert!(
-            run.try_wait().expect("wait").is_none(),
-            "the run ended before its first checkpoint"
-        );
-        assert!(std::time::Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(
-        run.try_wait().expect("wait").is_none(),
-        "the run finished before it could be killed"
-    );
-    run.kill().expect("kill -9");
-    run.wait().expect("wait");
+    kill_after(&cfg, &out.join("checkpoints/iter-00003/resume.json"));
     assert!(!out.join("summary.json").exists());
 
     let b = run_ok(&cfg, &["--resume"]);
@@ -715,23 +725,7 @@ fn a_killed_pipelined_run_resumes_with_a_consistent_ledger() {
     let extra = "iterations = 10\ncheckpoint_every = 2\nmax_policy_lag = 1\nprompts_per_lease = 2";
     let cfg = config(d.path(), extra, "builtin = \"letters\"", "");
     let out = d.path().join("out");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start rlhf run");
-    let marker = out.join("checkpoints/iter-00002/resume.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !marker.exists() {
-        assert!(run.try_wait().expect("wait").is_none(), "ended early");
-        assert!(std::time::Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(run.try_wait().expect("wait").is_none(), "finished early");
-    run.kill().expect("kill -9");
-    run.wait().expect("wait");
+    kill_after(&cfg, &out.join("checkpoints/iter-00002/resume.json"));
     let s = run_ok(&cfg, &["--resume"]);
     assert_eq!(s["iterations"], 10);
     assert_eq!(s["ledger_violations"], 0);
