@@ -3,6 +3,8 @@
 //! generation running up to `max_policy_lag` versions ahead of training.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rlhf_algo::UnitKind;
@@ -41,6 +43,8 @@ pub(crate) struct Producer {
     pub cfg: CoordinatorConfig,
     pub cluster: Cluster,
     pub ledger: SharedLedger,
+    /// The learner's incarnation (its line of versions), read at start and after a resume.
+    pub incarnation: Arc<AtomicU64>,
 }
 
 impl Producer {
@@ -73,6 +77,7 @@ impl Producer {
             iteration,
             version,
             weights_from: self.learner_address().await?,
+            incarnation: self.incarnation.load(Ordering::SeqCst),
             n,
             sampling: self.sampling(),
             seed,

@@ -53,6 +53,8 @@ pub struct GenPlan {
     pub iteration: u64,
     pub version: u64,
     pub weights_from: String,
+    /// The learner incarnation `version` belongs to (0: any).
+    pub incarnation: u64,
     pub n: u32,
     pub sampling: v1::SamplingParams,
     pub seed: u64,
@@ -268,6 +270,7 @@ async fn run_lease(
         lease_id: lease_id.to_string(),
         policy_version: plan.version,
         weights_from: plan.weights_from.clone(),
+        weights_incarnation: plan.incarnation,
         prompts: chunk.iter().map(|p| p.wire.clone()).collect(),
         n: plan.n,
         sampling: Some(plan.sampling.clone()),

@@ -238,12 +238,23 @@ pub async fn checkpoint(
     Ok(resp.into_inner().training_state)
 }
 
-/// Asks the learner to continue from a resumable checkpoint; returns its policy version.
+/// The learner's incarnation (its line of versions).
+pub async fn incarnation(cluster: &Cluster, learner: &str) -> Result<u64, CoordinatorError> {
+    let mut client = cluster.learner(learner)?;
+    let resp = client
+        .status(v1::LearnerStatusRequest {})
+        .await
+        .map_err(|s| CoordinatorError::Learner(format!("status: {}", s.message())))?;
+    Ok(resp.into_inner().incarnation)
+}
+
+/// Asks the learner to continue from a resumable checkpoint; returns its policy version and
+/// its new incarnation.
 pub async fn resume(
     cluster: &Cluster,
     learner: &str,
     path: &std::path::Path,
-) -> Result<u64, CoordinatorError> {
+) -> Result<(u64, u64), CoordinatorError> {
     let mut client = cluster.learner(learner)?;
     let resp = client
         .resume(v1::ResumeRequest {
@@ -251,5 +262,6 @@ pub async fn resume(
         })
         .await
         .map_err(|s| CoordinatorError::Learner(s.message().to_string()))?;
-    Ok(resp.into_inner().policy_version)
+    let r = resp.into_inner();
+    Ok((r.policy_version, r.incarnation))
 }

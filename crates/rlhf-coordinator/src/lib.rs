@@ -292,6 +292,7 @@ async fn run_inner(
         cfg: config.clone(),
         cluster,
         ledger: Arc::new(Mutex::new(ledger)),
+        incarnation: Arc::default(),
     };
     let mut consumer = Consumer {
         producer,
@@ -324,12 +325,19 @@ async fn run_inner(
             s.state = "running".into();
         }
     });
+    let learner = consumer.producer.cluster.members(Role::Learner).await?[0]
+        .address
+        .clone();
+    // Workers are asked for versions of the learner's current line (incarnation) only: read
+    // here, or the new one a resume starts.
     let start_at = match &resumed {
         Some((dir, state)) => {
-            let learner = consumer.producer.cluster.members(Role::Learner).await?[0]
-                .address
-                .clone();
-            let version = learn::resume(&consumer.producer.cluster, &learner, dir).await?;
+            let (version, incarnation) =
+                learn::resume(&consumer.producer.cluster, &learner, dir).await?;
+            consumer
+                .producer
+                .incarnation
+                .store(incarnation, std::sync::atomic::Ordering::SeqCst);
             if version != state.policy_version {
                 return Err(CoordinatorError::Learner(format!(
                     "resume from {}: the learner restored version {version}, the coordinator \
@@ -355,7 +363,14 @@ async fn run_inner(
             });
             state.iterations_done
         }
-        None => 0,
+        None => {
+            let incarnation = learn::incarnation(&consumer.producer.cluster, &learner).await?;
+            consumer
+                .producer
+                .incarnation
+                .store(incarnation, std::sync::atomic::Ordering::SeqCst);
+            0
+        }
     };
     let initial = match &resumed {
         Some((_, state)) => state.initial_heldout_reward,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use burn::module::AutodiffModule;
@@ -36,6 +37,17 @@ pub struct LearnerService<B: AutodiffBackend> {
     versions: Arc<RwLock<BTreeMap<u64, Published>>>,
     /// (policy version, updates done).
     progress: Arc<StdMutex<(u64, u64)>>,
+    /// This learner's line of versions (see `LearnerStatus.incarnation`).
+    incarnation: AtomicU64,
+}
+
+/// A fresh, non-zero incarnation number.
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    rlhf_core::mix(nanos, u64::from(std::process::id())).max(1)
 }
 
 /// Serializes a policy version for workers (safetensors in its compute precision) and hashes it.
@@ -110,6 +122,7 @@ impl<B: AutodiffBackend> LearnerService<B> {
             training: Mutex::new(()),
             versions: Arc::new(RwLock::new(BTreeMap::from([(0, v0)]))),
             progress: Arc::new(StdMutex::new((0, 0))),
+            incarnation: AtomicU64::new(new_incarnation()),
         })
     }
 
@@ -303,7 +316,19 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         &self,
         request: Request<v1::FetchWeightsRequest>,
     ) -> Result<Response<Self::FetchWeightsStream>, Status> {
-        let version = request.into_inner().version;
+        let request = request.into_inner();
+        let version = request.version;
+        let incarnation = self.incarnation.load(Ordering::SeqCst);
+        if request.incarnation != 0 && request.incarnation != incarnation && version != 0 {
+            return Err(status(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "version {version} of incarnation {} asked, this learner is incarnation \
+                     {incarnation} (it restarted or resumed)",
+                    request.incarnation
+                ),
+            ));
+        }
         let published = self
             .versions
             .read()
@@ -413,12 +438,23 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                     format!("resuming from {}: {e}", path.display()),
                 )
             })?;
-        // Only the restored version is served: older ones belong to the run that stopped.
-        *self.versions.write().await = BTreeMap::from([(version, published)]);
-        tracing::info!(version, updates, path = %path.display(), "learner resumed");
+        // The restored version and the initial policy are served; other versions belong to
+        // the line that stopped, and the new incarnation says so to workers.
+        {
+            let mut versions = self.versions.write().await;
+            let initial = versions.remove(&0);
+            *versions = BTreeMap::from([(version, published)]);
+            if let Some(v0) = initial {
+                versions.insert(0, v0);
+            }
+        }
+        let incarnation = new_incarnation();
+        self.incarnation.store(incarnation, Ordering::SeqCst);
+        tracing::info!(version, updates, incarnation, path = %path.display(), "learner resumed");
         Ok(Response::new(v1::ResumeResponse {
             policy_version: version,
             updates,
+            incarnation,
         }))
     }
 
@@ -430,6 +466,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         Ok(Response::new(v1::LearnerStatus {
             policy_version,
             updates,
+            incarnation: self.incarnation.load(Ordering::SeqCst),
         }))
     }
 }

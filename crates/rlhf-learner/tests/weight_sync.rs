@@ -1,6 +1,7 @@
 //! Learner and rollout worker over real gRPC on loopback: a worker samples from version 0,
 //! the learner trains one DPO update, the worker fetches version 1 (checksummed chunks) and
-//! its sampler log-probs then match the learner's saved checkpoint.
+//! its sampler log-probs then match the learner's saved checkpoint. After the learner resumes
+//! from a checkpoint, its new incarnation makes the worker fetch reused version numbers again.
 
 use std::path::PathBuf;
 
@@ -19,7 +20,18 @@ async fn generate(
     version: u64,
     learner: &str,
 ) -> anyhow::Result<Vec<v1::Completion>> {
+    generate_of(client, version, 0, learner).await
+}
+
+/// [`generate`] of `version` of a learner incarnation (0: any).
+async fn generate_of(
+    client: &mut v1::rollout_client::RolloutClient<tonic::transport::Channel>,
+    version: u64,
+    incarnation: u64,
+    learner: &str,
+) -> anyhow::Result<Vec<v1::Completion>> {
     let req = v1::GenerateRequest {
+        weights_incarnation: incarnation,
         iteration: version,
         lease_id: format!("lease-{version}"),
         policy_version: version,
@@ -55,6 +67,41 @@ async fn generate(
         out.extend(r?.completions);
     }
     Ok(out)
+}
+
+/// One DPO update on pairs of `samples` (first of each three preferred, or the second when
+/// `swap`).
+async fn train(
+    learner: &mut v1::learner_client::LearnerClient<tonic::transport::Channel>,
+    samples: &[v1::Completion],
+    swap: bool,
+) -> anyhow::Result<v1::TrainDone> {
+    let (a, b) = if swap { (1, 0) } else { (0, 1) };
+    let units: Vec<v1::TrainingUnit> = samples
+        .chunks(3)
+        .map(|g| v1::TrainingUnit {
+            unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
+                chosen: Some(seq(&g[a])),
+                rejected: Some(seq(&g[b])),
+                strength: 1.0,
+            })),
+        })
+        .collect();
+    let req = v1::TrainRequest {
+        iteration: 0,
+        units,
+    };
+    let mut events = learner
+        .train(futures::stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let mut done = None;
+    while let Some(e) = events.next().await {
+        if let Some(v1::train_event::Event::Done(d)) = e?.event {
+            done = Some(d);
+        }
+    }
+    done.ok_or_else(|| anyhow::anyhow!("no Done event"))
 }
 
 fn seq(c: &v1::Completion) -> v1::Sequence {
@@ -95,31 +142,7 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
     assert_eq!(generate(&mut rollout, 0, &learner_addr).await?, v0);
 
     let mut learner = v1::learner_client::LearnerClient::connect(learner_addr.clone()).await?;
-    let units: Vec<v1::TrainingUnit> = v0
-        .chunks(3)
-        .map(|g| v1::TrainingUnit {
-            unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
-                chosen: Some(seq(&g[0])),
-                rejected: Some(seq(&g[1])),
-                strength: 1.0,
-            })),
-        })
-        .collect();
-    let req = v1::TrainRequest {
-        iteration: 0,
-        units,
-    };
-    let mut events = learner
-        .train(futures::stream::iter(vec![req]))
-        .await?
-        .into_inner();
-    let mut done = None;
-    while let Some(e) = events.next().await {
-        if let Some(v1::train_event::Event::Done(d)) = e?.event {
-            done = Some(d);
-        }
-    }
-    let done = done.ok_or_else(|| anyhow::anyhow!("no Done event"))?;
+    let done = train(&mut learner, &v0, false).await?;
     assert_eq!(done.policy_version, 1);
     let m = done.metrics.ok_or_else(|| anyhow::anyhow!("no metrics"))?;
     assert!(m.loss.is_finite() && m.tokens > 0, "{m:?}");
@@ -161,6 +184,48 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("version 7"), "{err}");
+
+    // Resuming the learner from a checkpoint at version 1 starts a new line of versions: a
+    // version number reached again names other weights, and the worker must not reuse its own.
+    let resumable = dir.join("resumable");
+    learner
+        .save_checkpoint(v1::SaveCheckpointRequest {
+            path: resumable.display().to_string(),
+            training_state: true,
+        })
+        .await?;
+    let old = learner
+        .status(v1::LearnerStatusRequest {})
+        .await?
+        .into_inner();
+    assert_ne!(old.incarnation, 0);
+    assert_eq!(train(&mut learner, &v0, false).await?.policy_version, 2);
+    let old_v2 = generate_of(&mut rollout, 2, old.incarnation, &learner_addr).await?;
+    let resumed = learner
+        .resume(v1::ResumeRequest {
+            path: resumable.display().to_string(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!((resumed.policy_version, resumed.updates), (1, 1));
+    assert_ne!(resumed.incarnation, old.incarnation);
+    // A different update from there is a different version 2: the worker, which holds the old
+    // line's version 2, fetches it.
+    assert_eq!(train(&mut learner, &v0, true).await?.policy_version, 2);
+    let new_v2 = generate_of(&mut rollout, 2, resumed.incarnation, &learner_addr).await?;
+    let logprobs =
+        |cs: &[v1::Completion]| cs.iter().map(|c| c.logprobs.clone()).collect::<Vec<_>>();
+    assert_ne!(logprobs(&new_v2), logprobs(&old_v2));
+    // The restored version 1 samples as version 1 did.
+    let again = generate_of(&mut rollout, 1, resumed.incarnation, &learner_addr).await?;
+    assert_eq!(again, v1s);
+    // Versions of the old line are refused by name.
+    let err = generate_of(&mut rollout, 1, old.incarnation, &learner_addr)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("incarnation"), "{err}");
     shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

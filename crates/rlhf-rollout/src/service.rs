@@ -18,10 +18,20 @@ use tonic::{Request, Response, Status};
 
 use crate::{RolloutConfig, RolloutError};
 
-/// The policy in use and its version.
+/// The policy in use, its version and the learner incarnation it came from (0: the initial
+/// policy, loaded from disk).
 struct Policy<B: Backend> {
     version: u64,
+    incarnation: u64,
     model: Arc<Transformer<B>>,
+}
+
+impl<B: Backend> Policy<B> {
+    /// Whether this is `version` of `incarnation` (0: any); version 0 is the same in every one.
+    fn is(&self, version: u64, incarnation: u64) -> bool {
+        self.version == version
+            && (version == 0 || incarnation == 0 || self.incarnation == incarnation)
+    }
 }
 
 /// A rollout worker.
@@ -63,6 +73,7 @@ impl<B: Backend> RolloutService<B> {
             tokenizer: Arc::new(tokenizer),
             policy: RwLock::new(Policy {
                 version: 0,
+                incarnation: 0,
                 model: Arc::new(model),
             }),
             fetching: Mutex::new(()),
@@ -72,12 +83,17 @@ impl<B: Backend> RolloutService<B> {
 
     /// Makes `version` the policy in use, fetching it from `from` if needed; returns the
     /// seconds spent (0 when already current).
-    async fn ensure_version(&self, version: u64, from: &str) -> Result<f64, Status> {
-        if self.policy.read().await.version == version {
+    async fn ensure_version(
+        &self,
+        version: u64,
+        incarnation: u64,
+        from: &str,
+    ) -> Result<f64, Status> {
+        if self.policy.read().await.is(version, incarnation) {
             return Ok(0.0);
         }
         let _guard = self.fetching.lock().await;
-        if self.policy.read().await.version == version {
+        if self.policy.read().await.is(version, incarnation) {
             return Ok(0.0);
         }
         if from.is_empty() {
@@ -96,7 +112,10 @@ impl<B: Backend> RolloutService<B> {
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes);
         let mut stream = client
-            .fetch_weights(v1::FetchWeightsRequest { version })
+            .fetch_weights(v1::FetchWeightsRequest {
+                version,
+                incarnation,
+            })
             .await?
             .into_inner();
         let mut assembler = rlhf_proto::ChunkAssembler::default();
@@ -165,9 +184,10 @@ impl<B: Backend> RolloutService<B> {
         })?;
         *self.policy.write().await = Policy {
             version,
+            incarnation,
             model: Arc::new(model),
         };
-        tracing::info!(worker = %self.config.name, version, "switched policy version");
+        tracing::info!(worker = %self.config.name, version, incarnation, "switched policy version");
         Ok(start.elapsed().as_secs_f64())
     }
 
@@ -246,7 +266,11 @@ impl<B: Backend> Rollout for RolloutService<B> {
         }
         let params = sampling(&req, &stop)?;
         let sync_seconds = self
-            .ensure_version(req.policy_version, &req.weights_from)
+            .ensure_version(
+                req.policy_version,
+                req.weights_incarnation,
+                &req.weights_from,
+            )
             .await?;
         let (version, model) = {
             let p = self.policy.read().await;
