@@ -276,7 +276,7 @@ fn addr_of(list: &[String], index: usize, role: &str) -> Result<String> {
 }
 
 /// The membership of distributed mode (`cluster.etcd`), if the run file names etcd.
-async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<dyn Membership>>> {
+async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<EtcdMembership>>> {
     let c = &f.cluster;
     if c.etcd.is_empty() {
         return Ok(None);
@@ -393,19 +393,25 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
                 Some(a) => Some(bind(a).await?),
                 None => None,
             };
-            let (membership, registration) = match etcd {
-                Some(m) => {
+            let mut config = f.coordinator.clone();
+            let (membership, registration, leadership) = match etcd {
+                Some(e) => {
+                    let at = match &listener {
+                        Some(l) => advertised(&args, &l.local_addr()?.to_string()),
+                        None => format!("pid {}", std::process::id()),
+                    };
+                    let leadership = lead(&e, &at, &f, &mut config, &shutdown).await?;
+                    let m: Arc<dyn Membership> = e;
                     wait_for_members(m.as_ref(), &f).await?;
                     let registration = match &listener {
-                        Some(l) => {
-                            let at = advertised(&args, &l.local_addr()?.to_string());
+                        Some(_) => {
                             Some(register(&m, Role::Coordinator, "coordinator", &at, &f).await?)
                         }
                         None => None,
                     };
-                    (m, registration)
+                    (m, registration, Some(leadership))
                 }
-                None => (static_members(&f).await?, None),
+                None => (static_members(&f).await?, None, None),
             };
             let deps = rlhf_coordinator::CoordinatorDeps {
                 membership,
@@ -413,9 +419,11 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
                 unit_kind: f.learner.objective.kind(),
                 quiet: false,
             };
-            let summary =
-                rlhf_coordinator::run(f.coordinator.clone(), f.data.clone(), deps, shutdown).await;
+            let summary = rlhf_coordinator::run(config, f.data.clone(), deps, shutdown).await;
             leave(registration).await;
+            if let Some(l) = leadership {
+                l.resign().await;
+            }
             println!("{}", serde_json::to_string_pretty(&summary?)?);
             return Ok(());
         }
@@ -446,10 +454,11 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
             }
         }
         let listener = bind(&addr).await?;
-        let registration = match &etcd {
-            Some(m) => {
+        let registration = match etcd {
+            Some(e) => {
                 let at = advertised(&args, &listener.local_addr()?.to_string());
-                Some(register(m, role, &name, &at, &f).await?)
+                let m: Arc<dyn Membership> = e;
+                Some(register(&m, role, &name, &at, &f).await?)
             }
             None => None,
         };
@@ -478,6 +487,44 @@ fn listen_at(args: &RoleArgs, list: &[String], what: &str) -> Result<String> {
         Some(a) => Ok(a.clone()),
         None => addr_of(list, args.index, what),
     }
+}
+
+/// Leads the run (`{etcd_prefix}/leader/coordinator`), waiting as a standby while another
+/// coordinator does. A standby that takes over continues the run from its newest resume point
+/// (`coordinator.resume`); losing leadership stops the run after its current iteration.
+async fn lead(
+    e: &EtcdMembership,
+    at: &str,
+    f: &RunFile,
+    config: &mut rlhf_coordinator::config::CoordinatorConfig,
+    shutdown: &CancellationToken,
+) -> Result<rlhf_membership::Leadership> {
+    let waited = std::sync::atomic::AtomicBool::new(false);
+    let ttl = Duration::from_secs(f.cluster.member_ttl_s);
+    let leadership = e
+        .lead("coordinator", at, ttl, |holder| {
+            if !waited.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!(
+                    "standby: the coordinator at {holder} leads this run; taking over if it stops"
+                );
+            }
+        })
+        .await
+        .context("leader election in etcd")?;
+    if waited.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("taking over the run: continuing from its newest resume point");
+        config.resume = true;
+    } else {
+        eprintln!("leading the run");
+    }
+    let lost = leadership.lost();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        lost.await;
+        eprintln!("lost leadership (etcd unreachable): stopping after this iteration");
+        stop.cancel();
+    });
+    Ok(leadership)
 }
 
 /// `http://` + `--advertise`, else the address this process listens on.

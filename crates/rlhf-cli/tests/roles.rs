@@ -295,3 +295,105 @@ fn the_coordinator_names_roles_missing_from_etcd() {
         "{stderr}"
     );
 }
+
+/// Distributed mode with a standby: two coordinators campaign in etcd, one leads and the other
+/// waits; the leader is killed with -9 after a checkpoint, and the standby takes over when its
+/// lease expires, resumes from that checkpoint with the same (still running) learner and
+/// workers, and finishes the run with every iteration logged once and a valid ledger.
+#[test]
+fn a_standby_coordinator_takes_over_a_killed_leader() {
+    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = run_file(
+        d.path(),
+        30,
+        &format!(
+            "etcd = [\"{}\"]\netcd_prefix = \"/test/standby\"\nmember_ttl_s = 2",
+            etcd.endpoint()
+        ),
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "iterations = 30\n",
+        "iterations = 30\ncheckpoint_every = 2\n",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let cfg = cfg.to_str().expect("utf-8");
+    let any = "127.0.0.1:0";
+    let mut roles = Kill(vec![
+        spawn(&["learner", "--config", cfg, "--listen", any]),
+        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["coordinator", "--config", cfg, "--listen", any]),
+    ]);
+    // The first coordinator leads (its admin API is registered) before the second starts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["status", "--config", cfg])
+        .output()
+        .expect("rlhf status")
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the first coordinator never led");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
+    let mut standby = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg, "--listen", any])
+        .stdout(file("standby.out"))
+        .stderr(file("standby.err"))
+        .spawn()
+        .expect("start the standby");
+    let marker = d.path().join("out/checkpoints/iter-00002/resume.json");
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let leader = &mut roles.0[3];
+    assert!(
+        leader.try_wait().expect("wait").is_none(),
+        "the leader ended early"
+    );
+    leader.kill().expect("kill -9 the leader");
+    leader.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = standby.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = standby.kill();
+            panic!("the standby did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(d.path().join("standby.err")).expect("stderr");
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("standby: the coordinator at http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("taking over the run"), "{err}");
+    let out = std::fs::read(d.path().join("standby.out")).expect("stdout");
+    let summary: serde_json::Value = serde_json::from_slice(&out).expect("summary JSON");
+    assert_eq!(summary["iterations"], 30);
+    // 30, not more: the learner was reset to the checkpoint (a fresh start would have counted
+    // on from the versions the killed leader had trained).
+    assert_eq!(summary["policy_version"], 30);
+    assert_eq!(summary["ledger_violations"], 0);
+    let metrics = rlhf_data_metrics(&d.path().join("out/metrics.jsonl"));
+    assert_eq!(metrics, (0..30).collect::<Vec<u64>>());
+}
+
+/// The iteration of every line of a metrics log, in order.
+fn rlhf_data_metrics(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON")["iteration"]
+                .as_u64()
+                .expect("iteration")
+        })
+        .collect()
+}

@@ -234,6 +234,182 @@ impl EtcdMembership {
     }
 }
 
+/// Leadership of a name (see [`EtcdMembership::lead`]), held on a lease that a background task
+/// keeps alive. Lost when the lease cannot be renewed (etcd unreachable for about its TTL, or
+/// the process was paused past it): the holder must then stop acting as leader.
+pub struct Leadership {
+    lost: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    client: Client,
+    key: String,
+    lease: i64,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("key", &self.key)
+            .field("lease", &self.lease)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl Leadership {
+    /// Whether leadership was lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when leadership is lost.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.lost.clone();
+        async move {
+            let _ = rx.wait_for(|lost| *lost).await;
+        }
+    }
+
+    /// Gives leadership up at once (a waiting candidate takes over without waiting for the TTL).
+    pub async fn resign(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let mut c = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::lease(
+                self.key.as_str(),
+                CompareOp::Equal,
+                self.lease,
+            )])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        let _ = c.txn(txn).await;
+        let _ = c.lease_revoke(self.lease).await;
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdMembership {
+    /// Becomes the leader of `name` (key `{prefix}/leader/{name}`, value `holder`), waiting
+    /// while another process holds it; `waiting` is called with the current holder each time
+    /// this has to wait. Leadership is a key attached to a lease of `ttl`: when its holder stops
+    /// renewing it (killed, paused, cut off from etcd), etcd deletes it after the TTL and the
+    /// next candidate takes over.
+    pub async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        mut waiting: impl FnMut(&str) + Send,
+    ) -> Result<Leadership, MembershipError> {
+        check_name("leadership", name)?;
+        let key = format!("{}/leader/{name}", self.prefix);
+        let mut client = self.client.clone();
+        let seconds = i64::try_from(ttl.as_secs_f64().ceil() as u64)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        loop {
+            let lease = client
+                .lease_grant(seconds, None)
+                .await
+                .map_err(|e| self.backend("grant a lease", e))?
+                .id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    holder,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let won = client
+                .txn(txn)
+                .await
+                .map_err(|e| self.backend(&format!("campaign for {key}"), e))?
+                .succeeded();
+            if won {
+                return self.keep_leading(key, lease, ttl).await;
+            }
+            let _ = client.lease_revoke(lease).await;
+            // Someone leads: wait for the key to go (deleted on resignation or lease expiry).
+            let r = client
+                .get(key.as_str(), None)
+                .await
+                .map_err(|e| self.backend(&format!("get {key}"), e))?;
+            let Some(kv) = r.kvs().first() else {
+                continue;
+            };
+            waiting(&String::from_utf8_lossy(kv.value()));
+            let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
+            let mut stream = client
+                .watch(
+                    key.as_str(),
+                    Some(WatchOptions::new().with_start_revision(next)),
+                )
+                .await
+                .map_err(|e| self.backend(&format!("watch {key}"), e))?;
+            'watch: loop {
+                let m = stream
+                    .message()
+                    .await
+                    .map_err(|e| self.backend(&format!("watch {key}"), e))?;
+                let Some(m) = m else { break 'watch };
+                if m.canceled() {
+                    break 'watch;
+                }
+                if m.events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    break 'watch;
+                }
+            }
+        }
+    }
+
+    async fn keep_leading(
+        &self,
+        key: String,
+        lease: i64,
+        ttl: Duration,
+    ) -> Result<Leadership, MembershipError> {
+        let mut client = self.client.clone();
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| self.backend("lease keep-alive", e))?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let what = key.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                // A renewal that does not answer within the TTL is as good as lost.
+                let renewal = async {
+                    match keeper.keep_alive().await {
+                        Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
+                        Err(_) => false,
+                    }
+                };
+                let renewed = tokio::time::timeout(ttl, renewal).await.unwrap_or(false);
+                if !renewed {
+                    tracing::error!(key = %what, "leadership lost: its lease could not be renewed");
+                    let _ = tx.send(true);
+                    return;
+                }
+            }
+        });
+        Ok(Leadership {
+            lost: rx,
+            task,
+            client: self.client.clone(),
+            key,
+            lease,
+        })
+    }
+}
+
 fn check_name(what: &str, name: &str) -> Result<(), MembershipError> {
     if name.is_empty() || name.contains(['/', ' ', '\n']) {
         return Err(MembershipError::Invalid(format!(

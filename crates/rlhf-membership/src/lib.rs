@@ -18,7 +18,7 @@ mod etcd;
 pub mod local;
 mod registration;
 
-pub use etcd::EtcdMembership;
+pub use etcd::{EtcdMembership, Leadership};
 pub use registration::Registration;
 
 /// The role a member plays.

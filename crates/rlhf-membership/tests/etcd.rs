@@ -229,3 +229,49 @@ async fn an_unreachable_etcd_fails_fast_naming_the_endpoint() -> Result {
     assert!(e.to_string().contains("cluster.etcd_prefix"), "{e}");
     Ok(())
 }
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_the_next_takes_over() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let ttl = Duration::from_secs(2);
+    let a = connect(&etcd, "/test").await?;
+    let first = a.lead("coordinator", "http://a:1", ttl, |_| {}).await?;
+    // A second candidate waits, told who leads.
+    let b = connect(&etcd, "/test").await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let told = seen.clone();
+    let second = tokio::spawn(async move {
+        b.lead("coordinator", "http://b:1", ttl, move |h| {
+            told.lock().map(|mut v| v.push(h.to_string())).ok();
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!second.is_finished(), "two leaders at once");
+    assert_eq!(
+        seen.lock()
+            .map_err(|_| "poisoned")?
+            .first()
+            .map(String::as_str),
+        Some("http://a:1")
+    );
+    // Resigning hands over at once.
+    let t = Instant::now();
+    first.resign().await;
+    let second = tokio::time::timeout(Duration::from_secs(5), second).await???;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A leader that dies without resigning (its lease is no longer renewed) is replaced once
+    // the lease expires.
+    let c = connect(&etcd, "/test").await?;
+    let third = tokio::spawn(async move { c.lead("coordinator", "http://c:1", ttl, |_| {}).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished());
+    drop(second);
+    let third = tokio::time::timeout(Duration::from_secs(10), third).await???;
+    assert!(!third.is_lost());
+    // Losing etcd loses leadership: the holder is told.
+    drop(etcd);
+    tokio::time::timeout(Duration::from_secs(10), third.lost()).await?;
+    assert!(third.is_lost());
+    Ok(())
+}
