@@ -397,3 +397,106 @@ fn rlhf_data_metrics(path: &Path) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Distributed mode under churn: a rollout worker in use is killed with -9 and the run goes on
+/// with the other; a worker started mid-run registers in etcd and is leased prompts; the run is
+/// then stopped through the admin API, with every sample accounted for once.
+#[test]
+fn workers_die_and_join_during_a_distributed_run() {
+    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = run_file(
+        d.path(),
+        100_000,
+        &format!(
+            "etcd = [\"{}\"]\netcd_prefix = \"/test/churn\"\nmember_ttl_s = 2",
+            etcd.endpoint()
+        ),
+    );
+    // One prompt per lease: every live worker gets some of each iteration.
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "iterations = 100000\n",
+        "iterations = 100000\nprompts_per_lease = 1\n",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let cfg = cfg.to_str().expect("utf-8");
+    let any = "127.0.0.1:0";
+    let out = d.path().join("out");
+    let mut roles = Kill(vec![
+        spawn(&["learner", "--config", cfg, "--listen", any]),
+        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["rollout", "--config", cfg, "--index", "1", "--listen", any]),
+    ]);
+    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg, "--listen", any])
+        .stdout(file("coordinator.out"))
+        .stderr(file("coordinator.err"))
+        .spawn()
+        .expect("start the coordinator");
+    let lines = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let leased_to = |worker: &str| {
+        lines("ledger.jsonl")
+            .iter()
+            .filter(|l| {
+                l.contains("\"event\":\"leased\"")
+                    && l.contains(&format!("\"worker\":\"{worker}\""))
+            })
+            .count()
+    };
+    let wait = |what: &str, ready: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !ready() {
+            assert!(Instant::now() < deadline, "not within 300 s: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("rollout-1 is leased prompts", &|| {
+        leased_to("rollout-1") > 0
+    });
+    roles.0[3].kill().expect("kill -9 rollout-1");
+    roles.0[3].wait().expect("wait");
+    let at_kill = lines("metrics.jsonl").len();
+    wait("three more iterations without rollout-1", &|| {
+        lines("metrics.jsonl").len() >= at_kill + 3
+    });
+    roles.0.push(spawn(&[
+        "rollout", "--config", cfg, "--index", "2", "--listen", any,
+    ]));
+    wait("rollout-2 joins and is leased prompts", &|| {
+        leased_to("rollout-2") > 0
+    });
+    let stop = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["stop", "--config", cfg])
+        .output()
+        .expect("rlhf stop");
+    assert!(stop.status.success(), "{stop:?}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = coordinator.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = coordinator.kill();
+            panic!("the coordinator did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(d.path().join("coordinator.err")).expect("stderr");
+    assert!(status.success(), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("coordinator.out")).expect("stdout"))
+            .expect("summary JSON");
+    assert_eq!(summary["ledger_violations"], 0, "{summary}");
+    let done = summary["iterations"].as_u64().expect("iterations");
+    assert!(done >= at_kill as u64 + 3 && done < 100_000, "{summary}");
+    assert_eq!(
+        rlhf_data_metrics(&out.join("metrics.jsonl")),
+        (0..done).collect::<Vec<_>>()
+    );
+}
