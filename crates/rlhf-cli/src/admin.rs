@@ -85,14 +85,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The status as one JSON object (`last_metrics` parsed, not a string).
+/// A JSON text as a value (null when empty; the text itself when it does not parse).
+fn parsed(text: &str) -> serde_json::Value {
+    if text.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// The status as one JSON object (`last_metrics` and `last_timings` parsed, not strings).
 fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
-    let metrics: serde_json::Value = if s.last_metrics_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&s.last_metrics_json)
-            .unwrap_or_else(|_| serde_json::Value::String(s.last_metrics_json.clone()))
-    };
     json!({
         "state": s.state,
         "iteration": s.iteration,
@@ -100,7 +102,8 @@ fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
         "policy_version": s.policy_version,
         "samples_trained": s.samples_trained,
         "samples_rejected": s.samples_rejected,
-        "last_metrics": metrics,
+        "last_metrics": parsed(&s.last_metrics_json),
+        "last_timings": parsed(&s.last_timings_json),
         "members": s.members.iter().map(|m| json!({
             "role": m.role, "name": m.name, "address": m.address,
         })).collect::<Vec<_>>(),

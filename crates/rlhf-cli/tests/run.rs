@@ -552,6 +552,22 @@ fn an_eval_section_evaluates_every_checkpoint_after_the_run() {
     assert!(!d.path().join("bad/out/metrics.jsonl").exists());
 }
 
+/// The body of an HTTP/1.1 GET (std only: the endpoint is plain text).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 /// Polls `rlhf status ARGS` until `ready` accepts its JSON (up to 120 s).
 fn status_until(args: &[&str], ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -578,11 +594,15 @@ fn status_until(args: &[&str], ready: impl Fn(&Value) -> bool) -> Value {
 #[test]
 fn status_and_stop_through_the_admin_api() {
     let d = tempfile::tempdir().expect("tempdir");
-    let cfg = config(d.path(), "iterations = 500", "builtin = \"letters\"", "");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let (port, metrics_port) = (free(), free());
+    let extra = format!("iterations = 500\nmetrics_address = \"127.0.0.1:{metrics_port}\"");
+    let cfg = config(d.path(), &extra, "builtin = \"letters\"", "");
     let mut text = std::fs::read_to_string(&cfg).expect("read");
     text.push_str(&format!(
         "\n[cluster]\ncoordinator = \"127.0.0.1:{port}\"\n"
@@ -611,8 +631,29 @@ fn status_and_stop_through_the_admin_api() {
         .collect();
     roles.sort_unstable();
     assert_eq!(roles, ["learner", "rollout", "scorer"]);
+    assert!(s["last_timings"]["tokens_per_s"].is_number(), "{s}");
     let s = status_until(&["--config", cfg.to_str().expect("utf-8")], |_| true);
     assert_eq!(s["iterations_total"], 500);
+    // Prometheus metrics, from the same status.
+    let text = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
+    for want in [
+        "rlhf_state{state=\"running\"} 1",
+        "rlhf_iterations_planned 500",
+        "rlhf_members{role=\"rollout\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} not in:\n{text}");
+    }
+    for prefix in [
+        "rlhf_iteration ",
+        "rlhf_last_iteration{name=\"reward_mean\"} ",
+        "rlhf_last_timing{name=\"tokens_per_s\"} ",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} not in:\n{text}"));
+        assert!(line[prefix.len()..].parse::<f64>().is_ok(), "{line}");
+    }
     let (code, stdout, stderr) = rlhf(&["stop", "--coordinator", &at]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"stopping\""), "{stdout}");

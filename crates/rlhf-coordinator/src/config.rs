@@ -184,6 +184,9 @@ pub struct CoordinatorConfig {
     /// Prompts per Generate request to one worker.
     #[serde(default = "default_prompts_per_lease")]
     pub prompts_per_lease: usize,
+    /// `host:port` to serve Prometheus metrics at (`GET /metrics`); none: not served.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
     /// Limit on gRPC messages, bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,

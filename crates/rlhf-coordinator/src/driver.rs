@@ -454,6 +454,7 @@ impl Consumer {
             s.samples_trained = self.trained;
             s.samples_rejected = self.dropped.values().sum();
             s.last_metrics_json = serde_json::to_string(&m).unwrap_or_default();
+            s.last_timings_json = serde_json::to_string(&t).unwrap_or_default();
         });
         Ok(())
     }

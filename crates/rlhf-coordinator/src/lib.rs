@@ -16,6 +16,7 @@ pub mod config;
 mod driver;
 pub mod generate;
 pub mod learn;
+pub mod metrics;
 pub mod resume;
 pub mod score;
 pub mod status;
@@ -164,6 +165,21 @@ pub async fn run(
                 ),
         )
     });
+    let metrics = match &config.metrics_address {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CoordinatorError::Config(format!("coordinator.metrics_address {addr}: {e}"))
+            })?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics serving at /metrics");
+            Some(metrics::serve(
+                listener,
+                status.clone(),
+                deps.membership.clone(),
+                serve_stop.clone(),
+            ))
+        }
+        None => None,
+    };
     let result = run_inner(
         &config,
         &data,
@@ -184,6 +200,9 @@ pub async fn run(
     });
     serve_stop.cancel();
     if let Some(h) = server {
+        let _ = h.await;
+    }
+    if let Some(h) = metrics {
         let _ = h.await;
     }
     result
