@@ -756,6 +756,14 @@ fn a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped() {
     ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("coordinator.seed"), "{stderr}");
+    // A fresh run in the same folder replaces the logs: the old checkpoints are no longer
+    // resume points, its own final/ is.
+    let fresh = run_ok(&cfg, &["--iterations", "2"]);
+    assert_eq!(fresh["iterations"], 2);
+    let resumed = run_ok(&cfg, &["--resume", "--iterations", "3"]);
+    assert_eq!(resumed["iterations"], 3);
+    assert_eq!(resumed["policy_version"], 3);
+    check_ledger(&out);
 }
 
 /// Pipelined mode: generation of the next iteration is in flight when a checkpoint is taken;

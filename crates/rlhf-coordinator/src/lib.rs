@@ -290,6 +290,7 @@ async fn run_inner(
             (cursor, ledger, abandoned, replayed)
         }
         None => {
+            resume::forget(out)?;
             let cursor = PromptCursor::new(train, config.seed)
                 .map_err(|e| CoordinatorError::Data(e.to_string()))?;
             let ledger = Ledger::new(config.samples_per_prompt)

@@ -81,8 +81,8 @@ pub fn write(dir: &Path, state: &RunState) -> Result<(), CoordinatorError> {
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
 }
 
-/// The resumable checkpoint with the most iterations done in `out`, if any.
-pub fn latest(out: &Path) -> Result<Option<(PathBuf, RunState)>, CoordinatorError> {
+/// The checkpoint folders of `out` that may hold a `resume.json`.
+fn candidates(out: &Path) -> Result<Vec<PathBuf>, CoordinatorError> {
     let mut candidates = vec![out.join("final")];
     let dir = out.join("checkpoints");
     if dir.is_dir() {
@@ -90,8 +90,27 @@ pub fn latest(out: &Path) -> Result<Option<(PathBuf, RunState)>, CoordinatorErro
             candidates.push(entry.map_err(|e| io(&dir, e))?.path());
         }
     }
+    Ok(candidates)
+}
+
+/// A fresh run replaces the logs, so earlier checkpoints in `out` can no longer be resumed
+/// from: their `resume.json` goes (the checkpoints themselves stay).
+pub fn forget(out: &Path) -> Result<(), CoordinatorError> {
+    for c in candidates(out)? {
+        let path = c.join(FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The resumable checkpoint with the most iterations done in `out`, if any.
+pub fn latest(out: &Path) -> Result<Option<(PathBuf, RunState)>, CoordinatorError> {
     let mut best: Option<(PathBuf, RunState)> = None;
-    for c in candidates {
+    for c in candidates(out)? {
         let path = c.join(FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
