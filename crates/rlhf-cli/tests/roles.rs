@@ -29,8 +29,9 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
 }
 
-/// A run file for an IPO run on the tiny fixture, with this `[cluster]` section.
-fn run_file(dir: &Path, iterations: u32, cluster: &str) -> PathBuf {
+/// A run file for an IPO run on the tiny fixture, with extra `[coordinator]` lines and this
+/// `[cluster]` section.
+fn run_file(dir: &Path, iterations: u32, coordinator: &str, cluster: &str) -> PathBuf {
     let cfg = dir.join("run.toml");
     let text = format!(
         r#"
@@ -44,6 +45,7 @@ builtin_prompts = 40
 [coordinator]
 output_dir = "{out}"
 iterations = {iterations}
+{coordinator}
 prompts_per_iteration = 4
 samples_per_prompt = 2
 eval_prompts = 4
@@ -100,6 +102,7 @@ fn every_role_in_its_own_process() {
     let cfg = run_file(
         d.path(),
         2,
+        "",
         &format!(
             r#"coordinator = "127.0.0.1:{c}"
 learner = "127.0.0.1:{l}"
@@ -144,6 +147,7 @@ fn roles_find_each_other_through_etcd() {
     let cfg = run_file(
         d.path(),
         500,
+        "",
         &format!(
             "etcd = [\"{}\"]\netcd_prefix = \"/test/run\"\nmember_ttl_s = 60",
             etcd.endpoint()
@@ -258,6 +262,7 @@ fn the_coordinator_names_roles_missing_from_etcd() {
     let cfg = run_file(
         d.path(),
         2,
+        "",
         &format!("etcd = [\"{}\"]\nwait_members_s = 2", etcd.endpoint()),
     );
     let cfg = cfg.to_str().expect("utf-8");
@@ -307,16 +312,12 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     let cfg = run_file(
         d.path(),
         30,
+        "checkpoint_every = 2",
         &format!(
             "etcd = [\"{}\"]\netcd_prefix = \"/test/standby\"\nmember_ttl_s = 2",
             etcd.endpoint()
         ),
     );
-    let text = std::fs::read_to_string(&cfg).expect("read").replace(
-        "iterations = 30\n",
-        "iterations = 30\ncheckpoint_every = 2\n",
-    );
-    std::fs::write(&cfg, text).expect("write");
     let cfg = cfg.to_str().expect("utf-8");
     let any = "127.0.0.1:0";
     let mut roles = Kill(vec![
@@ -356,17 +357,7 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     );
     leader.kill().expect("kill -9 the leader");
     leader.wait().expect("wait");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = standby.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = standby.kill();
-            panic!("the standby did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut standby, "the standby");
     let err = std::fs::read_to_string(d.path().join("standby.err")).expect("stderr");
     assert!(status.success(), "{err}");
     assert!(
@@ -383,6 +374,21 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     assert_eq!(summary["ledger_violations"], 0);
     let metrics = rlhf_data_metrics(&d.path().join("out/metrics.jsonl"));
     assert_eq!(metrics, (0..30).collect::<Vec<u64>>());
+}
+
+/// Waits (up to 300 s) for `child` to exit; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The iteration of every line of a metrics log, in order.
@@ -405,20 +411,16 @@ fn rlhf_data_metrics(path: &Path) -> Vec<u64> {
 fn workers_die_and_join_during_a_distributed_run() {
     let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
+    // One prompt per lease: every live worker gets some of each iteration.
     let cfg = run_file(
         d.path(),
         100_000,
+        "prompts_per_lease = 1",
         &format!(
             "etcd = [\"{}\"]\netcd_prefix = \"/test/churn\"\nmember_ttl_s = 2",
             etcd.endpoint()
         ),
     );
-    // One prompt per lease: every live worker gets some of each iteration.
-    let text = std::fs::read_to_string(&cfg).expect("read").replace(
-        "iterations = 100000\n",
-        "iterations = 100000\nprompts_per_lease = 1\n",
-    );
-    std::fs::write(&cfg, text).expect("write");
     let cfg = cfg.to_str().expect("utf-8");
     let any = "127.0.0.1:0";
     let out = d.path().join("out");
@@ -476,17 +478,7 @@ fn workers_die_and_join_during_a_distributed_run() {
         .output()
         .expect("rlhf stop");
     assert!(stop.status.success(), "{stop:?}");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = coordinator.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = coordinator.kill();
-            panic!("the coordinator did not stop");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut coordinator, "the coordinator");
     let err = std::fs::read_to_string(d.path().join("coordinator.err")).expect("stderr");
     assert!(status.success(), "{err}");
     let summary: serde_json::Value =

@@ -308,9 +308,7 @@ impl EtcdMembership {
         check_name("leadership", name)?;
         let key = format!("{}/leader/{name}", self.prefix);
         let mut client = self.client.clone();
-        let seconds = i64::try_from(ttl.as_secs_f64().ceil() as u64)
-            .unwrap_or(i64::MAX)
-            .max(1);
+        let seconds = lease_seconds(ttl);
         loop {
             let lease = client
                 .lease_grant(seconds, None)
@@ -410,6 +408,14 @@ impl EtcdMembership {
     }
 }
 
+/// A TTL as etcd leases count it: whole seconds, at least 1 (etcd raises very short leases to
+/// its own minimum).
+fn lease_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs_f64().ceil() as u64)
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
 fn check_name(what: &str, name: &str) -> Result<(), MembershipError> {
     if name.is_empty() || name.contains(['/', ' ', '\n']) {
         return Err(MembershipError::Invalid(format!(
@@ -448,10 +454,7 @@ impl Membership for EtcdMembership {
         let key = self.member_key(role, name);
         let mut client = self.client.clone();
         let old = self.stored(role, name).await?;
-        // etcd counts leases in whole seconds; it raises very short ones to its minimum.
-        let seconds = i64::try_from(ttl.as_secs_f64().ceil() as u64)
-            .unwrap_or(i64::MAX)
-            .max(1);
+        let seconds = lease_seconds(ttl);
         let lease = client
             .lease_grant(seconds, None)
             .await
