@@ -287,8 +287,18 @@ async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<EtcdMembership>>> {
     Ok(Some(Arc::new(m)))
 }
 
+/// Whether `address` (`http://host:port`) accepts a connection within a second.
+async fn reachable(address: &str) -> bool {
+    let addr = address.trim_start_matches("http://");
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The coordinator's members in distributed mode: waits until etcd lists at least one learner,
-/// rollout worker and scorer, and each accepts connections.
+/// rollout worker and scorer that accepts connections (a dead member's registration lingers
+/// until its lease expires).
 async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
     let c = &f.cluster;
     let deadline = std::time::Instant::now() + Duration::from_secs(c.wait_members_s);
@@ -297,17 +307,18 @@ async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
         let mut missing = Vec::new();
         let mut found = Vec::new();
         for role in [Role::Learner, Role::Rollout, Role::Scorer] {
-            let members = m.members(role).await?;
-            if members.is_empty() {
+            let mut live = Vec::new();
+            for member in m.members(role).await? {
+                if reachable(&member.address).await {
+                    live.push(member);
+                }
+            }
+            if live.is_empty() {
                 missing.push(role.to_string());
             }
-            found.extend(members);
+            found.extend(live);
         }
         if missing.is_empty() {
-            for member in &found {
-                let addr = member.address.trim_start_matches("http://");
-                wait_reachable(addr).await?;
-            }
             eprintln!(
                 "members: {}",
                 found
@@ -320,7 +331,8 @@ async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
         }
         if std::time::Instant::now() > deadline {
             bail!(
-                "no {} registered under {} in etcd ({}) within cluster.wait_members_s = {} s",
+                "no {} registered under {} in etcd ({}) and reachable within \
+                 cluster.wait_members_s = {} s",
                 missing.join(", no "),
                 c.etcd_prefix,
                 c.etcd.join(", "),
@@ -329,7 +341,7 @@ async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
         }
         if said.elapsed() > Duration::from_secs(5) {
             eprintln!(
-                "waiting for members to register: no {} yet",
+                "waiting for members to register: no reachable {} yet",
                 missing.join(", no ")
             );
             said = std::time::Instant::now();
@@ -389,43 +401,7 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let c = &f.cluster;
         let etcd = etcd_membership(&f).await?;
         if role == Role::Coordinator {
-            let listener = match args.listen.as_ref().or(c.coordinator.as_ref()) {
-                Some(a) => Some(bind(a).await?),
-                None => None,
-            };
-            let mut config = f.coordinator.clone();
-            let (membership, registration, leadership) = match etcd {
-                Some(e) => {
-                    let at = match &listener {
-                        Some(l) => advertised(&args, &l.local_addr()?.to_string()),
-                        None => format!("pid {}", std::process::id()),
-                    };
-                    let leadership = lead(&e, &at, &f, &mut config, &shutdown).await?;
-                    let m: Arc<dyn Membership> = e;
-                    wait_for_members(m.as_ref(), &f).await?;
-                    let registration = match &listener {
-                        Some(_) => {
-                            Some(register(&m, Role::Coordinator, "coordinator", &at, &f).await?)
-                        }
-                        None => None,
-                    };
-                    (m, registration, Some(leadership))
-                }
-                None => (static_members(&f).await?, None, None),
-            };
-            let deps = rlhf_coordinator::CoordinatorDeps {
-                membership,
-                listener,
-                unit_kind: f.learner.objective.kind(),
-                quiet: false,
-            };
-            let summary = rlhf_coordinator::run(config, f.data.clone(), deps, shutdown).await;
-            leave(registration).await;
-            if let Some(l) = leadership {
-                l.resign().await;
-            }
-            println!("{}", serde_json::to_string_pretty(&summary?)?);
-            return Ok(());
+            return coordinate(&f, &args, etcd, shutdown).await;
         }
         let (addr, name) = match role {
             Role::Learner => (
@@ -487,6 +463,91 @@ fn listen_at(args: &RoleArgs, list: &[String], what: &str) -> Result<String> {
         Some(a) => Ok(a.clone()),
         None => addr_of(list, args.index, what),
     }
+}
+
+/// `rlhf coordinator`: static members, or in distributed mode leadership, members from etcd and
+/// restarts of a failed run from its newest resume point (`cluster.restarts`).
+async fn coordinate(
+    f: &RunFile,
+    args: &RoleArgs,
+    etcd: Option<Arc<EtcdMembership>>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let c = &f.cluster;
+    let mut listener = match args.listen.as_ref().or(c.coordinator.as_ref()) {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let admin_at = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let mut config = f.coordinator.clone();
+    let (membership, registration, leadership) = match etcd {
+        Some(e) => {
+            let at = match admin_at {
+                Some(a) => advertised(args, &a.to_string()),
+                None => format!("pid {}", std::process::id()),
+            };
+            let leadership = lead(&e, &at, f, &mut config, &shutdown).await?;
+            let m: Arc<dyn Membership> = e;
+            wait_for_members(m.as_ref(), f).await?;
+            let registration = match admin_at {
+                Some(_) => Some(register(&m, Role::Coordinator, "coordinator", &at, f).await?),
+                None => None,
+            };
+            (m, registration, Some(leadership))
+        }
+        None => (static_members(f).await?, None, None),
+    };
+    let mut restarts = 0;
+    let summary = loop {
+        let deps = rlhf_coordinator::CoordinatorDeps {
+            membership: membership.clone(),
+            listener: listener.take(),
+            unit_kind: f.learner.objective.kind(),
+            quiet: false,
+        };
+        let result =
+            rlhf_coordinator::run(config.clone(), f.data.clone(), deps, shutdown.clone()).await;
+        let Err(e) = &result else { break result };
+        let resumable = rlhf_coordinator::resume::latest(&config.output_dir)
+            .ok()
+            .flatten()
+            .is_some();
+        if leadership.is_none()
+            || restarts >= c.restarts
+            || shutdown.is_cancelled()
+            || !transient(e)
+            || !resumable
+        {
+            break result;
+        }
+        restarts += 1;
+        eprintln!(
+            "the run failed ({e}); restart {restarts} of cluster.restarts = {}: continuing from \
+             its newest resume point once every role is back",
+            c.restarts
+        );
+        config.resume = true;
+        wait_for_members(membership.as_ref(), f).await?;
+        listener = match admin_at {
+            Some(a) => Some(bind(&a.to_string()).await?),
+            None => None,
+        };
+    };
+    leave(registration).await;
+    if let Some(l) = leadership {
+        l.resign().await;
+    }
+    println!("{}", serde_json::to_string_pretty(&summary?)?);
+    Ok(())
+}
+
+/// Failures a restart can cure: a role died or could not be reached.
+fn transient(e: &rlhf_coordinator::CoordinatorError) -> bool {
+    use rlhf_coordinator::CoordinatorError as E;
+    matches!(
+        e,
+        E::Learner(_) | E::Rollout(_) | E::Scoring(_) | E::Cluster(_)
+    )
 }
 
 /// Leads the run (`{etcd_prefix}/leader/coordinator`), waiting as a standby while another

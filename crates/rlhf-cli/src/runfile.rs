@@ -113,6 +113,14 @@ pub struct ClusterSection {
     /// Seconds the coordinator waits for a learner, a rollout worker and a scorer to register.
     #[serde(default = "default_wait_members_s")]
     pub wait_members_s: u64,
+    /// With etcd: how many times a run that failed because a role died or could not be
+    /// reached is continued from its newest resume point, once every role is back.
+    #[serde(default = "default_restarts")]
+    pub restarts: u32,
+}
+
+fn default_restarts() -> u32 {
+    3
 }
 
 impl Default for ClusterSection {
@@ -126,6 +134,7 @@ impl Default for ClusterSection {
             etcd_prefix: default_etcd_prefix(),
             member_ttl_s: default_member_ttl_s(),
             wait_members_s: default_wait_members_s(),
+            restarts: default_restarts(),
         }
     }
 }

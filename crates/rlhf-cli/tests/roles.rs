@@ -492,3 +492,61 @@ fn workers_die_and_join_during_a_distributed_run() {
         (0..done).collect::<Vec<_>>()
     );
 }
+
+/// Distributed mode: the learner is killed with -9 mid-run and a new learner process starts;
+/// the coordinator's run fails, and it continues from its newest resume point once the new
+/// learner has registered (`cluster.restarts`), restoring the learner's state from the
+/// checkpoint: every iteration logged once, policy version equal to the iterations.
+#[test]
+fn a_killed_learner_is_replaced_and_the_run_continues_from_its_checkpoint() {
+    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = run_file(
+        d.path(),
+        30,
+        "checkpoint_every = 2",
+        &format!(
+            "etcd = [\"{}\"]\netcd_prefix = \"/test/learner\"\nmember_ttl_s = 2",
+            etcd.endpoint()
+        ),
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    let any = "127.0.0.1:0";
+    let mut roles = Kill(vec![
+        spawn(&["learner", "--config", cfg, "--listen", any]),
+        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
+        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
+    ]);
+    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["coordinator", "--config", cfg])
+        .stdout(file("coordinator.out"))
+        .stderr(file("coordinator.err"))
+        .spawn()
+        .expect("start the coordinator");
+    let marker = d.path().join("out/checkpoints/iter-00002/resume.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    roles.0[0].kill().expect("kill -9 the learner");
+    roles.0[0].wait().expect("wait");
+    roles
+        .0
+        .push(spawn(&["learner", "--config", cfg, "--listen", any]));
+    let status = wait_exit(&mut coordinator, "the coordinator");
+    let err = std::fs::read_to_string(d.path().join("coordinator.err")).expect("stderr");
+    assert!(status.success(), "{err}");
+    assert!(err.contains("restart 1 of cluster.restarts = 3"), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("coordinator.out")).expect("stdout"))
+            .expect("summary JSON");
+    assert_eq!(summary["iterations"], 30);
+    assert_eq!(summary["policy_version"], 30);
+    assert_eq!(summary["ledger_violations"], 0);
+    assert_eq!(
+        rlhf_data_metrics(&d.path().join("out/metrics.jsonl")),
+        (0..30).collect::<Vec<u64>>()
+    );
+}
