@@ -780,3 +780,41 @@ fn a_killed_pipelined_run_resumes_with_a_consistent_ledger() {
     assert_eq!(s["ledger_violations"], 0);
     check_ledger(&out);
 }
+
+/// Logs: plain text without colour codes when stderr is not a terminal, and one JSON object
+/// per event with `RLHF_LOG_FORMAT=json`.
+#[test]
+fn logs_are_plain_text_or_json_lines() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(d.path(), "iterations = 1", "builtin = \"letters\"", "");
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+            .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+            .env("RUST_LOG", "info")
+            .env("RLHF_LOG_FORMAT", format)
+            .output()
+            .expect("rlhf run");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let text = run("text");
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text}"
+    );
+    let json = run("json");
+    let events: Vec<Value> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["message"] == "prompts loaded"),
+        "{json}"
+    );
+    assert!(events.iter().all(|e| e["timestamp"].is_string()), "{json}");
+    assert!(!json.contains(" INFO "), "{json}");
+}
