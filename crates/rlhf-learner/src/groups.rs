@@ -17,10 +17,10 @@
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rlhf_algo::policy::{GroupBatch, TokenBatch as PgTokens, entropy_from_logits};
+use rlhf_algo::policy::{GroupBatch, TokenBatch as PgTokens};
 use rlhf_algo::{Objective, ObjectiveInput};
 use rlhf_model::load::host_vec;
-use rlhf_model::{Checkpoints, TokenBatch, Transformer, gather_logprobs};
+use rlhf_model::{Checkpoints, TokenBatch, Transformer};
 
 use crate::LearnerError;
 use crate::trainer::{Sampled, Seq, StepInput, TrainState, Unit, full_batch};
@@ -125,14 +125,14 @@ impl<B: AutodiffBackend> TrainState<B> {
             let (lp, checkpoints) = model.token_logprobs_for_training(batch, self.checkpointing)?;
             return Ok((lp.gather(1, idx), None, checkpoints));
         }
-        // The entropy needs the whole distribution: the logits stay an ordinary graph.
-        let (hidden, checkpoints) = model.hidden_for_training(batch, self.checkpointing)?;
-        let logits = model.logits(hidden)?;
-        let [b, s, v] = logits.dims();
-        let entropy = entropy_from_logits(logits.clone().slice([0..b, 0..s - 1, 0..v]))
-            .gather(1, idx.clone());
-        let logp = gather_logprobs(logits, batch).gather(1, idx);
-        Ok((logp, Some(entropy), checkpoints))
+        // Under checkpointing the entropies are computed a head slice at a time too.
+        let (logp, entropy, checkpoints) =
+            model.token_logprobs_entropy_for_training(batch, self.checkpointing)?;
+        Ok((
+            logp.gather(1, idx.clone()),
+            Some(entropy.gather(1, idx)),
+            checkpoints,
+        ))
     }
 
     /// log π_old per sample (`[unit][item][token]`; rollouts have one item) when some sample of

@@ -64,10 +64,12 @@ pub struct Checkpoints<B: AutodiffBackend> {
 enum Leaf<B: AutodiffBackend> {
     /// [`Transformer::hidden_checkpointed`]: the last layer's output; the head is the caller's.
     Top(Tensor<B, 3>),
-    /// [`Transformer::token_logprobs_checkpointed`]: the log-probs, the last layer's output the
-    /// head is recomputed from, and the rows per head slice.
+    /// [`Transformer::token_logprobs_checkpointed`]: the log-probs (and with
+    /// [`Transformer::token_logprobs_entropy_checkpointed`] the entropies), the last layer's
+    /// output the head is recomputed from, and the rows per head slice.
     Logprobs {
         logprobs: Tensor<B, 2>,
+        entropy: Option<Tensor<B, 2>>,
         top: Tensor<B::InnerBackend, 3>,
         slice_rows: usize,
     },
@@ -151,6 +153,52 @@ impl<B: AutodiffBackend> Transformer<B> {
         batch: &TokenBatch,
         slice_rows: usize,
     ) -> Result<(Tensor<B, 2>, Checkpoints<B>)> {
+        let (logprobs, _, checkpoints) = self.head_checkpointed(batch, slice_rows, false)?;
+        Ok((logprobs, checkpoints))
+    }
+
+    /// [`Self::token_logprobs_checkpointed`] and the entropy of each position's next-token
+    /// distribution (`[batch, len - 1]`, as [`token_entropy`]), both computed a head slice at a
+    /// time, so that an entropy bonus does not keep the whole batch's logits either.
+    pub fn token_logprobs_entropy_checkpointed(
+        &self,
+        batch: &TokenBatch,
+        slice_rows: usize,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Checkpoints<B>)> {
+        let (logprobs, entropy, checkpoints) = self.head_checkpointed(batch, slice_rows, true)?;
+        let entropy = entropy.ok_or_else(|| {
+            ModelError::Input("gradient checkpointing: no entropy was computed".into())
+        })?;
+        Ok((logprobs, entropy, checkpoints))
+    }
+
+    /// Token log-probs and entropies for a training step: ordinary, or with `checkpointing`
+    /// [`Self::token_logprobs_entropy_checkpointed`] in head slices of [`head_slice_rows`].
+    #[allow(clippy::type_complexity)]
+    pub fn token_logprobs_entropy_for_training(
+        &self,
+        batch: &TokenBatch,
+        checkpointing: bool,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Option<Checkpoints<B>>)> {
+        if checkpointing {
+            let rows = head_slice_rows(&self.config, batch.len);
+            let (lp, entropy, checkpoints) =
+                self.token_logprobs_entropy_checkpointed(batch, rows)?;
+            return Ok((lp, entropy, Some(checkpoints)));
+        }
+        let logits = self.logits(self.hidden(batch)?)?;
+        let entropy = token_entropy(logits.clone());
+        Ok((gather_logprobs(logits, batch), entropy, None))
+    }
+
+    /// The checkpointed head: log-probs, and entropies when asked, as leaves.
+    #[allow(clippy::type_complexity)]
+    fn head_checkpointed(
+        &self,
+        batch: &TokenBatch,
+        slice_rows: usize,
+        with_entropy: bool,
+    ) -> Result<(Tensor<B, 2>, Option<Tensor<B, 2>>, Checkpoints<B>)> {
         if batch.len < 2 {
             return Err(ModelError::Input(
                 "log-probs need sequences of at least two tokens".into(),
@@ -160,19 +208,28 @@ impl<B: AutodiffBackend> Transformer<B> {
         let (top, inputs) = self.layers_without_graph(&inner, batch)?;
         let slice_rows = slice_rows.max(1);
         let mut parts = Vec::with_capacity(batch.batch.div_ceil(slice_rows));
+        let mut entropies = Vec::with_capacity(batch.batch.div_ceil(slice_rows));
         for (rows, sub) in row_slices(batch, slice_rows) {
             let x = slice_rows_of(top.clone(), rows);
             let hidden = inner.norm.forward(x, self.precision);
-            parts.push(gather_logprobs(inner.logits(hidden)?, &sub));
+            let logits = inner.logits(hidden)?;
+            if with_entropy {
+                entropies.push(token_entropy(logits.clone()));
+            }
+            parts.push(gather_logprobs(logits, &sub));
         }
         let logprobs = Tensor::<B, 2>::from_inner(Tensor::cat(parts, 0)).require_grad();
+        let entropy = with_entropy
+            .then(|| Tensor::<B, 2>::from_inner(Tensor::cat(entropies, 0)).require_grad());
         Ok((
             logprobs.clone(),
+            entropy.clone(),
             Checkpoints {
                 batch: batch.clone(),
                 inputs,
                 leaf: Leaf::Logprobs {
                     logprobs,
+                    entropy,
                     top,
                     slice_rows,
                 },
@@ -242,22 +299,43 @@ impl<B: AutodiffBackend> Checkpoints<B> {
         let mut g = match &self.leaf {
             Leaf::Logprobs {
                 logprobs,
+                entropy,
                 top,
                 slice_rows,
             } => {
-                let Some(g_lp) = logprobs.grad_remove(grads) else {
-                    // The loss does not depend on the log-probs.
+                let g_lp = logprobs.grad_remove(grads);
+                let g_ent = entropy.as_ref().and_then(|e| e.grad_remove(grads));
+                if g_lp.is_none() && g_ent.is_none() {
+                    // The loss does not depend on the head's outputs.
                     return Ok(GradientsParams::from_module(grads, model));
-                };
+                }
                 sum.accumulate(model, GradientsParams::from_module(grads, model));
                 let mut g_top = Vec::with_capacity(self.batch.batch.div_ceil(*slice_rows));
                 for (rows, sub) in row_slices(&self.batch, *slice_rows) {
                     let x = slice_rows_of(top.clone(), rows.clone());
                     let x = Tensor::<B, 3>::from_inner(x).require_grad();
                     let hidden = model.norm.forward(x.clone(), p);
-                    let lp = gather_logprobs(model.logits(hidden)?, &sub);
-                    let g = Tensor::from_inner(slice_rows_of(g_lp.clone(), rows));
-                    let mut slice_grads = (lp * g).sum().backward();
+                    let logits = model.logits(hidden)?;
+                    let grad_of = |g: &Option<Tensor<B::InnerBackend, 2>>| {
+                        g.as_ref().map(|g| {
+                            Tensor::<B, 2>::from_inner(slice_rows_of(g.clone(), rows.clone()))
+                        })
+                    };
+                    let mut slice_loss = None;
+                    if let Some(g) = grad_of(&g_ent) {
+                        slice_loss = Some((token_entropy(logits.clone()) * g).sum());
+                    }
+                    if let Some(g) = grad_of(&g_lp) {
+                        let lp = (gather_logprobs(logits, &sub) * g).sum();
+                        slice_loss = Some(match slice_loss {
+                            Some(l) => l + lp,
+                            None => lp,
+                        });
+                    }
+                    let slice_loss = slice_loss.ok_or_else(|| {
+                        ModelError::Input("gradient checkpointing: no head gradient".into())
+                    })?;
+                    let mut slice_grads = slice_loss.backward();
                     g_top.push(input_grad(&x, &mut slice_grads, "the output head")?);
                     sum.accumulate(model, GradientsParams::from_grads(slice_grads, model));
                 }
@@ -293,6 +371,17 @@ impl<B: AutodiffBackend> Checkpoints<B> {
         sum.accumulate(model, GradientsParams::from_grads(embed_grads, model));
         Ok(sum.grads())
     }
+}
+
+/// The entropy of each position's next-token distribution but the last, `[batch, len - 1]`
+/// from logits `[batch, len, vocab]`: `−Σ_v p log p` (the positions [`gather_logprobs`] scores).
+pub fn token_entropy<B: burn::tensor::backend::Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, s, v] = logits.dims();
+    let logp = burn::tensor::activation::log_softmax(logits.slice([0..b, 0..s - 1, 0..v]), 2);
+    (logp.clone().exp() * logp)
+        .sum_dim(2)
+        .reshape([b, s - 1])
+        .neg()
 }
 
 /// The gradient of a recomputed segment's input leaf `x`.

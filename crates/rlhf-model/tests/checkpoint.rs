@@ -2,7 +2,8 @@
 //! `Transformer::token_logprobs_checkpointed` and `Checkpoints::gradients`) gives the gradients
 //! of the ordinary backward pass: on the fixtures (Llama, Qwen2 with tied embeddings, Mistral
 //! with a sliding window), with a right-padded batch, in f32 on the CPU backend and in bf16 on
-//! flex; for the layers alone, the same bits.
+//! flex; for the layers alone, the same bits. With an entropy term computed slice by slice too
+//! (`Transformer::token_logprobs_entropy_checkpointed`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
+use rlhf_model::checkpoint::token_entropy;
 use rlhf_model::load::host_vec;
 use rlhf_model::{
     Cpu, PaddingSide, Precision, TokenBatch, Transformer, gather_logprobs, masked_sum, target_mask,
@@ -105,6 +107,24 @@ enum Mode {
     Hidden,
     /// `token_logprobs_checkpointed` with this many rows per head slice.
     Logprobs(usize),
+    /// `token_logprobs_entropy_checkpointed` with this many rows per head slice; the loss adds
+    /// an entropy term.
+    Entropy(usize),
+}
+
+/// An entropy bonus over the real targets' positions, weighted per row differently from the
+/// log-prob loss.
+fn entropy_loss<B: AutodiffBackend>(
+    entropy: Tensor<B, 2>,
+    batch: &TokenBatch,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let device = entropy.device();
+    let mask = Tensor::<B, 2>::from_data(
+        TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
+        &device,
+    );
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![0.3f32, 0.7, 0.1], [3]), &device);
+    Ok((masked_sum(entropy, mask) * weights).sum().neg())
 }
 
 /// Loss and gradients, ordinary and checkpointed; returns the largest difference of a gradient
@@ -115,7 +135,14 @@ fn compare<B: AutodiffBackend>(
     what: &str,
 ) -> anyhow::Result<f32> {
     let batch = batch()?;
-    let plain_loss = loss(model, model.hidden(&batch)?, &batch)?;
+    let plain_loss = match mode {
+        Mode::Entropy(_) => {
+            let logits = model.logits(model.hidden(&batch)?)?;
+            let entropy = token_entropy(logits.clone());
+            logprob_loss(gather_logprobs(logits, &batch), &batch)? + entropy_loss(entropy, &batch)?
+        }
+        _ => loss(model, model.hidden(&batch)?, &batch)?,
+    };
     let plain_value = host_vec(plain_loss.clone().into_data())?[0];
     let plain = GradientsParams::from_grads(plain_loss.backward(), model);
 
@@ -128,6 +155,14 @@ fn compare<B: AutodiffBackend>(
             let (lp, checkpoints) = model.token_logprobs_checkpointed(&batch, rows)?;
             (logprob_loss(lp, &batch)?, checkpoints)
         }
+        Mode::Entropy(rows) => {
+            let (lp, entropy, checkpoints) =
+                model.token_logprobs_entropy_checkpointed(&batch, rows)?;
+            (
+                logprob_loss(lp, &batch)? + entropy_loss(entropy, &batch)?,
+                checkpoints,
+            )
+        }
     };
     let ckpt_value = host_vec(ckpt_loss.clone().into_data())?[0];
     let mut grads = ckpt_loss.backward();
@@ -135,7 +170,7 @@ fn compare<B: AutodiffBackend>(
 
     match mode {
         // Slices of fewer rows than the batch multiply other shapes: last bits may differ.
-        Mode::Logprobs(rows) if rows < batch.batch => assert!(
+        Mode::Logprobs(rows) | Mode::Entropy(rows) if rows < batch.batch => assert!(
             (plain_value - ckpt_value).abs() <= 1e-6 * plain_value.abs(),
             "{what}: the checkpointed forward computes another loss ({plain_value} vs {ckpt_value})"
         ),
@@ -177,7 +212,12 @@ fn checkpointed_gradients_equal_the_ordinary_ones_in_f32() -> anyhow::Result<()>
         // ordinary pass hands on its own, and ndarray's reductions may order sums by memory
         // layout: equal up to rounding (the same bits for this batch, not for every shape).
         // One row per slice: the head's weight gradient is a sum of three.
-        for mode in [Mode::Logprobs(3), Mode::Logprobs(1)] {
+        for mode in [
+            Mode::Logprobs(3),
+            Mode::Logprobs(1),
+            Mode::Entropy(3),
+            Mode::Entropy(1),
+        ] {
             let worst = compare(&model, mode, &what)?;
             assert!(worst < 1e-5, "{what} {mode:?}: {worst}");
         }
