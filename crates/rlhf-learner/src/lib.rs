@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use ppo::PpoState;
-pub use resume::{STATE_DIR, has_training_state};
 pub use service::{LearnerService, Published, publish};
 pub use trainer::{OptimSettings, Sampled, Seq, TrainState, Unit, UpdateMetrics};
 

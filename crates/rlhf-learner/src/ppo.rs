@@ -12,7 +12,7 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, Optimizer};
+use burn::optim::{AdamW, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_algo::policy::{KlController, RolloutBatch, TokenBatch as PgTokens, ValueBatch, gae};
@@ -88,9 +88,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             .kl_reward
             .build()
             .map_err(|e| LearnerError::Objective(e.to_string()))?;
-        let optim = AdamWConfig::new()
-            .with_weight_decay(self.settings.weight_decay)
-            .init::<B, Transformer<B>>();
+        let optim = crate::trainer::adamw(self.settings.weight_decay);
         self.ppo = Some(PpoState {
             critic,
             optim,

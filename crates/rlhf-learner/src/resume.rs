@@ -225,7 +225,7 @@ fn load_optimizer<B: AutodiffBackend>(
             ),
         ));
     }
-    Ok(crate::trainer::new_optimizer(settings).load_record(r.records))
+    Ok(crate::trainer::adamw(settings.weight_decay).load_record(r.records))
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
@@ -362,9 +362,4 @@ impl<B: AutodiffBackend> TrainState<B> {
         self.sync_replicas();
         Ok(file.updates)
     }
-}
-
-/// Whether `checkpoint` holds a complete training state.
-pub fn has_training_state(checkpoint: &Path) -> bool {
-    checkpoint.join(STATE_DIR).join("state.json").is_file()
 }

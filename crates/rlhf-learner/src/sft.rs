@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, Optimizer};
+use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use rlhf_core::ChatMessage;
 use rlhf_model::load::host_vec;
@@ -90,9 +90,7 @@ pub fn train_sft<B: AutodiffBackend>(
     if examples.is_empty() {
         return Err(LearnerError::Invalid("no SFT examples".into()));
     }
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(s.weight_decay)
-        .init::<B, Transformer<B>>();
+    let mut optim = crate::trainer::adamw(s.weight_decay);
     let pad = policy.config.pad_token_id.unwrap_or(0);
     let per_epoch = examples.len().div_ceil(s.batch_size.max(1)) as u64;
     let total = per_epoch * s.epochs.max(1) as u64;

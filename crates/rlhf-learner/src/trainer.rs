@@ -119,12 +119,12 @@ pub struct TrainState<B: AutodiffBackend> {
     pub(crate) reference_refreshed: bool,
 }
 
-/// A fresh AdamW for the policy.
-pub(crate) fn new_optimizer<B: AutodiffBackend>(
-    settings: &OptimSettings,
+/// A fresh AdamW for a model trained here (policy, PPO critic, reward model, SFT).
+pub(crate) fn adamw<B: AutodiffBackend>(
+    weight_decay: f32,
 ) -> OptimizerAdaptor<AdamW, Transformer<B>, B> {
     AdamWConfig::new()
-        .with_weight_decay(settings.weight_decay)
+        .with_weight_decay(weight_decay)
         .init::<B, Transformer<B>>()
 }
 
@@ -147,7 +147,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         objective: Objective,
         settings: OptimSettings,
     ) -> Self {
-        let optim = new_optimizer(&settings);
+        let optim = adamw(settings.weight_decay);
         let pad = policy.config.pad_token_id.unwrap_or(0);
         Self {
             policy,
