@@ -34,7 +34,7 @@ pub(crate) struct Produced {
     pub generate_s: f64,
     pub score_s: f64,
     /// The prompt cursor just after this iteration's batch was drawn (for resume points).
-    pub cursor: Option<CursorState>,
+    pub cursor: CursorState,
 }
 
 /// What generation needs, owned so it can run on its own task.
@@ -99,11 +99,13 @@ impl Producer {
         score(&self.cluster, &by_id, completions, deadline).await
     }
 
-    /// Generates and scores one iteration's prompts with policy `version`.
+    /// Generates and scores one iteration's `prompts` with policy `version`; `cursor` is where
+    /// the prompt cursor stands after drawing them (kept with the result for resume points).
     pub async fn produce(
         &self,
         iteration: u64,
         prompts: Vec<PromptCtx>,
+        cursor: CursorState,
         version: u64,
     ) -> Result<Produced, CoordinatorError> {
         let version = if self.cfg.offline { 0 } else { version };
@@ -155,7 +157,7 @@ impl Producer {
             scores,
             generate_s,
             score_s,
-            cursor: None,
+            cursor,
         })
     }
 
@@ -229,7 +231,7 @@ impl Consumer {
             return Ok(());
         };
         let state = crate::resume::RunState {
-            format: 1,
+            format: crate::resume::FORMAT,
             iterations_done,
             policy_version: self.version,
             cursor,
@@ -247,9 +249,7 @@ impl Consumer {
     /// Trains on one produced iteration and writes its logs.
     pub async fn consume(&mut self, p: Produced) -> Result<(), CoordinatorError> {
         let t_iter = Instant::now();
-        if p.cursor.is_some() {
-            self.last_cursor = p.cursor;
-        }
+        self.last_cursor = Some(p.cursor);
         let max_lag = self.cfg().max_policy_lag;
         let current = self.version;
         // Admission and grouping by prompt.
@@ -559,11 +559,10 @@ pub(crate) async fn run_loop(
             }
             let t = Instant::now();
             let prompts = batch(&mut cursor);
-            let mut produced = consumer
+            let produced = consumer
                 .producer
-                .produce(it, prompts, consumer.version)
+                .produce(it, prompts, cursor.state(), consumer.version)
                 .await?;
-            produced.cursor = Some(cursor.state());
             consumer.idle_s += t.elapsed().as_secs_f64();
             consumer.consume(produced).await?;
         }
@@ -596,11 +595,7 @@ pub(crate) async fn run_loop(
             }
             let version = version_rx.borrow().1;
             let prompts = batch(&mut cursor);
-            let state = cursor.state();
-            let out = producer.produce(it, prompts, version).await.map(|mut p| {
-                p.cursor = Some(state);
-                p
-            });
+            let out = producer.produce(it, prompts, cursor.state(), version).await;
             let failed = out.is_err();
             if tx.send(out).await.is_err() || failed {
                 return cursor;

@@ -248,46 +248,8 @@ async fn run_inner(
     };
     let (cursor, ledger, abandoned_on_resume, history_written) = match &resumed {
         Some((dir, state)) => {
-            if state.seed != config.seed || state.samples_per_prompt != config.samples_per_prompt {
-                return Err(CoordinatorError::Config(format!(
-                    "resume: {} was written with coordinator.seed = {} and samples_per_prompt = \
-                     {}; this run has {} and {}",
-                    dir.display(),
-                    state.seed,
-                    state.samples_per_prompt,
-                    config.seed,
-                    config.samples_per_prompt
-                )));
-            }
-            resume::truncate_logs(out, &state.logs)?;
-            let cursor = PromptCursor::resume(train, state.cursor).map_err(|e| {
-                CoordinatorError::Data(format!("resume from {}: {e}", dir.display()))
-            })?;
-            let history = rlhf_data::read_history(out.join("ledger.jsonl"))
-                .map_err(|e| CoordinatorError::Ledger(e.to_string()))?
-                .records;
-            // Work of later iterations that was in flight (pipelined mode) is redone: its
-            // events leave the ledger as if it had never been leased.
-            let recorded = history.len();
-            let history = rlhf_data::history_before(history, state.iterations_done);
-            if history.len() < recorded {
-                resume::rewrite_history(out, &history)?;
-            }
-            let mut ledger = Ledger::replay(config.samples_per_prompt, history)
-                .map_err(|e| CoordinatorError::Ledger(format!("resume: {e}")))?;
-            let replayed = ledger.history().len();
-            // Nothing should be unfinished before the checkpoint; if it is, it is not redone.
-            let abandoned = ledger
-                .abandon_unfinished("resumed")
-                .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
-            tracing::info!(
-                from = %dir.display(),
-                iterations_done = state.iterations_done,
-                policy_version = state.policy_version,
-                abandoned,
-                "resuming"
-            );
-            (cursor, ledger, abandoned, replayed)
+            let r = resume::restore(out, config, train, dir, state)?;
+            (r.cursor, r.ledger, r.abandoned, r.on_disk)
         }
         None => {
             resume::forget(out)?;

@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rlhf_data::CursorState;
+use rlhf_data::{CursorState, Ledger, PromptCursor, PromptRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::CoordinatorError;
+use crate::{CoordinatorConfig, CoordinatorError};
 
 /// The coordinator's state file inside a checkpoint folder.
 pub const FILE: &str = "resume.json";
@@ -30,7 +30,8 @@ pub const LOGS: [&str; 4] = [
     "ledger.jsonl",
 ];
 
-const FORMAT: u32 = 1;
+/// The `resume.json` format this build writes and reads.
+pub const FORMAT: u32 = 1;
 
 /// What the coordinator needs to continue a run from a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +133,74 @@ pub fn latest(out: &Path) -> Result<Option<(PathBuf, RunState)>, CoordinatorErro
         }
     }
     Ok(best)
+}
+
+/// What a resumed run starts from.
+pub(crate) struct Restored {
+    /// The prompt cursor after the checkpoint's last iteration.
+    pub cursor: PromptCursor,
+    /// The sample ledger rebuilt from `ledger.jsonl`.
+    pub ledger: Ledger,
+    /// How many of the ledger's events are already in `ledger.jsonl`.
+    pub on_disk: usize,
+    /// Samples still unfinished before the checkpoint, abandoned (none, normally).
+    pub abandoned: usize,
+}
+
+/// Prepares `out` and the loop's state to continue from the checkpoint `dir` with `state`:
+/// checks the run's identity, cuts the logs back, drops later iterations' in-flight events
+/// from the ledger, and rebuilds the cursor (over the `train` prompts) and the ledger.
+pub(crate) fn restore(
+    out: &Path,
+    config: &CoordinatorConfig,
+    train: Vec<PromptRecord>,
+    dir: &Path,
+    state: &RunState,
+) -> Result<Restored, CoordinatorError> {
+    if state.seed != config.seed || state.samples_per_prompt != config.samples_per_prompt {
+        return Err(CoordinatorError::Config(format!(
+            "resume: {} was written with coordinator.seed = {} and samples_per_prompt = {}; this \
+             run has {} and {}",
+            dir.display(),
+            state.seed,
+            state.samples_per_prompt,
+            config.seed,
+            config.samples_per_prompt
+        )));
+    }
+    truncate_logs(out, &state.logs)?;
+    let cursor = PromptCursor::resume(train, state.cursor)
+        .map_err(|e| CoordinatorError::Data(format!("resume from {}: {e}", dir.display())))?;
+    let history = rlhf_data::read_history(out.join("ledger.jsonl"))
+        .map_err(|e| CoordinatorError::Ledger(e.to_string()))?
+        .records;
+    // Work of later iterations that was in flight (pipelined mode) is redone: its events leave
+    // the ledger as if it had never been leased.
+    let recorded = history.len();
+    let history = rlhf_data::history_before(history, state.iterations_done);
+    if history.len() < recorded {
+        rewrite_history(out, &history)?;
+    }
+    let mut ledger = Ledger::replay(config.samples_per_prompt, history)
+        .map_err(|e| CoordinatorError::Ledger(format!("resume: {e}")))?;
+    let on_disk = ledger.history().len();
+    // Nothing should be unfinished before the checkpoint; if it is, it is not redone.
+    let abandoned = ledger
+        .abandon_unfinished("resumed")
+        .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+    tracing::info!(
+        from = %dir.display(),
+        iterations_done = state.iterations_done,
+        policy_version = state.policy_version,
+        abandoned,
+        "resuming"
+    );
+    Ok(Restored {
+        cursor,
+        ledger,
+        on_disk,
+        abandoned,
+    })
 }
 
 /// Cuts each log back to its recorded length. A log shorter than recorded means the outputs
