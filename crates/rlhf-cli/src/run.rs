@@ -256,7 +256,7 @@ async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
 async fn wait_reachable(addr: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if reachable(addr).await {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -287,7 +287,7 @@ async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<EtcdMembership>>> {
     Ok(Some(Arc::new(m)))
 }
 
-/// Whether `address` (`http://host:port`) accepts a connection within a second.
+/// Whether `address` (`host:port` or `http://host:port`) accepts a connection within a second.
 async fn reachable(address: &str) -> bool {
     let addr = address.trim_start_matches("http://");
     matches!(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rlhf_membership::local::LocalEtcd;
 use rlhf_membership::{Membership, Role};
 
 /// Kills the role processes when the test ends, however it ends.
@@ -137,51 +138,102 @@ scorer = ["127.0.0.1:{s}"]"#
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.rollout"));
 }
 
+/// Where a role listens in the etcd tests: any free port.
+const ANY: &str = "127.0.0.1:0";
+
+/// The `[cluster]` lines of a run through `etcd` under `prefix`, with leases of `ttl_s`.
+fn etcd_cluster(etcd: &LocalEtcd, prefix: &str, ttl_s: u32) -> String {
+    format!(
+        "etcd = [\"{}\"]\netcd_prefix = \"{prefix}\"\nmember_ttl_s = {ttl_s}",
+        etcd.endpoint()
+    )
+}
+
+/// `rlhf ROLE --config CFG --index INDEX` listening on a free port.
+fn listening(cfg: &str, role: &str, index: usize) -> Child {
+    spawn(&[
+        role,
+        "--config",
+        cfg,
+        "--index",
+        &index.to_string(),
+        "--listen",
+        ANY,
+    ])
+}
+
+/// A learner, rollout worker 0 and scorer 0 registering themselves.
+fn learner_rollout_scorer(cfg: &str) -> Vec<Child> {
+    vec![
+        listening(cfg, "learner", 0),
+        listening(cfg, "rollout", 0),
+        listening(cfg, "scorer", 0),
+    ]
+}
+
+/// `rlhf ARGS` with stdout and stderr in `dir/NAME.out` and `dir/NAME.err`.
+fn spawn_logged(dir: &Path, name: &str, args: &[&str]) -> Child {
+    let file = |ext: &str| std::fs::File::create(dir.join(format!("{name}.{ext}"))).expect("log");
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .stdout(file("out"))
+        .stderr(file("err"))
+        .spawn()
+        .expect("spawn")
+}
+
+/// Waits for a coordinator started by [`spawn_logged`] to succeed; its summary and stderr.
+fn summary_of(dir: &Path, name: &str, child: &mut Child) -> (serde_json::Value, String) {
+    let status = wait_exit(child, name);
+    let err = std::fs::read_to_string(dir.join(format!("{name}.err"))).expect("stderr");
+    assert!(status.success(), "{err}");
+    let out = std::fs::read(dir.join(format!("{name}.out"))).expect("stdout");
+    (serde_json::from_slice(&out).expect("summary JSON"), err)
+}
+
+/// Polls `ready` every 50 ms, failing after `within`.
+fn wait_until(what: &str, within: Duration, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The checkpoint after iteration 2 is a resume point.
+fn second_checkpoint(dir: &Path) -> impl Fn() -> bool {
+    let marker = dir.join("out/checkpoints/iter-00002/resume.json");
+    move || marker.exists()
+}
+
 /// Distributed mode: the roles listen on ports of their own choosing, register themselves in a
 /// real etcd, and the coordinator finds them there. A role stopped by a signal leaves at once;
 /// one killed with -9 stays until its lease expires.
 #[test]
 fn roles_find_each_other_through_etcd() {
-    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
-    let cfg = run_file(
-        d.path(),
-        500,
-        "",
-        &format!(
-            "etcd = [\"{}\"]\netcd_prefix = \"/test/run\"\nmember_ttl_s = 60",
-            etcd.endpoint()
-        ),
-    );
+    let cfg = run_file(d.path(), 500, "", &etcd_cluster(&etcd, "/test/run", 60));
     let cfg = cfg.to_str().expect("utf-8");
-    let any = "127.0.0.1:0";
-    let mut roles = Kill(vec![
-        spawn(&["learner", "--config", cfg, "--listen", any]),
-        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
-    ]);
+    let mut roles = Kill(learner_rollout_scorer(cfg));
     // The coordinator registers its admin API in etcd: `rlhf status|stop --config` find it.
-    let coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["coordinator", "--config", cfg, "--listen", any])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the coordinator");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
+    let mut coordinator = spawn_logged(
+        d.path(),
+        "coordinator",
+        &["coordinator", "--config", cfg, "--listen", ANY],
+    );
+    let status = std::cell::RefCell::new(serde_json::Value::Null);
+    wait_until("the run progresses", Duration::from_secs(120), || {
         let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
             .args(["status", "--config", cfg])
             .output()
             .expect("rlhf status");
-        if out.status.success() {
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-            if s["iteration"].as_u64() >= Some(1) {
-                break s;
-            }
-        }
-        assert!(Instant::now() < deadline, "no progress: {out:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ready = out.status.success() && s["iteration"].as_u64() >= Some(1);
+        *status.borrow_mut() = s;
+        ready
+    });
+    let status = status.into_inner();
     let members = status["members"].as_array().expect("members");
     for (role, name) in [
         ("learner", "learner"),
@@ -203,15 +255,7 @@ fn roles_find_each_other_through_etcd() {
         .output()
         .expect("rlhf stop");
     assert!(stop.status.success(), "{stop:?}");
-    let out = coordinator
-        .wait_with_output()
-        .expect("the coordinator ends");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    let (summary, _) = summary_of(d.path(), "coordinator", &mut coordinator);
     let done = summary["iterations"].as_u64().expect("iterations");
     assert!((1..500).contains(&done), "{summary}");
     assert_eq!(summary["ledger_violations"], 0);
@@ -235,18 +279,14 @@ fn roles_find_each_other_through_etcd() {
     // The coordinator left when it finished.
     assert!(names(Role::Coordinator).is_empty());
     // SIGTERM: the scorer drains and deregisters, long before its 60 s lease would expire.
-    let scorer = roles.0.pop().expect("scorer");
     let term = Command::new("kill")
-        .args(["-TERM", &scorer.id().to_string()])
+        .args(["-TERM", &roles.0[2].id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !names(Role::Scorer).is_empty() {
-        assert!(Instant::now() < deadline, "the scorer did not deregister");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    roles.0.push(scorer);
+    wait_until("the scorer deregisters", Duration::from_secs(20), || {
+        names(Role::Scorer).is_empty()
+    });
     // kill -9: nothing deregisters the rollout worker; etcd keeps it until the lease expires.
     roles.0[1].kill().expect("kill -9");
     roles.0[1].wait().expect("wait");
@@ -257,7 +297,7 @@ fn roles_find_each_other_through_etcd() {
 /// come.
 #[test]
 fn the_coordinator_names_roles_missing_from_etcd() {
-    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
     let cfg = run_file(
         d.path(),
@@ -266,13 +306,7 @@ fn the_coordinator_names_roles_missing_from_etcd() {
         &format!("etcd = [\"{}\"]\nwait_members_s = 2", etcd.endpoint()),
     );
     let cfg = cfg.to_str().expect("utf-8");
-    let _learner = Kill(vec![spawn(&[
-        "learner",
-        "--config",
-        cfg,
-        "--listen",
-        "127.0.0.1:0",
-    ])]);
+    let _learner = Kill(vec![listening(cfg, "learner", 0)]);
     let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(["coordinator", "--config", cfg])
         .output()
@@ -290,7 +324,7 @@ fn the_coordinator_names_roles_missing_from_etcd() {
         .replace(etcd.endpoint(), &dead);
     std::fs::write(cfg, text).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["scorer", "--config", cfg, "--listen", "127.0.0.1:0"])
+        .args(["scorer", "--config", cfg, "--listen", ANY])
         .output()
         .expect("run a scorer");
     assert!(!out.status.success());
@@ -307,49 +341,38 @@ fn the_coordinator_names_roles_missing_from_etcd() {
 /// workers, and finishes the run with every iteration logged once and a valid ledger.
 #[test]
 fn a_standby_coordinator_takes_over_a_killed_leader() {
-    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
-    let cfg = run_file(
-        d.path(),
-        30,
-        "checkpoint_every = 2",
-        &format!(
-            "etcd = [\"{}\"]\netcd_prefix = \"/test/standby\"\nmember_ttl_s = 2",
-            etcd.endpoint()
-        ),
-    );
+    let cluster = etcd_cluster(&etcd, "/test/standby", 2);
+    let cfg = run_file(d.path(), 30, "checkpoint_every = 2", &cluster);
     let cfg = cfg.to_str().expect("utf-8");
-    let any = "127.0.0.1:0";
-    let mut roles = Kill(vec![
-        spawn(&["learner", "--config", cfg, "--listen", any]),
-        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["coordinator", "--config", cfg, "--listen", any]),
-    ]);
+    let mut roles = Kill(learner_rollout_scorer(cfg));
+    roles
+        .0
+        .push(spawn(&["coordinator", "--config", cfg, "--listen", ANY]));
     // The first coordinator leads (its admin API is registered) before the second starts.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["status", "--config", cfg])
-        .output()
-        .expect("rlhf status")
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "the first coordinator never led");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
-    let mut standby = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["coordinator", "--config", cfg, "--listen", any])
-        .stdout(file("standby.out"))
-        .stderr(file("standby.err"))
-        .spawn()
-        .expect("start the standby");
-    let marker = d.path().join("out/checkpoints/iter-00002/resume.json");
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        "the first coordinator leads",
+        Duration::from_secs(120),
+        || {
+            Command::new(env!("CARGO_BIN_EXE_rlhf"))
+                .args(["status", "--config", cfg])
+                .output()
+                .expect("rlhf status")
+                .status
+                .success()
+        },
+    );
+    let mut standby = spawn_logged(
+        d.path(),
+        "standby",
+        &["coordinator", "--config", cfg, "--listen", ANY],
+    );
+    wait_until(
+        "a checkpoint",
+        Duration::from_secs(300),
+        second_checkpoint(d.path()),
+    );
     let leader = &mut roles.0[3];
     assert!(
         leader.try_wait().expect("wait").is_none(),
@@ -357,16 +380,12 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     );
     leader.kill().expect("kill -9 the leader");
     leader.wait().expect("wait");
-    let status = wait_exit(&mut standby, "the standby");
-    let err = std::fs::read_to_string(d.path().join("standby.err")).expect("stderr");
-    assert!(status.success(), "{err}");
+    let (summary, err) = summary_of(d.path(), "standby", &mut standby);
     assert!(
         err.contains("standby: the coordinator at http://127.0.0.1:"),
         "{err}"
     );
     assert!(err.contains("taking over the run"), "{err}");
-    let out = std::fs::read(d.path().join("standby.out")).expect("stdout");
-    let summary: serde_json::Value = serde_json::from_slice(&out).expect("summary JSON");
     assert_eq!(summary["iterations"], 30);
     // 30, not more: the learner was reset to the checkpoint (a fresh start would have counted
     // on from the versions the killed leader had trained).
@@ -409,34 +428,20 @@ fn rlhf_data_metrics(path: &Path) -> Vec<u64> {
 /// then stopped through the admin API, with every sample accounted for once.
 #[test]
 fn workers_die_and_join_during_a_distributed_run() {
-    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
     // One prompt per lease: every live worker gets some of each iteration.
-    let cfg = run_file(
-        d.path(),
-        100_000,
-        "prompts_per_lease = 1",
-        &format!(
-            "etcd = [\"{}\"]\netcd_prefix = \"/test/churn\"\nmember_ttl_s = 2",
-            etcd.endpoint()
-        ),
-    );
+    let cluster = etcd_cluster(&etcd, "/test/churn", 2);
+    let cfg = run_file(d.path(), 100_000, "prompts_per_lease = 1", &cluster);
     let cfg = cfg.to_str().expect("utf-8");
-    let any = "127.0.0.1:0";
     let out = d.path().join("out");
-    let mut roles = Kill(vec![
-        spawn(&["learner", "--config", cfg, "--listen", any]),
-        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["rollout", "--config", cfg, "--index", "1", "--listen", any]),
-    ]);
-    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["coordinator", "--config", cfg, "--listen", any])
-        .stdout(file("coordinator.out"))
-        .stderr(file("coordinator.err"))
-        .spawn()
-        .expect("start the coordinator");
+    let mut roles = Kill(learner_rollout_scorer(cfg));
+    roles.0.push(listening(cfg, "rollout", 1));
+    let mut coordinator = spawn_logged(
+        d.path(),
+        "coordinator",
+        &["coordinator", "--config", cfg, "--listen", ANY],
+    );
     let lines = |name: &str| {
         std::fs::read_to_string(out.join(name))
             .map(|t| t.lines().map(String::from).collect::<Vec<_>>())
@@ -451,26 +456,18 @@ fn workers_die_and_join_during_a_distributed_run() {
             })
             .count()
     };
-    let wait = |what: &str, ready: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !ready() {
-            assert!(Instant::now() < deadline, "not within 300 s: {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait("rollout-1 is leased prompts", &|| {
+    let within = Duration::from_secs(300);
+    wait_until("rollout-1 is leased prompts", within, || {
         leased_to("rollout-1") > 0
     });
     roles.0[3].kill().expect("kill -9 rollout-1");
     roles.0[3].wait().expect("wait");
     let at_kill = lines("metrics.jsonl").len();
-    wait("three more iterations without rollout-1", &|| {
+    wait_until("three more iterations without rollout-1", within, || {
         lines("metrics.jsonl").len() >= at_kill + 3
     });
-    roles.0.push(spawn(&[
-        "rollout", "--config", cfg, "--index", "2", "--listen", any,
-    ]));
-    wait("rollout-2 joins and is leased prompts", &|| {
+    roles.0.push(listening(cfg, "rollout", 2));
+    wait_until("rollout-2 joins and is leased prompts", within, || {
         leased_to("rollout-2") > 0
     });
     let stop = Command::new(env!("CARGO_BIN_EXE_rlhf"))
@@ -478,12 +475,7 @@ fn workers_die_and_join_during_a_distributed_run() {
         .output()
         .expect("rlhf stop");
     assert!(stop.status.success(), "{stop:?}");
-    let status = wait_exit(&mut coordinator, "the coordinator");
-    let err = std::fs::read_to_string(d.path().join("coordinator.err")).expect("stderr");
-    assert!(status.success(), "{err}");
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("coordinator.out")).expect("stdout"))
-            .expect("summary JSON");
+    let (summary, _) = summary_of(d.path(), "coordinator", &mut coordinator);
     assert_eq!(summary["ledger_violations"], 0, "{summary}");
     let done = summary["iterations"].as_u64().expect("iterations");
     assert!(done >= at_kill as u64 + 3 && done < 100_000, "{summary}");
@@ -499,49 +491,23 @@ fn workers_die_and_join_during_a_distributed_run() {
 /// checkpoint: every iteration logged once, policy version equal to the iterations.
 #[test]
 fn a_killed_learner_is_replaced_and_the_run_continues_from_its_checkpoint() {
-    let etcd = rlhf_membership::local::LocalEtcd::start().expect("start etcd");
+    let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
-    let cfg = run_file(
-        d.path(),
-        30,
-        "checkpoint_every = 2",
-        &format!(
-            "etcd = [\"{}\"]\netcd_prefix = \"/test/learner\"\nmember_ttl_s = 2",
-            etcd.endpoint()
-        ),
-    );
+    let cluster = etcd_cluster(&etcd, "/test/learner", 2);
+    let cfg = run_file(d.path(), 30, "checkpoint_every = 2", &cluster);
     let cfg = cfg.to_str().expect("utf-8");
-    let any = "127.0.0.1:0";
-    let mut roles = Kill(vec![
-        spawn(&["learner", "--config", cfg, "--listen", any]),
-        spawn(&["rollout", "--config", cfg, "--index", "0", "--listen", any]),
-        spawn(&["scorer", "--config", cfg, "--index", "0", "--listen", any]),
-    ]);
-    let file = |name: &str| std::fs::File::create(d.path().join(name)).expect("log file");
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["coordinator", "--config", cfg])
-        .stdout(file("coordinator.out"))
-        .stderr(file("coordinator.err"))
-        .spawn()
-        .expect("start the coordinator");
-    let marker = d.path().join("out/checkpoints/iter-00002/resume.json");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut roles = Kill(learner_rollout_scorer(cfg));
+    let mut coordinator = spawn_logged(d.path(), "coordinator", &["coordinator", "--config", cfg]);
+    wait_until(
+        "a checkpoint",
+        Duration::from_secs(300),
+        second_checkpoint(d.path()),
+    );
     roles.0[0].kill().expect("kill -9 the learner");
     roles.0[0].wait().expect("wait");
-    roles
-        .0
-        .push(spawn(&["learner", "--config", cfg, "--listen", any]));
-    let status = wait_exit(&mut coordinator, "the coordinator");
-    let err = std::fs::read_to_string(d.path().join("coordinator.err")).expect("stderr");
-    assert!(status.success(), "{err}");
+    roles.0.push(listening(cfg, "learner", 0));
+    let (summary, err) = summary_of(d.path(), "coordinator", &mut coordinator);
     assert!(err.contains("restart 1 of cluster.restarts = 3"), "{err}");
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("coordinator.out")).expect("stdout"))
-            .expect("summary JSON");
     assert_eq!(summary["iterations"], 30);
     assert_eq!(summary["policy_version"], 30);
     assert_eq!(summary["ledger_violations"], 0);
