@@ -54,8 +54,9 @@ pub struct RoleArgs {
     /// The run file (TOML) with a `[cluster]` section.
     #[arg(long)]
     config: PathBuf,
-    /// Which rollout worker or scorer of `[cluster]` this process is (0-based).
-    #[arg(long, default_value_t = 0)]
+    /// Which rollout worker or scorer of `[cluster]` this process is (0-based; on Kubernetes
+    /// the Helm chart passes a StatefulSet pod's ordinal through `RLHF_INDEX`).
+    #[arg(long, env = "RLHF_INDEX", default_value_t = 0)]
     index: usize,
     /// host:port to listen on, instead of this role's address in `[cluster]` (port 0: any free
     /// port).
@@ -65,6 +66,13 @@ pub struct RoleArgs {
     /// address it listens on). Only with `cluster.etcd`.
     #[arg(long)]
     advertise: Option<String>,
+    /// Coordinator only: continue from the newest resume point in the output folder, else start
+    /// afresh (`coordinator.resume`); a run that already finished is left as it is.
+    #[arg(long)]
+    resume: bool,
+    /// Coordinator only: serve Prometheus metrics at host:port (`coordinator.metrics_address`).
+    #[arg(long)]
+    metrics_address: Option<String>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -395,6 +403,14 @@ async fn static_members(f: &RunFile) -> Result<Arc<dyn Membership>> {
 /// `rlhf learner | rollout | scorer | coordinator`.
 pub fn role(role: Role, args: RoleArgs) -> Result<()> {
     let f = RunFile::load(&args.config)?;
+    if role != Role::Coordinator {
+        if args.resume {
+            bail!("--resume: only `rlhf coordinator` resumes a run (it restores the other roles)");
+        }
+        if args.metrics_address.is_some() {
+            bail!("--metrics-address: only `rlhf coordinator` serves metrics");
+        }
+    }
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
@@ -474,28 +490,46 @@ async fn coordinate(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let c = &f.cluster;
-    let mut listener = match args.listen.as_ref().or(c.coordinator.as_ref()) {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    let admin_at = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let listen = args.listen.as_ref().or(c.coordinator.as_ref());
     let mut config = f.coordinator.clone();
-    let (membership, registration, leadership) = match etcd {
+    config.resume |= args.resume;
+    if let Some(a) = &args.metrics_address {
+        config.metrics_address = Some(a.clone());
+    }
+    let (membership, registration, leadership, mut listener, admin_at) = match etcd {
         Some(e) => {
+            // The admin port is bound (port 0 picks one) but closed again until this process
+            // leads: a standby refuses connections, so a readiness check or a Kubernetes Service
+            // only ever reaches the leader.
+            let admin_at = match listen {
+                Some(a) => Some(bind(a).await?.local_addr()?),
+                None => None,
+            };
             let at = match admin_at {
                 Some(a) => advertised(args, &a.to_string()),
                 None => format!("pid {}", std::process::id()),
             };
             let leadership = lead(&e, &at, f, &mut config, &shutdown).await?;
+            let listener = match admin_at {
+                Some(a) => Some(bind(&a.to_string()).await?),
+                None => None,
+            };
             let m: Arc<dyn Membership> = e;
             wait_for_members(m.as_ref(), f).await?;
             let registration = match admin_at {
                 Some(_) => Some(register(&m, Role::Coordinator, "coordinator", &at, f).await?),
                 None => None,
             };
-            (m, registration, Some(leadership))
+            (m, registration, Some(leadership), listener, admin_at)
         }
-        None => (static_members(f).await?, None, None),
+        None => {
+            let listener = match listen {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            };
+            let admin_at = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+            (static_members(f).await?, None, None, listener, admin_at)
+        }
     };
     let mut restarts = 0;
     let summary = loop {

@@ -363,11 +363,24 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
                 .success()
         },
     );
+    // The standby's admin port stays closed until it leads (a Kubernetes Service or readiness
+    // check reaches only the leader).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let standby_at = format!("127.0.0.1:{port}");
     let mut standby = spawn_logged(
         d.path(),
         "standby",
-        &["coordinator", "--config", cfg, "--listen", ANY],
+        &["coordinator", "--config", cfg, "--listen", &standby_at],
     );
+    let standby_err = d.path().join("standby.err");
+    wait_until("the standby waits", Duration::from_secs(60), || {
+        std::fs::read_to_string(&standby_err).is_ok_and(|e| e.contains("standby:"))
+    });
+    let admin_open = || std::net::TcpStream::connect(&standby_at).is_ok();
+    assert!(!admin_open(), "a standby accepts admin connections");
     wait_until(
         "a checkpoint",
         Duration::from_secs(300),
@@ -378,8 +391,14 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
         leader.try_wait().expect("wait").is_none(),
         "the leader ended early"
     );
+    assert!(!admin_open(), "a standby accepts admin connections");
     leader.kill().expect("kill -9 the leader");
     leader.wait().expect("wait");
+    wait_until(
+        "the new leader serves the admin API",
+        Duration::from_secs(120),
+        admin_open,
+    );
     let (summary, err) = summary_of(d.path(), "standby", &mut standby);
     assert!(
         err.contains("standby: the coordinator at http://127.0.0.1:"),
@@ -391,6 +410,17 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     // on from the versions the killed leader had trained).
     assert_eq!(summary["policy_version"], 30);
     assert_eq!(summary["ledger_violations"], 0);
+    let metrics = rlhf_data_metrics(&d.path().join("out/metrics.jsonl"));
+    assert_eq!(metrics, (0..30).collect::<Vec<u64>>());
+    // A coordinator that leads after the run finished (a standby's turn, a restarted pod)
+    // leaves it as it is: the same summary, the logs untouched.
+    let mut late = spawn_logged(
+        d.path(),
+        "late",
+        &["coordinator", "--config", cfg, "--listen", ANY, "--resume"],
+    );
+    let (again, _) = summary_of(d.path(), "late", &mut late);
+    assert_eq!(again, summary);
     let metrics = rlhf_data_metrics(&d.path().join("out/metrics.jsonl"));
     assert_eq!(metrics, (0..30).collect::<Vec<u64>>());
 }

@@ -746,6 +746,20 @@ fn a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped() {
     assert_eq!(more["iterations"], 14);
     assert_eq!(more["policy_version"], 14);
     check_ledger(&out);
+    // Resuming a run that already finished changes nothing: its own summary (the same wall
+    // time) comes back and no log or weight file is written again.
+    let modified = |name: &str| {
+        std::fs::metadata(out.join(name))
+            .and_then(|m| m.modified())
+            .expect(name)
+    };
+    let before = ["metrics.jsonl", "final/model.safetensors", "summary.json"].map(modified);
+    let again = run_ok(&cfg, &["--resume", "--iterations", "14"]);
+    assert_eq!(again, more);
+    assert_eq!(
+        ["metrics.jsonl", "final/model.safetensors", "summary.json"].map(modified),
+        before
+    );
     // Another seed is another run: refused, naming the setting.
     let (code, _, stderr) = rlhf(&[
         "run",

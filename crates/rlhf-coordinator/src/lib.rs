@@ -22,6 +22,7 @@ pub mod score;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -249,10 +250,22 @@ async fn run_inner(
     let (cursor, ledger, abandoned_on_resume, history_written) = match &resumed {
         Some((dir, state)) => {
             let r = resume::restore(out, config, train, dir, state)?;
+            if state.iterations_done >= config.iterations
+                && let Some(summary) = finished(out, dir)?
+            {
+                tracing::info!(
+                    iterations = state.iterations_done,
+                    "the run in {} already finished (summary.json): nothing to do",
+                    out.display()
+                );
+                return Ok(summary);
+            }
             (r.cursor, r.ledger, r.abandoned, r.on_disk)
         }
         None => {
             resume::forget(out)?;
+            // A summary belongs to the run that wrote it (and marks it finished for a resume).
+            let _ = std::fs::remove_file(out.join("summary.json"));
             let cursor = PromptCursor::new(train, config.seed)
                 .map_err(|e| CoordinatorError::Data(e.to_string()))?;
             let ledger = Ledger::new(config.samples_per_prompt)
@@ -430,6 +443,24 @@ async fn run_inner(
         )));
     }
     Ok(summary)
+}
+
+/// The summary of a run whose newest resume point is its `final/` checkpoint: a coordinator
+/// that resumes it (a standby taking over after the leader finished, a restarted pod) has
+/// nothing left to do. None when the run stopped before writing its summary.
+fn finished(out: &Path, resume_point: &Path) -> Result<Option<RunSummary>, CoordinatorError> {
+    if resume_point != out.join("final") {
+        return Ok(None);
+    }
+    let path = out.join("summary.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CoordinatorError::Io(format!("{}: {e}", path.display()))),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| CoordinatorError::Io(format!("{}: {e}", path.display())))
 }
 
 async fn wait_for(

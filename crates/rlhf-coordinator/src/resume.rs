@@ -224,7 +224,9 @@ pub fn truncate_logs(out: &Path, logs: &BTreeMap<String, u64>) -> Result<(), Coo
                 ),
             ));
         }
-        file.set_len(len).map_err(|e| io(&path, e))?;
+        if now > len {
+            file.set_len(len).map_err(|e| io(&path, e))?;
+        }
     }
     Ok(())
 }
