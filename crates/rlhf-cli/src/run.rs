@@ -510,14 +510,16 @@ async fn coordinate(
                 None => format!("pid {}", std::process::id()),
             };
             let leadership = lead(&e, &at, f, &mut config, &shutdown).await?;
-            let listener = match admin_at {
-                Some(a) => Some(bind(&a.to_string()).await?),
-                None => None,
-            };
             let m: Arc<dyn Membership> = e;
             wait_for_members(m.as_ref(), f).await?;
+            // Registered before the port opens: once it accepts connections (ready), `rlhf
+            // status --config` finds it in etcd.
             let registration = match admin_at {
                 Some(_) => Some(register(&m, Role::Coordinator, "coordinator", &at, f).await?),
+                None => None,
+            };
+            let listener = match admin_at {
+                Some(a) => Some(bind(&a.to_string()).await?),
                 None => None,
             };
             (m, registration, Some(leadership), listener, admin_at)

@@ -13,12 +13,15 @@
 //!   it lives exactly as long as the publisher stays registered. See
 //!   [`EtcdMembership::publish`] and [`EtcdMembership::wait_published`].
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
 use crate::{Member, Membership, MembershipError, Role};
@@ -26,7 +29,12 @@ use crate::{Member, Membership, MembershipError, Role};
 /// Membership kept in an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdMembership {
-    client: Client,
+    /// One client per endpoint, in the order given. Requests go to the member in use and move
+    /// on to the next one when it cannot be reached ([`EtcdMembership::call`]): etcd-client's
+    /// own balancing over several endpoints keeps routing requests to a member that died.
+    clients: Arc<Vec<(String, Client)>>,
+    /// Index into `clients` of the member in use.
+    current: Arc<AtomicUsize>,
     prefix: String,
     endpoints: String,
 }
@@ -71,27 +79,80 @@ impl EtcdMembership {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
-        let backend = |e: etcd_client::Error| {
-            MembershipError::Backend(format!("etcd at {names}: cannot connect: {e}"))
-        };
-        let mut client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
-            .await
-            .map_err(|_| {
-                MembershipError::Backend(format!("etcd at {names}: no answer within {timeout:?}"))
-            })?
-            .map_err(backend)?;
-        // `connect` is lazy about the server: ask it something so a dead endpoint fails here.
-        tokio::time::timeout(timeout, client.status())
-            .await
-            .map_err(|_| {
-                MembershipError::Backend(format!("etcd at {names}: no answer within {timeout:?}"))
-            })?
-            .map_err(backend)?;
-        Ok(Self {
-            client,
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let connected = tokio::time::timeout(
+                timeout,
+                Client::connect([endpoint.as_str()], Some(options.clone())),
+            )
+            .await;
+            match connected {
+                Ok(Ok(c)) => clients.push((endpoint.clone(), c)),
+                Ok(Err(e)) => tracing::warn!(%endpoint, "etcd endpoint left out: {e}"),
+                Err(_) => tracing::warn!(%endpoint, "etcd endpoint left out: no answer"),
+            }
+        }
+        if clients.is_empty() {
+            return Err(MembershipError::Backend(format!(
+                "etcd at {names}: cannot connect to any endpoint"
+            )));
+        }
+        let me = Self {
+            clients: Arc::new(clients),
+            current: Arc::default(),
             prefix,
             endpoints: names,
-        })
+        };
+        // Connecting is lazy about the servers: ask one something so that an etcd that is not
+        // there fails here.
+        tokio::time::timeout(
+            timeout,
+            me.call("status", |mut c| async move { c.status().await }),
+        )
+        .await
+        .map_err(|_| {
+            MembershipError::Backend(format!(
+                "etcd at {}: no answer within {timeout:?}",
+                me.endpoints
+            ))
+        })??;
+        Ok(me)
+    }
+
+    /// Runs `op` with the client of the member in use. When that member cannot be reached (it
+    /// died, or is cut off), moves on to the next endpoint and tries again: every endpoint
+    /// twice, with a pause after each round, before giving up with the last error.
+    async fn call<T, Fut>(
+        &self,
+        what: &str,
+        op: impl Fn(Client) -> Fut,
+    ) -> Result<T, MembershipError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let mut failures = 0;
+        loop {
+            let i = self.current.load(Ordering::SeqCst) % n;
+            let (endpoint, client) = &self.clients[i];
+            match op(client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if unreachable(&e) && failures + 1 < 2 * n => {
+                    failures += 1;
+                    tracing::debug!(%endpoint, "etcd member unreachable, trying the next: {e}");
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % n,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                    if failures % n == 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(e) => return Err(self.backend(what, e)),
+            }
+        }
     }
 
     fn backend(&self, what: &str, e: etcd_client::Error) -> MembershipError {
@@ -108,12 +169,12 @@ impl EtcdMembership {
 
     async fn stored(&self, role: Role, name: &str) -> Result<Option<Stored>, MembershipError> {
         let key = self.member_key(role, name);
+        let k = key.as_str();
         let r = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(|e| self.backend(&format!("get {key}"), e))?;
+            .call(&format!("get {key}"), |mut c| async move {
+                c.get(k, None).await
+            })
+            .await?;
         r.kvs()
             .first()
             .map(|kv| parse(&key, kv.value(), kv.mod_revision()))
@@ -155,11 +216,11 @@ impl EtcdMembership {
                 Some(PutOptions::new().with_lease(s.lease)),
             )]);
         let r = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| self.backend(&format!("publish {key}"), e))?;
+            .call(&format!("publish {key}"), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if r.succeeded() {
             return Ok(());
         }
@@ -185,24 +246,25 @@ impl EtcdMembership {
     ) -> Result<Vec<u8>, MembershipError> {
         check_name("group", group)?;
         let key = self.rendezvous_key(group);
+        let k = key.as_str();
         let waiting = async {
-            let mut client = self.client.clone();
-            let r = client
-                .get(key.as_str(), None)
-                .await
-                .map_err(|e| self.backend(&format!("get {key}"), e))?;
+            let r = self
+                .call(&format!("get {key}"), |mut c| async move {
+                    c.get(k, None).await
+                })
+                .await?;
             if let Some(kv) = r.kvs().first() {
                 return Ok(kv.value().to_vec());
             }
             // Watch from the revision just after the read, so a put in between is not missed.
             let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
-            let mut stream = client
-                .watch(
-                    key.as_str(),
-                    Some(WatchOptions::new().with_start_revision(next)),
-                )
-                .await
-                .map_err(|e| self.backend(&format!("watch {key}"), e))?;
+            let options = WatchOptions::new().with_start_revision(next);
+            let mut stream = self
+                .call(&format!("watch {key}"), |mut c| {
+                    let options = options.clone();
+                    async move { c.watch(k, Some(options)).await }
+                })
+                .await?;
             loop {
                 let Some(m) = stream
                     .message()
@@ -240,7 +302,7 @@ impl EtcdMembership {
 pub struct Leadership {
     lost: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
-    client: Client,
+    etcd: EtcdMembership,
     key: String,
     lease: i64,
 }
@@ -261,11 +323,14 @@ impl Leadership {
         *self.lost.borrow()
     }
 
-    /// Resolves when leadership is lost.
+    /// Resolves when leadership is lost; never after it was given up ([`Leadership::resign`]
+    /// or dropped), which is not a loss.
     pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.lost.clone();
         async move {
-            let _ = rx.wait_for(|lost| *lost).await;
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -273,7 +338,6 @@ impl Leadership {
     pub async fn resign(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
-        let mut c = self.client.clone();
         let txn = Txn::new()
             .when([Compare::lease(
                 self.key.as_str(),
@@ -281,8 +345,20 @@ impl Leadership {
                 self.lease,
             )])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        let _ = c.txn(txn).await;
-        let _ = c.lease_revoke(self.lease).await;
+        let _ = self
+            .etcd
+            .call("resign", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        let lease = self.lease;
+        let _ = self
+            .etcd
+            .call("revoke a lease", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
     }
 }
 
@@ -307,61 +383,64 @@ impl EtcdMembership {
     ) -> Result<Leadership, MembershipError> {
         check_name("leadership", name)?;
         let key = format!("{}/leader/{name}", self.prefix);
-        let mut client = self.client.clone();
+        let k = key.as_str();
         let seconds = lease_seconds(ttl);
         loop {
-            let lease = client
-                .lease_grant(seconds, None)
-                .await
-                .map_err(|e| self.backend("grant a lease", e))?
+            let lease = self
+                .call("grant a lease", |mut c| async move {
+                    c.lease_grant(seconds, None).await
+                })
+                .await?
                 .id();
             let txn = Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .when([Compare::create_revision(k, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
-                    key.as_str(),
+                    k,
                     holder,
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
-            let won = client
-                .txn(txn)
-                .await
-                .map_err(|e| self.backend(&format!("campaign for {key}"), e))?
+            let won = self
+                .call(&format!("campaign for {key}"), |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?
                 .succeeded();
             if won {
                 return self.keep_leading(key, lease, ttl).await;
             }
-            let _ = client.lease_revoke(lease).await;
+            let _ = self
+                .call("revoke a lease", |mut c| async move {
+                    c.lease_revoke(lease).await
+                })
+                .await;
             // Someone leads: wait for the key to go (deleted on resignation or lease expiry).
-            let r = client
-                .get(key.as_str(), None)
-                .await
-                .map_err(|e| self.backend(&format!("get {key}"), e))?;
+            let r = self
+                .call(&format!("get {key}"), |mut c| async move {
+                    c.get(k, None).await
+                })
+                .await?;
             let Some(kv) = r.kvs().first() else {
                 continue;
             };
             waiting(&String::from_utf8_lossy(kv.value()));
             let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
-            let mut stream = client
-                .watch(
-                    key.as_str(),
-                    Some(WatchOptions::new().with_start_revision(next)),
-                )
-                .await
-                .map_err(|e| self.backend(&format!("watch {key}"), e))?;
-            'watch: loop {
-                let m = stream
-                    .message()
-                    .await
-                    .map_err(|e| self.backend(&format!("watch {key}"), e))?;
-                let Some(m) = m else { break 'watch };
-                if m.canceled() {
-                    break 'watch;
-                }
-                if m.events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
+            let options = WatchOptions::new().with_start_revision(next);
+            let mut stream = self
+                .call(&format!("watch {key}"), |mut c| {
+                    let options = options.clone();
+                    async move { c.watch(k, Some(options)).await }
+                })
+                .await?;
+            // The watch ends when the key goes, and also when the member serving it dies:
+            // either way, campaign again (through a member that answers).
+            while let Ok(Some(m)) = stream.message().await {
+                if m.canceled()
+                    || m.events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
                 {
-                    break 'watch;
+                    break;
                 }
             }
         }
@@ -373,38 +452,95 @@ impl EtcdMembership {
         lease: i64,
         ttl: Duration,
     ) -> Result<Leadership, MembershipError> {
-        let mut client = self.client.clone();
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| self.backend("lease keep-alive", e))?;
+        let mut keeper = Some(self.keep_alive(lease).await?);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let what = key.clone();
+        let etcd = self.clone();
         let task = tokio::spawn(async move {
+            let mut renewed_at = Instant::now();
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                // A renewal that does not answer within the TTL is as good as lost.
-                let renewal = async {
-                    match keeper.keep_alive().await {
-                        Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
-                        Err(_) => false,
+                // Renewals that fail (the member serving them died) are tried again through
+                // the next members until the TTL since the last renewal has passed.
+                loop {
+                    let left = ttl.saturating_sub(renewed_at.elapsed());
+                    let renewal = renew(&etcd, lease, &mut keeper);
+                    if tokio::time::timeout(left, renewal).await.unwrap_or(false) {
+                        renewed_at = Instant::now();
+                        break;
                     }
-                };
-                let renewed = tokio::time::timeout(ttl, renewal).await.unwrap_or(false);
-                if !renewed {
-                    tracing::error!(key = %what, "leadership lost: its lease could not be renewed");
-                    let _ = tx.send(true);
-                    return;
+                    if renewed_at.elapsed() >= ttl {
+                        tracing::error!(
+                            key = %what,
+                            "leadership lost: its lease could not be renewed"
+                        );
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         });
         Ok(Leadership {
             lost: rx,
             task,
-            client: self.client.clone(),
+            etcd: self.clone(),
             key,
             lease,
         })
+    }
+
+    /// A keep-alive stream for `lease`, opened on a member that answers.
+    async fn keep_alive(
+        &self,
+        lease: i64,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), MembershipError> {
+        self.call("lease keep-alive", |mut c| async move {
+            c.lease_keep_alive(lease).await
+        })
+        .await
+    }
+}
+
+/// Renews `lease` once on its keep-alive stream, opening a new stream (on a member that
+/// answers) if there is none; a failed stream is dropped. True when etcd confirmed the lease.
+async fn renew(
+    etcd: &EtcdMembership,
+    lease: i64,
+    keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> bool {
+    if keeper.is_none() {
+        *keeper = etcd.keep_alive(lease).await.ok();
+    }
+    let Some((k, stream)) = keeper.as_mut() else {
+        return false;
+    };
+    let renewed = match k.keep_alive().await {
+        Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
+        Err(_) => false,
+    };
+    if !renewed {
+        *keeper = None;
+    }
+    renewed
+}
+
+/// Errors that mean "this member cannot be reached now": worth trying another member. A
+/// connection the member reset when it died comes as `Unknown` with a transport error inside.
+/// (A request whose answer was lost may have been applied; retrying one is harmless here: an
+/// extra lease expires, a campaign or deregistration finds the key changed.)
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                true
+            }
+            tonic::Code::Unknown => std::error::Error::source(s)
+                .is_some_and(|source| source.is::<tonic::transport::Error>()),
+            _ => false,
+        },
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
     }
 }
 
@@ -452,22 +588,22 @@ impl Membership for EtcdMembership {
             )));
         }
         let key = self.member_key(role, name);
-        let mut client = self.client.clone();
+        let k = key.as_str();
         let old = self.stored(role, name).await?;
         let seconds = lease_seconds(ttl);
-        let lease = client
-            .lease_grant(seconds, None)
-            .await
-            .map_err(|e| self.backend("grant a lease", e))?
+        let lease = self
+            .call("grant a lease", |mut c| async move {
+                c.lease_grant(seconds, None).await
+            })
+            .await?
             .id();
-        let r = client
-            .put(
-                key.as_str(),
-                format!("{lease:x} {address}"),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(|e| self.backend(&format!("put {key}"), e))?;
+        let value = format!("{lease:x} {address}");
+        let v = value.as_str();
+        let r = self
+            .call(&format!("put {key}"), |mut c| async move {
+                c.put(k, v, Some(PutOptions::new().with_lease(lease))).await
+            })
+            .await?;
         let epoch = r
             .header()
             .map(|h| h.revision())
@@ -477,7 +613,11 @@ impl Membership for EtcdMembership {
             })?;
         // The old lease no longer holds the key; revoke it so it stops counting.
         if let Some(old) = old.filter(|o| o.lease != lease) {
-            let _ = client.lease_revoke(old.lease).await;
+            let _ = self
+                .call("revoke a lease", |mut c| async move {
+                    c.lease_revoke(old.lease).await
+                })
+                .await;
         }
         Ok(epoch)
     }
@@ -496,22 +636,17 @@ impl Membership for EtcdMembership {
                 current: s.epoch,
             });
         }
-        let mut client = self.client.clone();
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(s.lease)
-            .await
-            .map_err(|e| self.backend("lease keep-alive", e))?;
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| self.backend("lease keep-alive", e))?;
-        let answer = stream
-            .message()
-            .await
-            .map_err(|e| self.backend("lease keep-alive", e))?;
-        match answer {
+        let lease = s.lease;
+        let ttl = self
+            .call("lease keep-alive", |mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map(|a| a.ttl()))
+            })
+            .await?;
+        match ttl {
             // A TTL of 0 means the lease had already expired.
-            Some(a) if a.ttl() > 0 => Ok(()),
+            Some(t) if t > 0 => Ok(()),
             _ => Err(not_registered()),
         }
     }
@@ -534,11 +669,12 @@ impl Membership for EtcdMembership {
                 revision,
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut client = self.client.clone();
-        let r = client
-            .txn(txn)
-            .await
-            .map_err(|e| self.backend(&format!("delete {key}"), e))?;
+        let r = self
+            .call(&format!("delete {key}"), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !r.succeeded() {
             return Err(MembershipError::StaleEpoch {
                 role,
@@ -548,18 +684,22 @@ impl Membership for EtcdMembership {
             });
         }
         // Also drops anything this member published.
-        let _ = client.lease_revoke(s.lease).await;
+        let _ = self
+            .call("revoke a lease", |mut c| async move {
+                c.lease_revoke(s.lease).await
+            })
+            .await;
         Ok(())
     }
 
     async fn members(&self, role: Role) -> Result<Vec<Member>, MembershipError> {
         let prefix = format!("{}/members/{role}/", self.prefix);
+        let p = prefix.as_str();
         let r = self
-            .client
-            .clone()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.backend(&format!("list {prefix}"), e))?;
+            .call(&format!("list {prefix}"), |mut c| async move {
+                c.get(p, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
         let mut out = Vec::with_capacity(r.kvs().len());
         for kv in r.kvs() {
             let key = String::from_utf8_lossy(kv.key());

@@ -257,9 +257,17 @@ async fn one_leader_at_a_time_and_the_next_takes_over() -> Result {
     );
     // Resigning hands over at once.
     let t = Instant::now();
+    let first_lost = first.lost();
     first.resign().await;
     let second = tokio::time::timeout(Duration::from_secs(5), second).await???;
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Giving leadership up is not losing it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), first_lost)
+            .await
+            .is_err(),
+        "a resigned leadership reported as lost"
+    );
     // A leader that dies without resigning (its lease is no longer renewed) is replaced once
     // the lease expires.
     let c = connect(&etcd, "/test").await?;
