@@ -5,7 +5,8 @@ Kubernetes API schemas (kubernetes-validate); renders it for tests/helm.rs.
   check.py lint                 lint --strict and render every values set (the defaults and
                                 rlhf/ci/*-values.yaml), validate every object against the
                                 Kubernetes 1.28 and 1.34 schemas (unknown fields are errors),
-                                and check that bad values are refused with a message naming them
+                                and check that bad values (values.schema.json, the templates'
+                                own checks) are refused with a message naming them
   check.py render VALUES.yaml   print every rendered object (test hooks too) as one JSON list
 
 Needs: pip install helm-python-sdk==0.2.2 pyyaml kubernetes-validate (scripts/test does it).
@@ -71,11 +72,15 @@ def lint():
                     )
         kinds = sorted({d["kind"] for d in objects})
         print(f"{label}: {len(objects)} objects ({', '.join(kinds)})")
-    # Bad values are refused at render time, naming what to change.
+    # Bad values are refused at render time (values.schema.json, then the templates), naming
+    # what to change.
     refused = [
         ({"runFile": "[model]\npath = \"/m\"\n[cluster]\netcd = []\n"}, "runFile"),
         ({"etcd": {"enabled": False, "endpoints": []}}, "etcd.endpoints"),
-        ({"etcd": {"replicas": 2}}, "etcd.replicas"),
+        ({"etcd": {"replicas": 2}}, "/etcd/replicas"),
+        ({"coordinater": {"replicas": 2}}, "coordinater"),
+        ({"rollout": {"replicas": 0}}, "/rollout/replicas"),
+        ({"ports": {"learner": "50051"}}, "/ports/learner"),
     ]
     for values, named in refused:
         try:

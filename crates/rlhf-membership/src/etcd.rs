@@ -256,15 +256,7 @@ impl EtcdMembership {
             if let Some(kv) = r.kvs().first() {
                 return Ok(kv.value().to_vec());
             }
-            // Watch from the revision just after the read, so a put in between is not missed.
-            let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
-            let options = WatchOptions::new().with_start_revision(next);
-            let mut stream = self
-                .call(&format!("watch {key}"), |mut c| {
-                    let options = options.clone();
-                    async move { c.watch(k, Some(options)).await }
-                })
-                .await?;
+            let mut stream = self.watch_after(k, &r).await?;
             loop {
                 let Some(m) = stream
                     .message()
@@ -424,14 +416,7 @@ impl EtcdMembership {
                 continue;
             };
             waiting(&String::from_utf8_lossy(kv.value()));
-            let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
-            let options = WatchOptions::new().with_start_revision(next);
-            let mut stream = self
-                .call(&format!("watch {key}"), |mut c| {
-                    let options = options.clone();
-                    async move { c.watch(k, Some(options)).await }
-                })
-                .await?;
+            let mut stream = self.watch_after(k, &r).await?;
             // The watch ends when the key goes, and also when the member serving it dies:
             // either way, campaign again (through a member that answers).
             while let Ok(Some(m)) = stream.message().await {
@@ -488,6 +473,22 @@ impl EtcdMembership {
             key,
             lease,
         })
+    }
+
+    /// A watch on `key` from the revision just after the read `r`, so that a change between
+    /// the read and the watch is not missed.
+    async fn watch_after(
+        &self,
+        key: &str,
+        r: &etcd_client::GetResponse,
+    ) -> Result<etcd_client::WatchStream, MembershipError> {
+        let next = r.header().map(|h| h.revision() + 1).unwrap_or(0);
+        let options = WatchOptions::new().with_start_revision(next);
+        self.call(&format!("watch {key}"), |mut c| {
+            let options = options.clone();
+            async move { c.watch(key, Some(options)).await }
+        })
+        .await
     }
 
     /// A keep-alive stream for `lease`, opened on a member that answers.

@@ -1,5 +1,5 @@
-//! [`LocalEtcd`]: a throwaway single-member etcd on loopback, for tests and local trials of
-//! distributed mode. It runs the `etcd` binary (`RLHF_ETCD_BIN`, else `etcd` on `PATH`; Debian's
+//! [`LocalEtcd`]: a throwaway etcd on loopback (one member, or a cluster of several with
+//! [`LocalEtcd::cluster`]), for tests and local trials of distributed mode. It runs the `etcd` binary (`RLHF_ETCD_BIN`, else `etcd` on `PATH`; Debian's
 //! `etcd-server` package) with its data in a temporary directory, and kills it when dropped.
 
 use std::net::TcpListener;
@@ -29,53 +29,78 @@ impl LocalEtcd {
 
     /// Starts etcd and waits (up to 20 s) until it accepts connections on its client port.
     pub fn start() -> Result<Self, String> {
+        Ok(Self::cluster(1)?.remove(0))
+    }
+
+    /// Starts a cluster of `members` etcd processes (each its own member, `local-0`, ...) and
+    /// waits (up to 20 s) until every one accepts connections on its client port.
+    pub fn cluster(members: usize) -> Result<Vec<Self>, String> {
         let bin = Self::binary();
-        let data = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let (client, peer) = (
-            free_port().map_err(|e| format!("free port: {e}"))?,
-            free_port().map_err(|e| format!("free port: {e}"))?,
-        );
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(&bin)
-            .arg("--name=local")
-            .arg(format!("--data-dir={}", data.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=local={peer_url}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start `{}` ({e}); install Debian's etcd-server or set RLHF_ETCD_BIN",
-                    bin.display()
-                )
-            })?;
-        let mut me = Self {
-            child,
-            endpoint: format!("127.0.0.1:{client}"),
-            _data: data,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = me.child.try_wait() {
-                return Err(format!("`{}` exited at start-up: {status}", bin.display()));
-            }
-            if std::net::TcpStream::connect(&me.endpoint).is_ok() {
-                return Ok(me);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "`{}` did not listen on {} within 20 s",
-                    bin.display(),
-                    me.endpoint
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let port = || free_port().map_err(|e| format!("free port: {e}"));
+        let mut ports = Vec::with_capacity(members);
+        for _ in 0..members {
+            ports.push((port()?, port()?));
         }
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("local-{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut started = Vec::with_capacity(members);
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            let data = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&bin)
+                .arg(format!("--name=local-{i}"))
+                .arg(format!("--data-dir={}", data.path().join("etcd").display()))
+                .arg(format!("--listen-client-urls={client_url}"))
+                .arg(format!("--advertise-client-urls={client_url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster={}", initial.join(",")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!(
+                        "cannot start `{}` ({e}); install Debian's etcd-server or set \
+                         RLHF_ETCD_BIN",
+                        bin.display()
+                    )
+                })?;
+            started.push(Self {
+                child,
+                endpoint: format!("127.0.0.1:{client}"),
+                _data: data,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for me in &mut started {
+            loop {
+                if let Ok(Some(status)) = me.child.try_wait() {
+                    return Err(format!("`{}` exited at start-up: {status}", bin.display()));
+                }
+                if std::net::TcpStream::connect(&me.endpoint).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "`{}` did not listen on {} within 20 s",
+                        bin.display(),
+                        me.endpoint
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(started)
+    }
+
+    /// Kills this member (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `host:port` of its client URL.

@@ -283,3 +283,36 @@ async fn one_leader_at_a_time_and_the_next_takes_over() -> Result {
     assert!(third.is_lost());
     Ok(())
 }
+
+/// One member of a three-member etcd dies (the one every client talks to first): registrations
+/// keep being renewed, leadership is kept, members can be listed and new ones register, all
+/// through the members left.
+#[tokio::test]
+async fn membership_goes_on_when_one_of_three_etcd_members_dies() -> Result {
+    let mut etcd = LocalEtcd::cluster(3)?;
+    let endpoints: Vec<String> = etcd.iter().map(|e| e.endpoint().to_string()).collect();
+    let m = EtcdMembership::connect(&endpoints, "/test/three", CONNECT).await?;
+    let ttl = Duration::from_secs(6);
+    let m: Arc<dyn Membership> = Arc::new(m.clone());
+    let kept = Registration::start(m.clone(), Role::Learner, "l", "http://h:1", ttl).await?;
+    let epoch = kept.epoch().ok_or("fenced at start")?;
+    let leader = EtcdMembership::connect(&endpoints, "/test/three", CONNECT)
+        .await?
+        .lead("coordinator", "http://c:1", ttl, |_| {})
+        .await?;
+    etcd[0].kill();
+    // Two TTLs: the registration would have expired, and leadership been lost, without
+    // renewals through the other members.
+    tokio::time::sleep(2 * ttl).await;
+    assert!(
+        !leader.is_lost(),
+        "leadership lost with two members of three up"
+    );
+    assert_eq!(kept.epoch(), Some(epoch), "the registration was made again");
+    let learners = m.members(Role::Learner).await?;
+    assert_eq!(learners.len(), 1, "{learners:?}");
+    assert_eq!(learners[0].epoch, epoch);
+    m.register(Role::Rollout, "r", "http://h:2", ttl).await?;
+    assert_eq!(m.members(Role::Rollout).await?.len(), 1);
+    Ok(())
+}
