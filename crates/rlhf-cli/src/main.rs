@@ -10,6 +10,7 @@ mod rm;
 mod run;
 mod runfile;
 mod sft;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,29 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Command {
+    /// The command's name (the default service name of its traces: `rlhf-<name>`).
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Generate(_) => "generate",
+            Command::Logprobs(_) => "logprobs",
+            Command::Score(_) => "score",
+            Command::Run(_) => "run",
+            Command::Coordinator(_) => "coordinator",
+            Command::Rollout(_) => "rollout",
+            Command::Scorer(_) => "scorer",
+            Command::Learner(_) => "learner",
+            Command::Status(_) => "status",
+            Command::Stop(_) => "stop",
+            Command::Eval(_) => "eval",
+            Command::Sft(_) => "sft",
+            Command::Rm(_) => "rm",
+            Command::Memory(_) => "memory",
+            Command::Bench(_) => "bench",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // A panic is a bug, but the user still gets one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -83,7 +107,7 @@ fn main() -> ExitCode {
         );
     }));
     let cli = Cli::parse();
-    rlhf_core::lifecycle::init_telemetry();
+    let _telemetry = telemetry::init(cli.command.name());
     let result = match cli.command {
         Command::Generate(args) => inspect::generate(args),
         Command::Logprobs(args) => inspect::logprobs(args),

@@ -539,7 +539,7 @@ fn a_killed_learner_is_replaced_and_the_run_continues_from_its_checkpoint() {
     let (summary, err) = summary_of(d.path(), "coordinator", &mut coordinator);
     assert!(err.contains("restart 1 of cluster.restarts = 3"), "{err}");
     assert_eq!(summary["iterations"], 30);
-    assert_eq!(summary["policy_version"], 30);
+    assert_eq!(summary["policy_version"], 30, "{err}");
     assert_eq!(summary["ledger_violations"], 0);
     assert_eq!(
         rlhf_data_metrics(&d.path().join("out/metrics.jsonl")),

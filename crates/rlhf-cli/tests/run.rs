@@ -832,3 +832,148 @@ fn logs_are_plain_text_or_json_lines() {
     assert!(events.iter().all(|e| e["timestamp"].is_string()), "{json}");
     assert!(!json.contains(" INFO "), "{json}");
 }
+
+/// An OTLP trace collector on loopback: the real OTLP/gRPC `TraceService`, keeping what it is
+/// sent as (service name, span).
+#[derive(Clone, Default)]
+struct Collector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, otlp::trace::v1::Span)>>>,
+}
+
+use opentelemetry_proto::tonic as otlp;
+use otlp::collector::trace::v1 as collector;
+
+#[tonic::async_trait]
+impl collector::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<collector::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<collector::ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("not poisoned");
+        for rs in req.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push((service.clone(), s));
+                }
+            }
+        }
+        Ok(tonic::Response::new(
+            collector::ExportTraceServiceResponse {
+                partial_success: None,
+            },
+        ))
+    }
+}
+
+fn attribute(s: &otlp::trace::v1::Span, key: &str) -> String {
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value))
+        .unwrap_or_default()
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, `rlhf run` exports its spans over OTLP/gRPC: the
+/// coordinator's phases (produce, generate, score, consume, train) and every service's gRPC
+/// requests, and a request's server span is the child of the caller's span in the same trace
+/// (the trace context crossed the gRPC call: rollout Generate under the coordinator's
+/// generate, the learner's Train under train, FetchWeights under the rollout worker's work).
+#[test]
+fn traces_are_exported_over_otlp_and_linked_across_grpc_calls() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let collected = Collector::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = collected.clone();
+    rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(collector::trace_service_server::TraceServiceServer::new(
+                server,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(d.path(), "iterations = 2", "builtin = \"letters\"", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "info")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .output()
+        .expect("rlhf run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = collected.spans.lock().expect("not poisoned").clone();
+    assert!(!spans.is_empty(), "no span reached the collector");
+    assert!(
+        spans
+            .iter()
+            .all(|(service, _)| service.contains("rlhf-run")),
+        "{:?}",
+        spans.first().map(|s| &s.0)
+    );
+    let named = |name: &str| -> Vec<&otlp::trace::v1::Span> {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.name == name)
+            .collect()
+    };
+    for name in ["produce", "generate", "score", "consume", "train", "grpc"] {
+        assert!(!named(name).is_empty(), "no `{name}` span");
+    }
+    // The server span of an RPC has the calling span as its parent, in the caller's trace.
+    let parent_of = |rpc: &str| -> Vec<&otlp::trace::v1::Span> {
+        let calls: Vec<_> = named("grpc")
+            .into_iter()
+            .filter(|s| attribute(s, "rpc").contains(rpc))
+            .collect();
+        assert!(!calls.is_empty(), "no {rpc} call");
+        calls
+            .iter()
+            .map(|c| {
+                spans
+                    .iter()
+                    .map(|(_, s)| s)
+                    .find(|s| s.span_id == c.parent_span_id && s.trace_id == c.trace_id)
+                    .unwrap_or_else(|| panic!("{rpc}: the caller's span is not its parent"))
+            })
+            .collect()
+    };
+    for (rpc, caller) in [
+        ("/rlhf.v1.Rollout/Generate", "generate"),
+        ("/rlhf.v1.Reward/Score", "score"),
+        ("/rlhf.v1.Learner/Train", "train"),
+    ] {
+        for parent in parent_of(rpc) {
+            assert_eq!(parent.name, caller, "{rpc}");
+        }
+    }
+    // The worker fetches new weights while serving Generate: the same trace again.
+    let generate_traces: Vec<&Vec<u8>> = named("grpc")
+        .into_iter()
+        .filter(|s| attribute(s, "rpc").contains("/rlhf.v1.Rollout/Generate"))
+        .map(|s| &s.trace_id)
+        .collect();
+    let fetches = parent_of("/rlhf.v1.Learner/FetchWeights");
+    assert!(
+        fetches
+            .iter()
+            .all(|p| generate_traces.contains(&&p.trace_id)),
+        "FetchWeights outside a Generate trace"
+    );
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rlhf_membership::{Member, Membership, Role};
+use rlhf_proto::trace::{Traced, traced};
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_client::RewardClient;
 use rlhf_proto::v1::rollout_client::RolloutClient;
@@ -90,20 +91,20 @@ impl Cluster {
         Ok(c)
     }
 
-    pub fn rollout(&self, address: &str) -> Result<RolloutClient<Channel>, CoordinatorError> {
-        Ok(RolloutClient::new(self.channel(address)?)
+    pub fn rollout(&self, address: &str) -> Result<RolloutClient<Traced>, CoordinatorError> {
+        Ok(RolloutClient::new(traced(self.channel(address)?))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn reward(&self, address: &str) -> Result<RewardClient<Channel>, CoordinatorError> {
-        Ok(RewardClient::new(self.channel(address)?)
+    pub fn reward(&self, address: &str) -> Result<RewardClient<Traced>, CoordinatorError> {
+        Ok(RewardClient::new(traced(self.channel(address)?))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn learner(&self, address: &str) -> Result<LearnerClient<Channel>, CoordinatorError> {
-        Ok(LearnerClient::new(self.channel(address)?)
+    pub fn learner(&self, address: &str) -> Result<LearnerClient<Traced>, CoordinatorError> {
+        Ok(LearnerClient::new(traced(self.channel(address)?))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }

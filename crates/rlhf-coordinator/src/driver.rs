@@ -101,6 +101,7 @@ impl Producer {
 
     /// Generates and scores one iteration's `prompts` with policy `version`; `cursor` is where
     /// the prompt cursor stands after drawing them (kept with the result for resume points).
+    #[tracing::instrument(name = "produce", skip_all, fields(iteration = iteration, version = version))]
     pub async fn produce(
         &self,
         iteration: u64,
@@ -163,6 +164,7 @@ impl Producer {
 
     /// Mean reward of `prompts` sampled `eval_samples` times each from `version` with a fixed
     /// seed (not recorded in the ledger); `None` when nothing could be scored.
+    #[tracing::instrument(name = "evaluate", skip_all, fields(version = version))]
     pub async fn evaluate(
         &self,
         prompts: &[PromptCtx],
@@ -226,7 +228,11 @@ impl Consumer {
         dir: &std::path::Path,
         iterations_done: u64,
     ) -> Result<(), CoordinatorError> {
-        let resumable = checkpoint(&self.producer.cluster, learner, dir).await?;
+        let incarnation = self
+            .producer
+            .incarnation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let resumable = checkpoint(&self.producer.cluster, learner, incarnation, dir).await?;
         let Some(cursor) = self.last_cursor.filter(|_| resumable) else {
             return Ok(());
         };
@@ -247,6 +253,7 @@ impl Consumer {
     }
 
     /// Trains on one produced iteration and writes its logs.
+    #[tracing::instrument(name = "consume", skip_all, fields(iteration = p.iteration))]
     pub async fn consume(&mut self, p: Produced) -> Result<(), CoordinatorError> {
         let t_iter = Instant::now();
         self.last_cursor = Some(p.cursor);
@@ -297,7 +304,20 @@ impl Consumer {
         let n_units = built.units.len();
         let t_train = Instant::now();
         let trained = if n_units > 0 {
-            Some(train(&self.producer.cluster, &learner, p.iteration, built.units).await?)
+            let incarnation = self
+                .producer
+                .incarnation
+                .load(std::sync::atomic::Ordering::SeqCst);
+            Some(
+                train(
+                    &self.producer.cluster,
+                    &learner,
+                    p.iteration,
+                    incarnation,
+                    built.units,
+                )
+                .await?,
+            )
         } else {
             tracing::warn!(
                 iteration = p.iteration,

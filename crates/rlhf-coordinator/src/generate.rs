@@ -83,6 +83,7 @@ fn lock(l: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
 }
 
 /// Runs one generation round over the live rollout workers.
+#[tracing::instrument(name = "generate", skip_all, fields(iteration = plan.iteration, prompts = prompts.len()))]
 pub async fn generate(
     cluster: &Cluster,
     ledger: Option<&SharedLedger>,

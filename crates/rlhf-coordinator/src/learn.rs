@@ -186,10 +186,12 @@ fn merge(into: &mut UnitReport, r: &UnitReport) {
 }
 
 /// Sends units to the learner; returns the new version and its metrics.
+#[tracing::instrument(name = "train", skip_all, fields(iteration = iteration))]
 pub async fn train(
     cluster: &Cluster,
     learner: &str,
     iteration: u64,
+    incarnation: u64,
     units: Vec<v1::TrainingUnit>,
 ) -> Result<(u64, v1::TrainMetrics), CoordinatorError> {
     let mut client = cluster.learner(learner)?;
@@ -199,6 +201,7 @@ pub async fn train(
         requests.push(v1::TrainRequest {
             iteration,
             units: units.by_ref().take(TRAIN_BATCH).collect(),
+            incarnation,
         });
     }
     let mut events = client
@@ -220,9 +223,11 @@ pub async fn train(
 
 /// Asks the learner to write a Hugging Face checkpoint with its training state; returns
 /// whether the training state was written (the checkpoint is resumable).
+#[tracing::instrument(name = "checkpoint", skip_all)]
 pub async fn checkpoint(
     cluster: &Cluster,
     learner: &str,
+    incarnation: u64,
     path: &std::path::Path,
 ) -> Result<bool, CoordinatorError> {
     let mut client = cluster.learner(learner)?;
@@ -230,6 +235,7 @@ pub async fn checkpoint(
         .save_checkpoint(v1::SaveCheckpointRequest {
             path: path.display().to_string(),
             training_state: true,
+            incarnation,
         })
         .await
         .map_err(|s| {

@@ -158,6 +158,7 @@ pub async fn run(
         let stop = serve_stop.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
+                .trace_fn(rlhf_proto::trace::server_span)
                 .add_service(admin)
                 .add_service(members)
                 .serve_with_incoming_shutdown(

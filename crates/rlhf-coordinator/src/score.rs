@@ -32,6 +32,7 @@ pub struct ScoreOutcome {
 }
 
 /// Scores completions (in order) against their prompts.
+#[tracing::instrument(name = "score", skip_all, fields(completions = completions.len()))]
 pub async fn score(
     cluster: &Cluster,
     prompts: &HashMap<&str, &PromptCtx>,

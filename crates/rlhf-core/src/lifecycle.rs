@@ -45,31 +45,3 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
     tracker.close();
     tokio::time::timeout(grace, tracker.wait()).await.is_ok()
 }
-
-/// Sets up `tracing` output to stderr, filtered by `RUST_LOG` (default `info`): human-readable
-/// lines, or with `RLHF_LOG_FORMAT=json` one JSON object per event (timestamp, level, message
-/// and fields), for log collectors. An unknown format is reported and text is used. Colours
-/// only when stderr is a terminal.
-pub fn init_telemetry() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = std::env::var("RLHF_LOG_FORMAT").unwrap_or_default();
-    // Colours only on a terminal: a log file or collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    match format.as_str() {
-        "json" => {
-            let _ = builder.json().flatten_event(true).try_init();
-        }
-        "" | "text" => {
-            let _ = builder.try_init();
-        }
-        other => {
-            let _ = builder.try_init();
-            tracing::warn!("RLHF_LOG_FORMAT `{other}` is not `text` or `json`: using text");
-        }
-    }
-}

@@ -345,6 +345,7 @@ async fn serve<B: burn::tensor::backend::AutodiffBackend>(
         .max_encoding_message_size(limit);
     tracing::info!(%addr, "learner serving");
     tonic::transport::Server::builder()
+        .trace_fn(rlhf_proto::trace::server_span)
         .add_service(server)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -234,8 +234,19 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         let mut incoming = request.into_inner();
         let mut units = Vec::new();
         let (tx, rx) = mpsc::channel(16);
+        let incarnation = self.incarnation.load(Ordering::SeqCst);
         while let Some(msg) = incoming.next().await {
             let msg = msg?;
+            if msg.incarnation != 0 && msg.incarnation != incarnation {
+                return Err(status(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "units for incarnation {} sent to this learner, incarnation \
+                         {incarnation} (it restarted or resumed): not trained",
+                        msg.incarnation
+                    ),
+                ));
+            }
             for u in &msg.units {
                 units.push(unit(u)?);
             }
@@ -366,6 +377,17 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         request: Request<v1::SaveCheckpointRequest>,
     ) -> Result<Response<v1::SaveCheckpointResponse>, Status> {
         let request = request.into_inner();
+        let incarnation = self.incarnation.load(Ordering::SeqCst);
+        if request.incarnation != 0 && request.incarnation != incarnation {
+            return Err(status(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "checkpoint of incarnation {} asked, this learner is incarnation \
+                     {incarnation} (it restarted or resumed): not written",
+                    request.incarnation
+                ),
+            ));
+        }
         let path = PathBuf::from(request.path);
         if path.as_os_str().is_empty() {
             return Err(status(ErrorKind::InvalidArgument, "missing `path`"));

@@ -70,11 +70,12 @@ async fn generate_of(
 }
 
 /// One DPO update on pairs of `samples` (first of each three preferred, or the second when
-/// `swap`).
+/// `swap`), meant for learner `incarnation` (0: any).
 async fn train(
     learner: &mut v1::learner_client::LearnerClient<tonic::transport::Channel>,
     samples: &[v1::Completion],
     swap: bool,
+    incarnation: u64,
 ) -> anyhow::Result<v1::TrainDone> {
     let (a, b) = if swap { (1, 0) } else { (0, 1) };
     let units: Vec<v1::TrainingUnit> = samples
@@ -90,6 +91,7 @@ async fn train(
     let req = v1::TrainRequest {
         iteration: 0,
         units,
+        incarnation,
     };
     let mut events = learner
         .train(futures::stream::iter(vec![req]))
@@ -142,10 +144,41 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
     assert_eq!(generate(&mut rollout, 0, &learner_addr).await?, v0);
 
     let mut learner = v1::learner_client::LearnerClient::connect(learner_addr.clone()).await?;
-    let done = train(&mut learner, &v0, false).await?;
+    let done = train(&mut learner, &v0, false, 0).await?;
     assert_eq!(done.policy_version, 1);
     let m = done.metrics.ok_or_else(|| anyhow::anyhow!("no metrics"))?;
     assert!(m.loss.is_finite() && m.tokens > 0, "{m:?}");
+    // Units meant for another incarnation (the learner this one replaced) are refused before
+    // training: the version does not move.
+    let status = learner
+        .status(v1::LearnerStatusRequest {})
+        .await?
+        .into_inner();
+    let other = status.incarnation.wrapping_add(1).max(1);
+    let refused = train(&mut learner, &v0, false, other).await;
+    let e = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("units for another incarnation trained"))?;
+    assert!(e.to_string().contains("not trained"), "{e}");
+    let after = learner
+        .status(v1::LearnerStatusRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(after.policy_version, 1);
+    // Nor does it write its state into another incarnation's checkpoint.
+    let elsewhere = tempfile_dir()?.join("other-line");
+    let refused = learner
+        .save_checkpoint(v1::SaveCheckpointRequest {
+            path: elsewhere.display().to_string(),
+            training_state: true,
+            incarnation: other,
+        })
+        .await;
+    let e = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a checkpoint for another incarnation was written"))?;
+    assert!(e.message().contains("not written"), "{e}");
+    assert!(!elsewhere.exists());
 
     let v1s = generate(&mut rollout, 1, &learner_addr).await?;
     assert!(v1s.iter().all(|c| c.policy_version == 1));
@@ -155,6 +188,7 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
         .save_checkpoint(v1::SaveCheckpointRequest {
             training_state: false,
             path: dir.display().to_string(),
+            incarnation: 0,
         })
         .await?;
     let model = rlhf_model::Transformer::<rlhf_model::Cpu>::load(&dir, &Default::default())?;
@@ -192,6 +226,7 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
         .save_checkpoint(v1::SaveCheckpointRequest {
             path: resumable.display().to_string(),
             training_state: true,
+            incarnation: 0,
         })
         .await?;
     let old = learner
@@ -199,7 +234,13 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_ne!(old.incarnation, 0);
-    assert_eq!(train(&mut learner, &v0, false).await?.policy_version, 2);
+    // Units meant for this incarnation train.
+    assert_eq!(
+        train(&mut learner, &v0, false, old.incarnation)
+            .await?
+            .policy_version,
+        2
+    );
     let old_v2 = generate_of(&mut rollout, 2, old.incarnation, &learner_addr).await?;
     let resumed = learner
         .resume(v1::ResumeRequest {
@@ -211,7 +252,7 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
     assert_ne!(resumed.incarnation, old.incarnation);
     // A different update from there is a different version 2: the worker, which holds the old
     // line's version 2, fetches it.
-    assert_eq!(train(&mut learner, &v0, true).await?.policy_version, 2);
+    assert_eq!(train(&mut learner, &v0, true, 0).await?.policy_version, 2);
     let new_v2 = generate_of(&mut rollout, 2, resumed.incarnation, &learner_addr).await?;
     let logprobs =
         |cs: &[v1::Completion]| cs.iter().map(|c| c.logprobs.clone()).collect::<Vec<_>>();

@@ -13,6 +13,7 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod trace;
 
 pub use convert::*;
 

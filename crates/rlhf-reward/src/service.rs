@@ -183,6 +183,7 @@ pub async fn run(
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(scorer = %config.name, %addr, "scorer serving");
     tonic::transport::Server::builder()
+        .trace_fn(rlhf_proto::trace::server_span)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

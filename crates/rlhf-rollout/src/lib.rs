@@ -165,6 +165,7 @@ async fn serve<B: burn::tensor::backend::Backend>(
         .max_encoding_message_size(limit);
     tracing::info!(worker = %name, %addr, "rollout worker serving");
     tonic::transport::Server::builder()
+        .trace_fn(rlhf_proto::trace::server_span)
         .add_service(server)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

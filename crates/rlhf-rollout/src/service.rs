@@ -106,9 +106,17 @@ impl<B: Backend> RolloutService<B> {
             ));
         }
         let start = Instant::now();
-        let mut client = LearnerClient::connect(from.to_string())
+        let channel = tonic::transport::Endpoint::from_shared(from.to_string())
+            .map_err(|e| {
+                status(
+                    ErrorKind::InvalidArgument,
+                    format!("learner at {from}: {e}"),
+                )
+            })?
+            .connect()
             .await
-            .map_err(|e| status(ErrorKind::Unavailable, format!("learner at {from}: {e}")))?
+            .map_err(|e| status(ErrorKind::Unavailable, format!("learner at {from}: {e}")))?;
+        let mut client = LearnerClient::new(rlhf_proto::trace::traced(channel))
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes);
         let mut stream = client

@@ -50,6 +50,10 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ .Values.logLevel | quote }}
 - name: RLHF_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- with .Values.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Volume mounts of every rlhf container. */}}
