@@ -1,5 +1,6 @@
-//! `rlhf status` and `rlhf stop`: a running coordinator's admin API, found by address or
-//! through the run file (`cluster.coordinator`, or the coordinator registered in etcd).
+//! `rlhf status`, `stop`, `pause` and `unpause`: a running coordinator's admin API, found by
+//! address or through the run file (`cluster.coordinator`, or the coordinator registered in
+//! etcd).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -134,6 +135,25 @@ pub fn stop(args: AdminArgs) -> Result<()> {
             .await
             .with_context(|| format!("Admin.Stop at {at}"))?
             .into_inner();
+        println!("{}", json!({ "state": r.state }));
+        Ok(())
+    })
+}
+
+/// `rlhf pause` (`on`) and `rlhf unpause`.
+pub fn pause(args: AdminArgs, on: bool) -> Result<()> {
+    runtime()?.block_on(async {
+        let (mut c, at) = client(&args).await?;
+        let r = if on {
+            c.pause(v1::PauseRequest {})
+                .await
+                .with_context(|| format!("Admin.Pause at {at}"))?
+        } else {
+            c.unpause(v1::UnpauseRequest {})
+                .await
+                .with_context(|| format!("Admin.Unpause at {at}"))?
+        }
+        .into_inner();
         println!("{}", json!({ "state": r.state }));
         Ok(())
     })

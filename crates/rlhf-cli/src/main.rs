@@ -52,6 +52,11 @@ enum Command {
     /// Ask a running coordinator to stop after its current iteration (final checkpoint and
     /// summary are still written).
     Stop(admin::AdminArgs),
+    /// Pause a running run after the iterations in flight (every role stays up; `unpause`
+    /// continues it, `stop` ends it).
+    Pause(admin::AdminArgs),
+    /// Let a paused run continue.
+    Unpause(admin::AdminArgs),
     /// Evaluate policies: reward, win rate under a judge, ranking accuracy, length, KL.
     Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
@@ -79,6 +84,8 @@ impl Command {
             Command::Learner(_) => "learner",
             Command::Status(_) => "status",
             Command::Stop(_) => "stop",
+            Command::Pause(_) => "pause",
+            Command::Unpause(_) => "unpause",
             Command::Eval(_) => "eval",
             Command::Sft(_) => "sft",
             Command::Rm(_) => "rm",
@@ -119,6 +126,8 @@ fn main() -> ExitCode {
         Command::Learner(args) => run::role(rlhf_membership::Role::Learner, args),
         Command::Status(args) => admin::status(args),
         Command::Stop(args) => admin::stop(args),
+        Command::Pause(args) => admin::pause(args, true),
+        Command::Unpause(args) => admin::pause(args, false),
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),

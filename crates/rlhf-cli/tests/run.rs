@@ -94,6 +94,9 @@ fn check_ledger(out: &Path) -> usize {
         .records;
     assert_eq!(audit.len(), expected_samples);
     let mut finals = std::collections::HashMap::new();
+    // Samples in flight when a pipelined run stopped: generated, never trained nor logged to
+    // samples.jsonl, abandoned in the ledger.
+    let mut abandoned = std::collections::HashSet::new();
     for e in &history {
         let v = serde_json::to_value(e).expect("event serialises");
         if matches!(v["event"].as_str(), Some("trained" | "dropped")) {
@@ -103,6 +106,9 @@ fn check_ledger(out: &Path) -> usize {
                 s["prompt_id"].as_str().map(String::from),
                 s["sample_index"].as_u64(),
             );
+            if v["reason"]["kind"] == "abandoned" {
+                abandoned.insert(key.clone());
+            }
             *finals.entry(key).or_insert(0) += 1;
         }
     }
@@ -117,8 +123,9 @@ fn check_ledger(out: &Path) -> usize {
             Some(&1),
             "sample {key:?} must end exactly once"
         );
+        assert!(!abandoned.contains(&key), "logged sample {key:?} abandoned");
     }
-    assert_eq!(finals.len(), audit.len());
+    assert_eq!(finals.len(), audit.len() + abandoned.len());
     audit.len()
 }
 
@@ -654,6 +661,17 @@ fn status_and_stop_through_the_admin_api() {
             .unwrap_or_else(|| panic!("{prefix} not in:\n{text}"));
         assert!(line[prefix.len()..].parse::<f64>().is_ok(), "{line}");
     }
+    pause_and_unpause(&at);
+    assert!(
+        http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics")
+            .lines()
+            .any(|l| l == "rlhf_state{state=\"running\"} 1")
+    );
+    // Stopped while paused: it stops.
+    let (code, stdout, stderr) = rlhf(&["pause", "--coordinator", &at]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"pausing\""), "{stdout}");
+    status_until(&["--coordinator", &at], |s| s["state"] == "paused");
     let (code, stdout, stderr) = rlhf(&["stop", "--coordinator", &at]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"stopping\""), "{stdout}");
@@ -673,6 +691,75 @@ fn status_and_stop_through_the_admin_api() {
     let (code, _, stderr) = rlhf(&["status", "--coordinator", &at]);
     assert_ne!(code, 0);
     assert!(stderr.contains(&at), "{stderr}");
+}
+
+/// `rlhf pause` stops new iterations (the state reads `paused`, the iteration count stays),
+/// `rlhf unpause` lets the run go on.
+fn pause_and_unpause(at: &str) {
+    let (code, stdout, stderr) = rlhf(&["pause", "--coordinator", at]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"pausing\""), "{stdout}");
+    status_until(&["--coordinator", at], |s| s["state"] == "paused");
+    // Iterations already generated (pipelined mode) are still trained; then nothing moves.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let paused = status_until(&["--coordinator", at], |_| true);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let still = status_until(&["--coordinator", at], |_| true);
+    assert_eq!(still["state"], "paused");
+    assert_eq!(
+        still["iteration"], paused["iteration"],
+        "iterations went on while paused"
+    );
+    let (code, stdout, stderr) = rlhf(&["unpause", "--coordinator", at]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"running\""), "{stdout}");
+    let was = paused["iteration"].as_u64().expect("iteration");
+    let s = status_until(&["--coordinator", at], |s| {
+        s["iteration"].as_u64() > Some(was + 1)
+    });
+    assert_eq!(s["state"], "running");
+}
+
+/// Pipelined mode pauses too: generation running ahead stops with the consumer.
+#[test]
+fn a_pipelined_run_pauses_and_continues() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = config(
+        d.path(),
+        "iterations = 500\nmax_policy_lag = 2",
+        "builtin = \"letters\"",
+        "",
+    );
+    let mut text = std::fs::read_to_string(&cfg).expect("read");
+    text.push_str(&format!(
+        "\n[cluster]\ncoordinator = \"127.0.0.1:{port}\"\n"
+    ));
+    std::fs::write(&cfg, text).expect("write");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    let at = format!("127.0.0.1:{port}");
+    status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(1)
+    });
+    pause_and_unpause(&at);
+    let (code, _, stderr) = rlhf(&["stop", "--coordinator", &at]);
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while run.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the run did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(run.wait().expect("wait").success());
+    check_ledger(&d.path().join("out"));
 }
 
 /// Starts `rlhf run cfg` and kills it with -9 as soon as `marker` exists (failing if the run

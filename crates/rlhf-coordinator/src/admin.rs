@@ -20,6 +20,8 @@ pub struct AdminService {
     pub membership: Arc<dyn Membership>,
     /// The run's shutdown token: cancelling it stops the run after its current iteration.
     pub stop: CancellationToken,
+    /// Whether the run is asked to pause (read between iterations, [`crate::driver::unpaused`]).
+    pub pause: tokio::sync::watch::Sender<bool>,
 }
 
 #[tonic::async_trait]
@@ -57,6 +59,44 @@ impl v1::admin_server::Admin for AdminService {
             self.stop.cancel();
         }
         Ok(Response::new(v1::StopResponse { state }))
+    }
+
+    async fn pause(
+        &self,
+        _request: Request<v1::PauseRequest>,
+    ) -> Result<Response<v1::PauseResponse>, Status> {
+        let mut state = String::new();
+        self.status.update(|s| {
+            if s.state == "running" {
+                s.state = "pausing".into();
+            }
+            state = s.state.clone();
+        });
+        if matches!(state.as_str(), "pausing" | "paused") && !*self.pause.borrow() {
+            tracing::info!(
+                "pause requested through the admin API: pausing after the iterations in flight"
+            );
+            self.pause.send_replace(true);
+        }
+        Ok(Response::new(v1::PauseResponse { state }))
+    }
+
+    async fn unpause(
+        &self,
+        _request: Request<v1::UnpauseRequest>,
+    ) -> Result<Response<v1::PauseResponse>, Status> {
+        let mut state = String::new();
+        self.status.update(|s| {
+            if matches!(s.state.as_str(), "pausing" | "paused") {
+                s.state = "running".into();
+            }
+            state = s.state.clone();
+        });
+        if *self.pause.borrow() {
+            tracing::info!("unpause requested through the admin API: continuing");
+            self.pause.send_replace(false);
+        }
+        Ok(Response::new(v1::PauseResponse { state }))
     }
 }
 

@@ -555,6 +555,32 @@ impl Consumer {
     }
 }
 
+/// Waits while the run is paused (`Admin.Pause`), with the state `paused`; false when the run
+/// is stopped instead.
+pub(crate) async fn unpaused(
+    paused: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
+    status: &SharedStatus,
+) -> bool {
+    if !*paused.borrow_and_update() {
+        return true;
+    }
+    status.update(|s| {
+        if s.state == "pausing" {
+            s.state = "paused".into();
+        }
+    });
+    tracing::info!("paused: no new work until Admin.Unpause (rlhf unpause) or a stop");
+    let unpaused = tokio::select! {
+        r = paused.wait_for(|p| !*p) => r.is_ok(),
+        _ = stop.cancelled() => false,
+    };
+    if unpaused {
+        tracing::info!("unpaused: continuing");
+    }
+    unpaused
+}
+
 /// Runs every iteration, synchronously or pipelined.
 /// Starts at iteration `start` (0, or the iterations a resumed run had done) and returns the
 /// iterations done in all.
@@ -562,8 +588,10 @@ pub(crate) async fn run_loop(
     consumer: &mut Consumer,
     mut cursor: PromptCursor,
     shutdown: &CancellationToken,
+    mut paused: watch::Receiver<bool>,
     start: u64,
 ) -> Result<u64, CoordinatorError> {
+    let status = consumer.status.clone();
     let cfg = consumer.cfg().clone();
     let (chat, per_iteration) = (cfg.chat, cfg.prompts_per_iteration);
     let batch = move |c: &mut PromptCursor| -> Vec<PromptCtx> {
@@ -574,7 +602,7 @@ pub(crate) async fn run_loop(
     };
     if cfg.max_policy_lag == 0 {
         for it in start..cfg.iterations {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || !unpaused(&mut paused, shutdown, &status).await {
                 return Ok(it);
             }
             let t = Instant::now();
@@ -599,7 +627,8 @@ pub(crate) async fn run_loop(
     let stop_producer = stop.clone();
     let handle = tokio::spawn(async move {
         for it in start..cfg.iterations {
-            if stop_producer.is_cancelled() {
+            if stop_producer.is_cancelled() || !unpaused(&mut paused, &stop_producer, &status).await
+            {
                 return cursor;
             }
             // Start iteration `it` only once `it - max_policy_lag` iterations are trained: every

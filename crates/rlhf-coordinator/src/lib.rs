@@ -138,12 +138,14 @@ pub async fn run(
     });
     // The admin API serves until the run has ended (through a stop's last iteration).
     let serve_stop = CancellationToken::new();
+    let (pause, paused) = tokio::sync::watch::channel(false);
     let server = deps.listener.map(|listener| {
         let limit = config.max_message_bytes;
         let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
             status: status.clone(),
             membership: deps.membership.clone(),
             stop: shutdown.clone(),
+            pause,
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -190,6 +192,7 @@ pub async fn run(
         deps.quiet,
         &status,
         &shutdown,
+        paused,
         start,
     )
     .await;
@@ -219,6 +222,7 @@ async fn run_inner(
     quiet: bool,
     status: &SharedStatus,
     shutdown: &CancellationToken,
+    paused: tokio::sync::watch::Receiver<bool>,
     start: Instant,
 ) -> Result<RunSummary, CoordinatorError> {
     let out = &config.output_dir;
@@ -376,7 +380,7 @@ async fn run_inner(
         tracing::info!(heldout_reward = r, "initial policy evaluated");
     }
     consumer.initial_heldout = initial;
-    let loop_result = run_loop(&mut consumer, cursor, shutdown, start_at).await;
+    let loop_result = run_loop(&mut consumer, cursor, shutdown, paused, start_at).await;
     // Whatever happened, the ledger ends consistent and is written out.
     let abandoned = consumer
         .producer
