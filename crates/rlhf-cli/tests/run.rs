@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use opentelemetry_proto::tonic as otlp;
+use otlp::collector::trace::v1 as collector;
 use rlhf_data::{Expect, read_audit, read_history, read_metrics, validate};
 use serde_json::Value;
 
@@ -601,28 +603,9 @@ fn status_until(args: &[&str], ready: impl Fn(&Value) -> bool) -> Value {
 #[test]
 fn status_and_stop_through_the_admin_api() {
     let d = tempfile::tempdir().expect("tempdir");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-    };
-    let (port, metrics_port) = (free(), free());
+    let metrics_port = free_port();
     let extra = format!("iterations = 500\nmetrics_address = \"127.0.0.1:{metrics_port}\"");
-    let cfg = config(d.path(), &extra, "builtin = \"letters\"", "");
-    let mut text = std::fs::read_to_string(&cfg).expect("read");
-    text.push_str(&format!(
-        "\n[cluster]\ncoordinator = \"127.0.0.1:{port}\"\n"
-    ));
-    std::fs::write(&cfg, text).expect("write");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start rlhf run");
-    let at = format!("127.0.0.1:{port}");
+    let (mut run, at, cfg) = run_with_admin(d.path(), &extra);
     // By address, and through the run file's cluster.coordinator.
     let s = status_until(&["--coordinator", &at], |s| {
         s["iteration"].as_u64() >= Some(1)
@@ -672,14 +655,7 @@ fn status_and_stop_through_the_admin_api() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"pausing\""), "{stdout}");
     status_until(&["--coordinator", &at], |s| s["state"] == "paused");
-    let (code, stdout, stderr) = rlhf(&["stop", "--coordinator", &at]);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("\"stopping\""), "{stdout}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while run.try_wait().expect("wait").is_none() {
-        assert!(std::time::Instant::now() < deadline, "the run did not stop");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    stop_and_wait(&mut run, &at);
     let out = run.wait_with_output().expect("output");
     assert!(out.status.success());
     let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
@@ -724,42 +700,51 @@ fn pause_and_unpause(at: &str) {
 #[test]
 fn a_pipelined_run_pauses_and_continues() {
     let d = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let cfg = config(
-        d.path(),
-        "iterations = 500\nmax_policy_lag = 2",
-        "builtin = \"letters\"",
-        "",
-    );
-    let mut text = std::fs::read_to_string(&cfg).expect("read");
-    text.push_str(&format!(
-        "\n[cluster]\ncoordinator = \"127.0.0.1:{port}\"\n"
-    ));
-    std::fs::write(&cfg, text).expect("write");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start rlhf run");
-    let at = format!("127.0.0.1:{port}");
+    let (mut run, at, _) = run_with_admin(d.path(), "iterations = 500\nmax_policy_lag = 2");
     status_until(&["--coordinator", &at], |s| {
         s["iteration"].as_u64() >= Some(1)
     });
     pause_and_unpause(&at);
-    let (code, _, stderr) = rlhf(&["stop", "--coordinator", &at]);
+    stop_and_wait(&mut run, &at);
+    assert!(run.wait().expect("wait").success());
+    check_ledger(&d.path().join("out"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `rlhf run` of a run file with `coordinator_extra`, its admin API on a free port: the
+/// process (stdout piped), the admin address and the run file.
+fn run_with_admin(dir: &Path, coordinator_extra: &str) -> (std::process::Child, String, PathBuf) {
+    let at = format!("127.0.0.1:{}", free_port());
+    let cfg = config(dir, coordinator_extra, "builtin = \"letters\"", "");
+    let mut text = std::fs::read_to_string(&cfg).expect("read");
+    text.push_str(&format!("\n[cluster]\ncoordinator = \"{at}\"\n"));
+    std::fs::write(&cfg, text).expect("write");
+    let run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlhf run");
+    (run, at, cfg)
+}
+
+/// `rlhf stop`, then waits (up to 120 s) for the run to end.
+fn stop_and_wait(run: &mut std::process::Child, at: &str) {
+    let (code, stdout, stderr) = rlhf(&["stop", "--coordinator", at]);
     assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"stopping\""), "{stdout}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while run.try_wait().expect("wait").is_none() {
         assert!(std::time::Instant::now() < deadline, "the run did not stop");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(run.wait().expect("wait").success());
-    check_ledger(&d.path().join("out"));
 }
 
 /// Starts `rlhf run cfg` and kills it with -9 as soon as `marker` exists (failing if the run
@@ -926,9 +911,6 @@ fn logs_are_plain_text_or_json_lines() {
 struct Collector {
     spans: std::sync::Arc<std::sync::Mutex<Vec<(String, otlp::trace::v1::Span)>>>,
 }
-
-use opentelemetry_proto::tonic as otlp;
-use otlp::collector::trace::v1 as collector;
 
 #[tonic::async_trait]
 impl collector::trace_service_server::TraceService for Collector {
