@@ -365,11 +365,13 @@ fn a_standby_coordinator_takes_over_a_killed_leader() {
     );
     // The standby's admin port stays closed until it leads (a Kubernetes Service or readiness
     // check reaches only the leader).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // A loopback address of its own: the other tests' listeners (all on 127.0.0.1) cannot
+    // take its port while it is closed and make it look open.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let standby_at = format!("127.0.0.1:{port}");
+    let standby_at = format!("127.0.0.2:{port}");
     let mut standby = spawn_logged(
         d.path(),
         "standby",
