@@ -13,7 +13,7 @@ use rlhf_proto::v1::admin_client::AdminClient;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::runfile::RunFile;
+use crate::runfile::ClusterSection;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -33,8 +33,7 @@ async fn address(args: &AdminArgs) -> Result<String> {
     let Some(path) = &args.config else {
         bail!("pass --coordinator host:port or --config RUN_FILE");
     };
-    let f = RunFile::load(path)?;
-    let c = &f.cluster;
+    let c = &ClusterSection::load(path)?;
     if !c.etcd.is_empty() {
         let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, Duration::from_secs(10))
             .await

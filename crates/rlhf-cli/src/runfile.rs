@@ -123,6 +123,31 @@ fn default_restarts() -> u32 {
     3
 }
 
+impl ClusterSection {
+    /// Only the `[cluster]` section of a run file, checked: what `rlhf status | stop | pause`
+    /// need to find the coordinator, without the rest of the run (its checkpoints may be on
+    /// another machine).
+    pub fn load(path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            cluster: ClusterSection,
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let only: Only = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().replace('\n', " ").trim()
+            )
+        })?;
+        only.cluster
+            .validate()
+            .with_context(|| format!("{}: invalid [cluster]", path.display()))?;
+        Ok(only.cluster)
+    }
+}
+
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {

@@ -97,12 +97,12 @@ fn the_example_values_give_run_files_rlhf_accepts() {
             .replace("\"cuda:0\"", "\"cpu\"")
             .replace("\"bf16\"", "\"f32\"");
         std::fs::write(&toml, &run).expect("write");
-        // `rlhf status --config` loads and checks the whole run file, then looks for the
-        // coordinator in etcd: the etcd endpoints (not reachable here) are the only failure.
+        // `rlhf learner --config` loads and checks the whole run file, then connects to etcd:
+        // the etcd endpoints (not reachable here) are the only failure.
         let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-            .args(["status", "--config", toml.to_str().expect("utf-8")])
+            .args(["learner", "--config", toml.to_str().expect("utf-8")])
             .output()
-            .expect("rlhf status");
+            .expect("rlhf learner");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(

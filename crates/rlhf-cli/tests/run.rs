@@ -624,6 +624,15 @@ fn status_and_stop_through_the_admin_api() {
     assert!(s["last_timings"]["tokens_per_s"].is_number(), "{s}");
     let s = status_until(&["--config", cfg.to_str().expect("utf-8")], |_| true);
     assert_eq!(s["iterations_total"], 500);
+    // Only the run file's [cluster] is read: an operator's copy whose checkpoints are on
+    // another machine finds the run too.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    let model = fixture().display().to_string();
+    assert!(text.contains(&model));
+    let elsewhere = d.path().join("operator.toml");
+    std::fs::write(&elsewhere, text.replace(&model, "/nowhere/model")).expect("write");
+    let s = status_until(&["--config", elsewhere.to_str().expect("utf-8")], |_| true);
+    assert_eq!(s["iterations_total"], 500);
     // Prometheus metrics, from the same status.
     let text = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
     for want in [
