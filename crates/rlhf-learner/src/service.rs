@@ -39,6 +39,8 @@ pub struct LearnerService<B: AutodiffBackend> {
     progress: Arc<StdMutex<(u64, u64)>>,
     /// This learner's line of versions (see `LearnerStatus.incarnation`).
     incarnation: AtomicU64,
+    /// The policy's context length (`max_position_embeddings`): longer sequences are refused.
+    max_len: usize,
 }
 
 /// A fresh, non-zero incarnation number.
@@ -98,6 +100,7 @@ impl<B: AutodiffBackend> LearnerService<B> {
             )));
         }
         let v0 = publish(&policy.valid())?;
+        let max_len = policy.config.max_position_embeddings;
         let mut state = TrainState::new(policy, reference, config.objective, config.optim())
             .with_gradient_checkpointing(config.gradient_checkpointing);
         if matches!(config.objective, rlhf_algo::Objective::Ppo(_)) {
@@ -123,6 +126,7 @@ impl<B: AutodiffBackend> LearnerService<B> {
             versions: Arc::new(RwLock::new(BTreeMap::from([(0, v0)]))),
             progress: Arc::new(StdMutex::new((0, 0))),
             incarnation: AtomicU64::new(new_incarnation()),
+            max_len,
         })
     }
 
@@ -164,11 +168,31 @@ fn sampled(s: &v1::Sequence, what: &str) -> Result<Sampled, Status> {
             ),
         ));
     }
+    if let Some(bad) = s.behaviour_logprobs.iter().find(|l| !l.is_finite()) {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!("`{what}` has a non-finite behaviour_logprob ({bad})"),
+        ));
+    }
     Ok(Sampled {
         seq: seq(Some(s), what)?,
         behaviour_logprobs: s.behaviour_logprobs.clone(),
         policy_version: s.policy_version,
     })
+}
+
+/// Token count of the longest sequence of a wire unit.
+fn longest(u: &v1::TrainingUnit) -> usize {
+    let len = |s: &v1::Sequence| s.prompt_ids.len() + s.completion_ids.len();
+    let all: Vec<&v1::Sequence> = match &u.unit {
+        Some(training_unit::Unit::Pair(p)) => p.chosen.iter().chain(&p.rejected).collect(),
+        Some(training_unit::Unit::List(l)) => l.items.iter().collect(),
+        Some(training_unit::Unit::Binary(b)) => b.sample.iter().collect(),
+        Some(training_unit::Unit::Group(g)) => g.items.iter().collect(),
+        Some(training_unit::Unit::Rollout(r)) => vec![r],
+        None => vec![],
+    };
+    all.into_iter().map(len).max().unwrap_or(0)
 }
 
 /// Converts a wire unit, validating it.
@@ -248,6 +272,17 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 ));
             }
             for u in &msg.units {
+                let n = longest(u);
+                if n > self.max_len {
+                    return Err(status(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "a sequence of {n} tokens is longer than the policy's context \
+                             (max_position_embeddings = {})",
+                            self.max_len
+                        ),
+                    ));
+                }
                 units.push(unit(u)?);
             }
             let _ = tx
@@ -283,7 +318,9 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         .await
         .map_err(|e| status(ErrorKind::Internal, format!("training panicked: {e}")))?
         .map_err(|e| match e {
-            LearnerError::Invalid(m) | LearnerError::Objective(m) => {
+            LearnerError::Invalid(m)
+            | LearnerError::Objective(m)
+            | LearnerError::Model(rlhf_model::ModelError::Input(m)) => {
                 status(ErrorKind::InvalidArgument, m)
             }
             other => status(ErrorKind::Internal, other.to_string()),

@@ -1,0 +1,182 @@
+//! Bad input at the learner's gRPC boundary (design: "oversized or malformed messages get a
+//! gRPC error, and the process lives"): units naming tokens outside the vocabulary, empty or
+//! ragged sequences, non-finite numbers, a sequence longer than the model's context (it once
+//! made the learner allocate 51 GB and abort), a message over the size limit. Each is refused
+//! with a status naming the problem, nothing is trained, and the same learner then trains a
+//! good unit.
+
+use rlhf_core::CancellationToken;
+use rlhf_learner::LearnerConfig;
+use rlhf_proto::v1;
+use tokio::net::TcpListener;
+
+mod common;
+use common::fixture;
+
+fn seq(prompt: Vec<u32>, completion: Vec<u32>) -> v1::Sequence {
+    let n = completion.len();
+    v1::Sequence {
+        id: Some(v1::SampleId {
+            iteration: 0,
+            prompt_id: "p".into(),
+            sample_index: 0,
+        }),
+        policy_version: 0,
+        prompt_ids: prompt,
+        completion_ids: completion,
+        behaviour_logprobs: vec![-1.0; n],
+        reward: 0.0,
+    }
+}
+
+fn pair(chosen: v1::Sequence, rejected: v1::Sequence) -> v1::TrainingUnit {
+    v1::TrainingUnit {
+        unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
+            chosen: Some(chosen),
+            rejected: Some(rejected),
+            strength: 1.0,
+        })),
+    }
+}
+
+async fn train(
+    learner: &mut v1::learner_client::LearnerClient<tonic::transport::Channel>,
+    units: Vec<v1::TrainingUnit>,
+) -> Result<v1::TrainDone, tonic::Status> {
+    use futures::StreamExt;
+    let req = v1::TrainRequest {
+        iteration: 0,
+        units,
+        incarnation: 0,
+    };
+    let mut events = learner
+        .train(futures::stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    while let Some(e) = events.next().await {
+        if let Some(v1::train_event::Event::Done(d)) = e?.event {
+            return Ok(d);
+        }
+    }
+    Err(tonic::Status::internal("no result"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_units_and_oversized_messages_are_refused_and_the_learner_lives() -> anyhow::Result<()>
+{
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let mut config = LearnerConfig::new(fixture());
+    config.max_message_bytes = 64 * 1024;
+    tokio::spawn(rlhf_learner::run(config, listener, shutdown.clone()));
+    let mut learner = loop {
+        match v1::learner_client::LearnerClient::connect(addr.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let good = || {
+        pair(
+            seq(vec![1, 2, 3], vec![4, 5]),
+            seq(vec![1, 2, 3], vec![6, 7]),
+        )
+    };
+    let mut nan = seq(vec![1, 2, 3], vec![4, 5]);
+    nan.behaviour_logprobs = vec![f32::NAN, -1.0];
+    let mut ragged = seq(vec![1, 2, 3], vec![4, 5]);
+    ragged.behaviour_logprobs = vec![-1.0];
+    let cases: Vec<(&str, Vec<v1::TrainingUnit>, &str)> = vec![
+        (
+            "a token outside the vocabulary",
+            vec![pair(
+                seq(vec![1, 2, 3], vec![4, 4_000_000]),
+                seq(vec![1], vec![6]),
+            )],
+            "4000000",
+        ),
+        (
+            "an empty completion",
+            vec![pair(seq(vec![1, 2, 3], vec![]), seq(vec![1], vec![6]))],
+            "completion",
+        ),
+        (
+            "a NaN behaviour log-prob",
+            vec![v1::TrainingUnit {
+                unit: Some(v1::training_unit::Unit::Rollout(nan)),
+            }],
+            "non-finite behaviour_logprob",
+        ),
+        (
+            "log-probs not one per completion token",
+            vec![v1::TrainingUnit {
+                unit: Some(v1::training_unit::Unit::Rollout(ragged)),
+            }],
+            "1 behaviour_logprobs for 2 completion_ids",
+        ),
+        (
+            "a non-finite reward",
+            vec![pair(
+                v1::Sequence {
+                    reward: f64::INFINITY,
+                    ..seq(vec![1], vec![2])
+                },
+                seq(vec![1], vec![6]),
+            )],
+            "non-finite reward",
+        ),
+        (
+            "a pair without its rejected sequence",
+            vec![v1::TrainingUnit {
+                unit: Some(v1::training_unit::Unit::Pair(v1::Pair {
+                    chosen: Some(seq(vec![1], vec![2])),
+                    rejected: None,
+                    strength: 1.0,
+                })),
+            }],
+            "rejected",
+        ),
+        (
+            "a sequence longer than the policy's context",
+            vec![pair(seq(vec![1; 300], vec![2; 10]), seq(vec![1], vec![6]))],
+            "max_position_embeddings = 256",
+        ),
+        (
+            "a message over the size limit",
+            (0..200)
+                .map(|_| {
+                    pair(
+                        seq(vec![300; 200], vec![301; 50]),
+                        seq(vec![300; 200], vec![302; 50]),
+                    )
+                })
+                .collect(),
+            "limit",
+        ),
+    ];
+    for (what, units, named) in cases {
+        let e = match train(&mut learner, units).await {
+            Ok(d) => anyhow::bail!("{what}: trained (version {})", d.policy_version),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(
+                e.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::ResourceExhausted
+            ),
+            "{what}: {e:?}"
+        );
+        assert!(e.message().contains(named), "{what}: {}", e.message());
+        let status = learner
+            .status(v1::LearnerStatusRequest {})
+            .await?
+            .into_inner();
+        assert_eq!(status.policy_version, 0, "{what}: trained");
+    }
+    // The same learner trains a good unit.
+    assert_eq!(train(&mut learner, vec![good()]).await?.policy_version, 1);
+    shutdown.cancel();
+    Ok(())
+}
