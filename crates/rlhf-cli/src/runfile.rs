@@ -295,6 +295,17 @@ impl RunFile {
         f.cluster
             .validate()
             .with_context(|| ctx("invalid [cluster]"))?;
+        let model = rlhf_model::ModelConfig::from_dir(&f.model.path)
+            .map_err(|e| anyhow::anyhow!("{}: model.path: {e}", path.display()))?;
+        let new_tokens = f.coordinator.sampling.max_new_tokens as usize;
+        if new_tokens >= model.max_position_embeddings {
+            bail!(
+                "{}: coordinator.sampling.max_new_tokens = {new_tokens} leaves no room for a \
+                 prompt in the policy's context (max_position_embeddings = {})",
+                path.display(),
+                model.max_position_embeddings
+            );
+        }
         for i in 0..f.rollout.worker_count() {
             f.rollout_config(i).validate().with_context(|| {
                 if f.rollout.devices.is_empty() {

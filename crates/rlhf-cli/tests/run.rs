@@ -379,7 +379,24 @@ fn bad_input_fails_at_start_up_naming_the_field() {
         "{\"prompt\": \"ok\"}\n{\"prompt\": \n{\"prompt\": \"fine\"}\n",
     );
     let empty = p("empty.jsonl", "");
+    let too_long = config(
+        &d.path().join("too-long"),
+        "iterations = 1",
+        "builtin = \"letters\"",
+        "",
+    );
+    let text = std::fs::read_to_string(&too_long).expect("read");
+    assert!(text.contains("max_new_tokens = 10"));
+    std::fs::write(
+        &too_long,
+        text.replace("max_new_tokens = 10", "max_new_tokens = 256"),
+    )
+    .expect("write");
     let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            too_long,
+            "coordinator.sampling.max_new_tokens = 256 leaves no room",
+        ),
         (
             config(
                 &d.path().join("a"),
