@@ -1,9 +1,10 @@
-//! Bad input at the learner's gRPC boundary (design: "oversized or malformed messages get a
-//! gRPC error, and the process lives"): units naming tokens outside the vocabulary, empty or
-//! ragged sequences, non-finite numbers, a sequence longer than the model's context (it once
-//! made the learner allocate 51 GB and abort), a message over the size limit. Each is refused
-//! with a status naming the problem, nothing is trained, and the same learner then trains a
-//! good unit.
+//! Bad input at the gRPC boundaries of the learner and the rollout worker (design:
+//! "oversized or malformed messages get a gRPC error, and the process lives"). Learner: units
+//! naming tokens outside the vocabulary, empty or ragged sequences, non-finite numbers, a
+//! sequence longer than the model's context (it once made the learner allocate 51 GB and
+//! abort), a message over the size limit. Worker: a completion budget beyond the context or an
+//! enormous `n` (each once an unbounded allocation). Each is refused with a status naming the
+//! problem, nothing is trained, and the same process then serves a good request.
 
 use rlhf_core::CancellationToken;
 use rlhf_learner::LearnerConfig;
@@ -177,6 +178,72 @@ async fn bad_units_and_oversized_messages_are_refused_and_the_learner_lives() ->
     }
     // The same learner trains a good unit.
     assert_eq!(train(&mut learner, vec![good()]).await?.policy_version, 1);
+    shutdown.cancel();
+    Ok(())
+}
+
+/// The rollout worker's boundary: a request that would allocate without bound (a completion
+/// budget beyond the model's context, an enormous `n`) is refused naming the limit, and the
+/// worker then serves a good request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_generate_requests_are_refused_and_the_worker_lives() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(rlhf_rollout::run(
+        rlhf_rollout::RolloutConfig::new(fixture()),
+        listener,
+        shutdown.clone(),
+    ));
+    let mut worker = loop {
+        match v1::rollout_client::RolloutClient::connect(addr.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let request = |n: u32, max_new_tokens: u32| v1::GenerateRequest {
+        iteration: 0,
+        lease_id: "l".into(),
+        policy_version: 0,
+        weights_from: String::new(),
+        weights_incarnation: 0,
+        prompts: vec![v1::Prompt {
+            prompt_id: "a".into(),
+            text: "Hello".into(),
+            messages: vec![],
+        }],
+        n,
+        sampling: Some(v1::SamplingParams {
+            max_new_tokens,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop_ids: vec![],
+        }),
+        seed: 1,
+    };
+    for (what, req, named) in [
+        (
+            "a completion budget beyond the context",
+            request(2, 1_000_000_000),
+            "max_position_embeddings = 256",
+        ),
+        ("an enormous n", request(u32::MAX, 4), "at most 1048576"),
+    ] {
+        let e = match worker.generate(req).await {
+            Ok(_) => anyhow::bail!("{what}: accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(named), "{what}: {}", e.message());
+    }
+    let mut stream = worker.generate(request(2, 4)).await?.into_inner();
+    let mut completions = 0;
+    while let Some(r) = stream.next().await {
+        completions += r?.completions.len();
+    }
+    assert_eq!(completions, 2);
     shutdown.cancel();
     Ok(())
 }

@@ -250,6 +250,9 @@ fn sampling(req: &v1::GenerateRequest, stop: &[u32]) -> Result<SamplingParams, S
 
 type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
 
+/// Completions one Generate request may ask for (prompts × n).
+pub const MAX_ROWS_PER_REQUEST: u64 = 1 << 20;
+
 #[tonic::async_trait]
 impl<B: Backend> Rollout for RolloutService<B> {
     type GenerateStream = GenerateStream;
@@ -273,6 +276,18 @@ impl<B: Backend> Rollout for RolloutService<B> {
             stop.push(id);
         }
         let params = sampling(&req, &stop)?;
+        let rows = req.prompts.len() as u64 * u64::from(req.n);
+        if rows > MAX_ROWS_PER_REQUEST {
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{} prompts × n = {} is {rows} completions; at most \
+                     {MAX_ROWS_PER_REQUEST} per request",
+                    req.prompts.len(),
+                    req.n
+                ),
+            ));
+        }
         let sync_seconds = self
             .ensure_version(
                 req.policy_version,
@@ -286,8 +301,23 @@ impl<B: Backend> Rollout for RolloutService<B> {
         };
         // One row per (prompt, sample index).
         let mut rows = Vec::with_capacity(req.prompts.len() * req.n as usize);
+        let context = model.config.max_position_embeddings;
         for p in &req.prompts {
             let ids = self.prompt_ids(p)?;
+            // The KV cache is allocated for the whole sequence up front: a request beyond the
+            // context would allocate without bound (and sample past what the model knows).
+            if ids.len() + params.max_new_tokens > context {
+                return Err(status(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "prompt `{}`: {} tokens + max_new_tokens {} exceed the policy's context \
+                         (max_position_embeddings = {context})",
+                        p.prompt_id,
+                        ids.len(),
+                        params.max_new_tokens
+                    ),
+                ));
+            }
             for i in 0..req.n {
                 rows.push((
                     p.prompt_id.clone(),
