@@ -155,6 +155,43 @@ impl EtcdMembership {
         }
     }
 
+    /// The value of `key` (with the store's revision in its header).
+    async fn get(&self, key: &str) -> Result<etcd_client::GetResponse, MembershipError> {
+        self.call(&format!("get {key}"), |mut c| async move {
+            c.get(key, None).await
+        })
+        .await
+    }
+
+    /// Runs `txn` (`what` names it in errors).
+    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, MembershipError> {
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// A new lease of `ttl` (whole seconds, at least 1).
+    async fn grant(&self, ttl: Duration) -> Result<i64, MembershipError> {
+        let seconds = lease_seconds(ttl);
+        Ok(self
+            .call("grant a lease", |mut c| async move {
+                c.lease_grant(seconds, None).await
+            })
+            .await?
+            .id())
+    }
+
+    /// Revokes `lease` (deleting its keys); a failure only leaves it until it expires.
+    async fn revoke(&self, lease: i64) {
+        let _ = self
+            .call("revoke a lease", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
+    }
+
     fn backend(&self, what: &str, e: etcd_client::Error) -> MembershipError {
         MembershipError::Backend(format!("etcd at {}: {what}: {e}", self.endpoints))
     }
@@ -169,12 +206,7 @@ impl EtcdMembership {
 
     async fn stored(&self, role: Role, name: &str) -> Result<Option<Stored>, MembershipError> {
         let key = self.member_key(role, name);
-        let k = key.as_str();
-        let r = self
-            .call(&format!("get {key}"), |mut c| async move {
-                c.get(k, None).await
-            })
-            .await?;
+        let r = self.get(&key).await?;
         r.kvs()
             .first()
             .map(|kv| parse(&key, kv.value(), kv.mod_revision()))
@@ -215,12 +247,7 @@ impl EtcdMembership {
                 value,
                 Some(PutOptions::new().with_lease(s.lease)),
             )]);
-        let r = self
-            .call(&format!("publish {key}"), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let r = self.txn(&format!("publish {key}"), txn).await?;
         if r.succeeded() {
             return Ok(());
         }
@@ -246,17 +273,12 @@ impl EtcdMembership {
     ) -> Result<Vec<u8>, MembershipError> {
         check_name("group", group)?;
         let key = self.rendezvous_key(group);
-        let k = key.as_str();
         let waiting = async {
-            let r = self
-                .call(&format!("get {key}"), |mut c| async move {
-                    c.get(k, None).await
-                })
-                .await?;
+            let r = self.get(&key).await?;
             if let Some(kv) = r.kvs().first() {
                 return Ok(kv.value().to_vec());
             }
-            let mut stream = self.watch_after(k, &r).await?;
+            let mut stream = self.watch_after(&key, &r).await?;
             loop {
                 let Some(m) = stream
                     .message()
@@ -337,20 +359,8 @@ impl Leadership {
                 self.lease,
             )])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        let _ = self
-            .etcd
-            .call("resign", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
-        let lease = self.lease;
-        let _ = self
-            .etcd
-            .call("revoke a lease", |mut c| async move {
-                c.lease_revoke(lease).await
-            })
-            .await;
+        let _ = self.etcd.txn("resign", txn).await;
+        self.etcd.revoke(self.lease).await;
     }
 }
 
@@ -376,14 +386,8 @@ impl EtcdMembership {
         check_name("leadership", name)?;
         let key = format!("{}/leader/{name}", self.prefix);
         let k = key.as_str();
-        let seconds = lease_seconds(ttl);
         loop {
-            let lease = self
-                .call("grant a lease", |mut c| async move {
-                    c.lease_grant(seconds, None).await
-                })
-                .await?
-                .id();
+            let lease = self.grant(ttl).await?;
             let txn = Txn::new()
                 .when([Compare::create_revision(k, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -392,26 +396,15 @@ impl EtcdMembership {
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
             let won = self
-                .call(&format!("campaign for {key}"), |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
+                .txn(&format!("campaign for {key}"), txn)
                 .await?
                 .succeeded();
             if won {
                 return self.keep_leading(key, lease, ttl).await;
             }
-            let _ = self
-                .call("revoke a lease", |mut c| async move {
-                    c.lease_revoke(lease).await
-                })
-                .await;
+            self.revoke(lease).await;
             // Someone leads: wait for the key to go (deleted on resignation or lease expiry).
-            let r = self
-                .call(&format!("get {key}"), |mut c| async move {
-                    c.get(k, None).await
-                })
-                .await?;
+            let r = self.get(k).await?;
             let Some(kv) = r.kvs().first() else {
                 continue;
             };
@@ -591,13 +584,7 @@ impl Membership for EtcdMembership {
         let key = self.member_key(role, name);
         let k = key.as_str();
         let old = self.stored(role, name).await?;
-        let seconds = lease_seconds(ttl);
-        let lease = self
-            .call("grant a lease", |mut c| async move {
-                c.lease_grant(seconds, None).await
-            })
-            .await?
-            .id();
+        let lease = self.grant(ttl).await?;
         let value = format!("{lease:x} {address}");
         let v = value.as_str();
         let r = self
@@ -614,11 +601,7 @@ impl Membership for EtcdMembership {
             })?;
         // The old lease no longer holds the key; revoke it so it stops counting.
         if let Some(old) = old.filter(|o| o.lease != lease) {
-            let _ = self
-                .call("revoke a lease", |mut c| async move {
-                    c.lease_revoke(old.lease).await
-                })
-                .await;
+            self.revoke(old.lease).await;
         }
         Ok(epoch)
     }
@@ -670,12 +653,7 @@ impl Membership for EtcdMembership {
                 revision,
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let r = self
-            .call(&format!("delete {key}"), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let r = self.txn(&format!("delete {key}"), txn).await?;
         if !r.succeeded() {
             return Err(MembershipError::StaleEpoch {
                 role,
@@ -685,11 +663,7 @@ impl Membership for EtcdMembership {
             });
         }
         // Also drops anything this member published.
-        let _ = self
-            .call("revoke a lease", |mut c| async move {
-                c.lease_revoke(s.lease).await
-            })
-            .await;
+        self.revoke(s.lease).await;
         Ok(())
     }
 
