@@ -518,10 +518,7 @@ async fn coordinate(
                 Some(_) => Some(register(&m, Role::Coordinator, "coordinator", &at, f).await?),
                 None => None,
             };
-            let listener = match admin_at {
-                Some(a) => Some(bind(&a.to_string()).await?),
-                None => None,
-            };
+            let listener = bind_admin(admin_at).await?;
             (m, registration, Some(leadership), listener, admin_at)
         }
         None => {
@@ -564,10 +561,7 @@ async fn coordinate(
         );
         config.resume = true;
         wait_for_members(membership.as_ref(), f).await?;
-        listener = match admin_at {
-            Some(a) => Some(bind(&a.to_string()).await?),
-            None => None,
-        };
+        listener = bind_admin(admin_at).await?;
     };
     leave(registration).await;
     if let Some(l) = leadership {
@@ -575,6 +569,14 @@ async fn coordinate(
     }
     println!("{}", serde_json::to_string_pretty(&summary?)?);
     Ok(())
+}
+
+/// The admin listener at the address chosen at start (none: the admin API is not served).
+async fn bind_admin(at: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>> {
+    match at {
+        Some(a) => Ok(Some(bind(&a.to_string()).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Failures a restart can cure: a role died or could not be reached.

@@ -133,14 +133,7 @@ impl ClusterSection {
             #[serde(default)]
             cluster: ClusterSection,
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-        let only: Only = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {}",
-                path.display(),
-                e.to_string().replace('\n', " ").trim()
-            )
-        })?;
+        let only: Only = read_toml(path)?;
         only.cluster
             .validate()
             .with_context(|| format!("{}: invalid [cluster]", path.display()))?;
