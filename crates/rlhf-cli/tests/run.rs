@@ -681,6 +681,11 @@ fn status_and_stop_through_the_admin_api() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"pausing\""), "{stdout}");
     status_until(&["--coordinator", &at], |s| s["state"] == "paused");
+    assert!(
+        http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics")
+            .lines()
+            .any(|l| l == "rlhf_state{state=\"paused\"} 1")
+    );
     stop_and_wait(&mut run, &at);
     let out = run.wait_with_output().expect("output");
     assert!(out.status.success());

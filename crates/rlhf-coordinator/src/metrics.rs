@@ -2,8 +2,8 @@
 //! exposition format, rendered from the same status the admin API serves, so a dashboard and
 //! `rlhf status` never disagree.
 //!
-//! - `rlhf_state{state="..."}` 1 for the current state (`starting`, `running`, `stopping`,
-//!   `finished`, `failed`);
+//! - `rlhf_state{state="..."}` 1 for the current state (`starting`, `running`, `pausing`,
+//!   `paused`, `stopping`, `finished`, `failed`: [`crate::status::STATES`]);
 //! - `rlhf_iteration`, `rlhf_iterations_planned`, `rlhf_policy_version`;
 //! - `rlhf_samples_trained_total`, `rlhf_samples_rejected_total` (counters);
 //! - `rlhf_members{role="..."}`: live members per role;
@@ -69,7 +69,7 @@ pub fn render(s: &v1::StatusResponse, members: &[(Role, usize)]) -> String {
         "gauge",
         "1 for the run's current state.",
     );
-    for state in ["starting", "running", "stopping", "finished", "failed"] {
+    for state in crate::status::STATES {
         let on = u8::from(s.state == state);
         let _ = writeln!(out, "rlhf_state{{state=\"{state}\"}} {on}");
     }
@@ -212,5 +212,14 @@ mod tests {
         }
         // A missing number (null) is left out, not written as NaN.
         assert!(!text.contains("\"loss\""), "{text}");
+        // Every state has its series.
+        for state in crate::status::STATES {
+            let s = v1::StatusResponse {
+                state: state.into(),
+                ..Default::default()
+            };
+            let want = format!("rlhf_state{{state=\"{state}\"}} 1");
+            assert!(render(&s, &[]).lines().any(|l| l == want), "{want}");
+        }
     }
 }

@@ -9,6 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rlhf_data::MetricsRecord;
 use rlhf_proto::v1;
 
+/// Every state a run's status can be in (`StatusResponse.state`), in the order a run meets
+/// them; the metrics endpoint reports each.
+pub const STATES: [&str; 7] = [
+    "starting", "running", "pausing", "paused", "stopping", "finished", "failed",
+];
+
 /// The run's status, shared with the admin service.
 #[derive(Debug, Clone, Default)]
 pub struct SharedStatus(Arc<Mutex<v1::StatusResponse>>);
