@@ -65,38 +65,44 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         _request: Request<v1::PauseRequest>,
     ) -> Result<Response<v1::PauseResponse>, Status> {
-        let mut state = String::new();
-        self.status.update(|s| {
-            if s.state == "running" {
-                s.state = "pausing".into();
-            }
-            state = s.state.clone();
-        });
-        if matches!(state.as_str(), "pausing" | "paused") && !*self.pause.borrow() {
-            tracing::info!(
-                "pause requested through the admin API: pausing after the iterations in flight"
-            );
-            self.pause.send_replace(true);
-        }
-        Ok(Response::new(v1::PauseResponse { state }))
+        Ok(Response::new(self.set_paused(true)))
     }
 
     async fn unpause(
         &self,
         _request: Request<v1::UnpauseRequest>,
     ) -> Result<Response<v1::PauseResponse>, Status> {
+        Ok(Response::new(self.set_paused(false)))
+    }
+}
+
+impl AdminService {
+    /// Pauses (`running` becomes `pausing`; the loop holds at its next gate) or unpauses
+    /// (`pausing` or `paused` becomes `running`); returns the state after the request. A run
+    /// that is not running (starting, stopping, ended) is not paused.
+    fn set_paused(&self, on: bool) -> v1::PauseResponse {
         let mut state = String::new();
         self.status.update(|s| {
-            if matches!(s.state.as_str(), "pausing" | "paused") {
-                s.state = "running".into();
+            match (on, s.state.as_str()) {
+                (true, "running") => s.state = "pausing".into(),
+                (false, "pausing" | "paused") => s.state = "running".into(),
+                _ => {}
             }
             state = s.state.clone();
         });
-        if *self.pause.borrow() {
-            tracing::info!("unpause requested through the admin API: continuing");
-            self.pause.send_replace(false);
+        let wanted = !on || matches!(state.as_str(), "pausing" | "paused");
+        if wanted && *self.pause.borrow() != on {
+            tracing::info!(
+                "{} requested through the admin API",
+                if on {
+                    "pause (after the iterations in flight)"
+                } else {
+                    "unpause"
+                }
+            );
+            self.pause.send_replace(on);
         }
-        Ok(Response::new(v1::PauseResponse { state }))
+        v1::PauseResponse { state }
     }
 }
 

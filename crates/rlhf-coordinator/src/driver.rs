@@ -48,6 +48,16 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
+    /// The learner incarnation the run's versions belong to.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::SeqCst)
+    }
+
+    /// Records the learner's incarnation (at start, and after it resumed).
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation.store(incarnation, Ordering::SeqCst);
+    }
+
     fn sampling(&self) -> v1::SamplingParams {
         let s = &self.cfg.sampling;
         v1::SamplingParams {
@@ -77,7 +87,7 @@ impl Producer {
             iteration,
             version,
             weights_from: self.learner_address().await?,
-            incarnation: self.incarnation.load(Ordering::SeqCst),
+            incarnation: self.incarnation(),
             n,
             sampling: self.sampling(),
             seed,
@@ -228,10 +238,7 @@ impl Consumer {
         dir: &std::path::Path,
         iterations_done: u64,
     ) -> Result<(), CoordinatorError> {
-        let incarnation = self
-            .producer
-            .incarnation
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let incarnation = self.producer.incarnation();
         let resumable = checkpoint(&self.producer.cluster, learner, incarnation, dir).await?;
         let Some(cursor) = self.last_cursor.filter(|_| resumable) else {
             return Ok(());
@@ -304,10 +311,7 @@ impl Consumer {
         let n_units = built.units.len();
         let t_train = Instant::now();
         let trained = if n_units > 0 {
-            let incarnation = self
-                .producer
-                .incarnation
-                .load(std::sync::atomic::Ordering::SeqCst);
+            let incarnation = self.producer.incarnation();
             Some(
                 train(
                     &self.producer.cluster,

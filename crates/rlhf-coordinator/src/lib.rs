@@ -334,10 +334,7 @@ async fn run_inner(
         Some((dir, state)) => {
             let (version, incarnation) =
                 learn::resume(&consumer.producer.cluster, &learner, dir).await?;
-            consumer
-                .producer
-                .incarnation
-                .store(incarnation, std::sync::atomic::Ordering::SeqCst);
+            consumer.producer.set_incarnation(incarnation);
             if version != state.policy_version {
                 return Err(CoordinatorError::Learner(format!(
                     "resume from {}: the learner restored version {version}, the coordinator \
@@ -365,10 +362,7 @@ async fn run_inner(
         }
         None => {
             let incarnation = learn::incarnation(&consumer.producer.cluster, &learner).await?;
-            consumer
-                .producer
-                .incarnation
-                .store(incarnation, std::sync::atomic::Ordering::SeqCst);
+            consumer.producer.set_incarnation(incarnation);
             0
         }
     };
