@@ -135,12 +135,22 @@ impl<B: AutodiffBackend> LearnerService<B> {
     }
 }
 
-fn seq(s: Option<&v1::Sequence>, what: &str) -> Result<Seq, Status> {
+fn seq(s: Option<&v1::Sequence>, what: &str, max_len: usize) -> Result<Seq, Status> {
     let s = s.ok_or_else(|| status(ErrorKind::InvalidArgument, format!("missing `{what}`")))?;
     if s.prompt_ids.is_empty() || s.completion_ids.is_empty() {
         return Err(status(
             ErrorKind::InvalidArgument,
             format!("`{what}` has an empty prompt or completion"),
+        ));
+    }
+    let n = s.prompt_ids.len() + s.completion_ids.len();
+    if n > max_len {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!(
+                "`{what}` has {n} tokens, longer than the policy's context \
+                 (max_position_embeddings = {max_len})"
+            ),
         ));
     }
     if !s.reward.is_finite() {
@@ -157,7 +167,7 @@ fn seq(s: Option<&v1::Sequence>, what: &str) -> Result<Seq, Status> {
 }
 
 /// A sequence with the sampler's log-probs (group and rollout units).
-fn sampled(s: &v1::Sequence, what: &str) -> Result<Sampled, Status> {
+fn sampled(s: &v1::Sequence, what: &str, max_len: usize) -> Result<Sampled, Status> {
     if s.behaviour_logprobs.len() != s.completion_ids.len() {
         return Err(status(
             ErrorKind::InvalidArgument,
@@ -175,28 +185,15 @@ fn sampled(s: &v1::Sequence, what: &str) -> Result<Sampled, Status> {
         ));
     }
     Ok(Sampled {
-        seq: seq(Some(s), what)?,
+        seq: seq(Some(s), what, max_len)?,
         behaviour_logprobs: s.behaviour_logprobs.clone(),
         policy_version: s.policy_version,
     })
 }
 
-/// Token count of the longest sequence of a wire unit.
-fn longest(u: &v1::TrainingUnit) -> usize {
-    let len = |s: &v1::Sequence| s.prompt_ids.len() + s.completion_ids.len();
-    let all: Vec<&v1::Sequence> = match &u.unit {
-        Some(training_unit::Unit::Pair(p)) => p.chosen.iter().chain(&p.rejected).collect(),
-        Some(training_unit::Unit::List(l)) => l.items.iter().collect(),
-        Some(training_unit::Unit::Binary(b)) => b.sample.iter().collect(),
-        Some(training_unit::Unit::Group(g)) => g.items.iter().collect(),
-        Some(training_unit::Unit::Rollout(r)) => vec![r],
-        None => vec![],
-    };
-    all.into_iter().map(len).max().unwrap_or(0)
-}
-
-/// Converts a wire unit, validating it.
-fn unit(u: &v1::TrainingUnit) -> Result<Unit, Status> {
+/// Converts a wire unit, validating it (every sequence within `max_len` tokens, the policy's
+/// context).
+fn unit(u: &v1::TrainingUnit, max_len: usize) -> Result<Unit, Status> {
     match &u.unit {
         Some(training_unit::Unit::Pair(p)) => {
             let strength = if p.strength == 0.0 { 1.0 } else { p.strength };
@@ -207,8 +204,8 @@ fn unit(u: &v1::TrainingUnit) -> Result<Unit, Status> {
                 ));
             }
             Ok(Unit::Pair(
-                seq(p.chosen.as_ref(), "chosen")?,
-                seq(p.rejected.as_ref(), "rejected")?,
+                seq(p.chosen.as_ref(), "chosen", max_len)?,
+                seq(p.rejected.as_ref(), "rejected", max_len)?,
                 strength,
             ))
         }
@@ -222,21 +219,22 @@ fn unit(u: &v1::TrainingUnit) -> Result<Unit, Status> {
             Ok(Unit::List(
                 l.items
                     .iter()
-                    .map(|s| seq(Some(s), "items"))
+                    .map(|s| seq(Some(s), "items", max_len))
                     .collect::<Result<_, _>>()?,
             ))
         }
-        Some(training_unit::Unit::Binary(b)) => {
-            Ok(Unit::Binary(seq(b.sample.as_ref(), "sample")?, b.desirable))
-        }
+        Some(training_unit::Unit::Binary(b)) => Ok(Unit::Binary(
+            seq(b.sample.as_ref(), "sample", max_len)?,
+            b.desirable,
+        )),
         Some(training_unit::Unit::Group(g)) => {
             if g.items.is_empty() {
                 return Err(status(ErrorKind::InvalidArgument, "an empty group"));
             }
-            let items = g.items.iter().map(|s| sampled(s, "items"));
+            let items = g.items.iter().map(|s| sampled(s, "items", max_len));
             Ok(Unit::Group(items.collect::<Result<_, _>>()?))
         }
-        Some(training_unit::Unit::Rollout(s)) => Ok(Unit::Rollout(sampled(s, "rollout")?)),
+        Some(training_unit::Unit::Rollout(s)) => Ok(Unit::Rollout(sampled(s, "rollout", max_len)?)),
         None => Err(status(ErrorKind::InvalidArgument, "empty training unit")),
     }
 }
@@ -272,18 +270,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 ));
             }
             for u in &msg.units {
-                let n = longest(u);
-                if n > self.max_len {
-                    return Err(status(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "a sequence of {n} tokens is longer than the policy's context \
-                             (max_position_embeddings = {})",
-                            self.max_len
-                        ),
-                    ));
-                }
-                units.push(unit(u)?);
+                units.push(unit(u, self.max_len)?);
             }
             let _ = tx
                 .send(Ok(v1::TrainEvent {
