@@ -276,32 +276,29 @@ impl<B: Backend> Rollout for RolloutService<B> {
             stop.push(id);
         }
         let params = sampling(&req, &stop)?;
-        let rows = req.prompts.len() as u64 * u64::from(req.n);
-        if rows > MAX_ROWS_PER_REQUEST {
+        let requested = req.prompts.len() as u64 * u64::from(req.n);
+        if requested > MAX_ROWS_PER_REQUEST {
             return Err(status(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "{} prompts × n = {} is {rows} completions; at most \
+                    "{} prompts × n = {} is {requested} completions; at most \
                      {MAX_ROWS_PER_REQUEST} per request",
                     req.prompts.len(),
                     req.n
                 ),
             ));
         }
-        let sync_seconds = self
-            .ensure_version(
-                req.policy_version,
-                req.weights_incarnation,
-                &req.weights_from,
-            )
-            .await?;
-        let (version, model) = {
-            let p = self.policy.read().await;
-            (p.version, p.model.clone())
-        };
+        // The prompts are checked before any weights are fetched: the context is the
+        // architecture's, the same for every version.
+        let context = self
+            .policy
+            .read()
+            .await
+            .model
+            .config
+            .max_position_embeddings;
         // One row per (prompt, sample index).
         let mut rows = Vec::with_capacity(req.prompts.len() * req.n as usize);
-        let context = model.config.max_position_embeddings;
         for p in &req.prompts {
             let ids = self.prompt_ids(p)?;
             // The KV cache is allocated for the whole sequence up front: a request beyond the
@@ -327,6 +324,17 @@ impl<B: Backend> Rollout for RolloutService<B> {
                 ));
             }
         }
+        let sync_seconds = self
+            .ensure_version(
+                req.policy_version,
+                req.weights_incarnation,
+                &req.weights_from,
+            )
+            .await?;
+        let (version, model) = {
+            let p = self.policy.read().await;
+            (p.version, p.model.clone())
+        };
         let (tx, rx) = mpsc::channel(4);
         let chunk = self.config.max_batch_rows;
         let tokenizer = self.tokenizer.clone();
