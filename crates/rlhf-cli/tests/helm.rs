@@ -13,6 +13,9 @@
 //! Needs Python with helm-python-sdk, PyYAML and kubernetes-validate: `RLHF_HELM_PYTHON`
 //! (scripts/test makes a virtual environment and sets it), else `python3`.
 
+mod common;
+
+use common::wait_until;
 use rlhf_membership::local::LocalEtcd;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -513,14 +516,6 @@ fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {
         i += c.len_utf8();
     }
     out
-}
-
-fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ready() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn wait_exit(cluster: &mut Cluster, name: &str, within: Duration) -> std::process::ExitStatus {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::wait_until;
 use rlhf_membership::local::LocalEtcd;
 use rlhf_membership::{Membership, Role};
 
@@ -189,15 +192,6 @@ fn summary_of(dir: &Path, name: &str, child: &mut Child) -> (serde_json::Value, 
     assert!(status.success(), "{err}");
     let out = std::fs::read(dir.join(format!("{name}.out"))).expect("stdout");
     (serde_json::from_slice(&out).expect("summary JSON"), err)
-}
-
-/// Polls `ready` every 50 ms, failing after `within`.
-fn wait_until(what: &str, within: Duration, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ready() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The checkpoint after iteration 2 is a resume point.
