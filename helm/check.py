@@ -81,6 +81,9 @@ def lint():
         ({"coordinater": {"replicas": 2}}, "coordinater"),
         ({"rollout": {"replicas": 0}}, "/rollout/replicas"),
         ({"ports": {"learner": "50051"}}, "/ports/learner"),
+        ({"auth": {"existingSecret": "admin"}}, "auth.existingSecret"),
+        ({"etcd": {"tls": {"existingSecret": "etcd-tls"}}}, "etcd.tls.existingSecret"),
+        ({"tls": {"existingSecret": "Not_A_Name"}}, "/tls/existingSecret"),
     ]
     for values, named in refused:
         try:

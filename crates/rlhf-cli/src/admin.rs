@@ -1,6 +1,6 @@
 //! `rlhf status`, `stop`, `pause` and `unpause`: a running coordinator's admin API, found by
 //! address or through the run file (`cluster.coordinator`, or the coordinator registered in
-//! etcd).
+//! etcd), over TLS when `cluster.tls` (or `--ca`) says so, with a token when one is given.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rlhf_membership::{EtcdMembership, Membership, Role};
+use rlhf_proto::security::{BearerToken, Tls, endpoint};
 use rlhf_proto::v1;
 use rlhf_proto::v1::admin_client::AdminClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::runfile::ClusterSection;
 
@@ -20,27 +22,51 @@ pub struct AdminArgs {
     /// host:port of the coordinator's admin API.
     #[arg(long, conflicts_with = "config")]
     coordinator: Option<String>,
-    /// The run file: its `cluster.coordinator`, or the coordinator registered in `cluster.etcd`.
+    /// The run file: its `cluster.coordinator`, or the coordinator registered in `cluster.etcd`;
+    /// its `cluster.tls` (the certificate and key are optional here) and `cluster.etcd_tls`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// With --coordinator: speak TLS, checking the coordinator's certificate against this CA
+    /// (PEM).
+    #[arg(long, requires = "coordinator")]
+    ca: Option<PathBuf>,
+    /// With --ca: the name to check in the coordinator's certificate instead of the host of
+    /// --coordinator (e.g. the chart's tls.serverName behind `kubectl port-forward`).
+    #[arg(long, requires = "ca")]
+    server_name: Option<String>,
+    /// A file holding the admin token (when the coordinator has `cluster.admin_tokens`); else
+    /// the token in the environment variable RLHF_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
-/// The admin API's address, as `http://host:port`.
-async fn address(args: &AdminArgs) -> Result<String> {
+/// The admin API's address, and the TLS to reach it with.
+async fn address(args: &AdminArgs) -> Result<(String, Option<Tls>)> {
     if let Some(a) = &args.coordinator {
-        return Ok(with_scheme(a));
+        let tls = match &args.ca {
+            Some(ca) => Some(Tls::load(ca, None, args.server_name.clone()).context("--ca")?),
+            None if a.starts_with("https://") => {
+                bail!("--coordinator {a}: pass --ca with the CA that signed its certificate")
+            }
+            None => None,
+        };
+        return Ok((with_scheme(a), tls));
     }
     let Some(path) = &args.config else {
         bail!("pass --coordinator host:port or --config RUN_FILE");
     };
     let c = &ClusterSection::load(path)?;
+    let sec = c
+        .security(crate::runfile::Access::Client)
+        .with_context(|| format!("{}", path.display()))?;
     if !c.etcd.is_empty() {
-        let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, Duration::from_secs(10))
+        let timeout = Duration::from_secs(10);
+        let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, timeout, sec.etcd_tls.as_ref())
             .await
             .context("cluster.etcd")?;
         let found = m.members(Role::Coordinator).await?;
         return match found.first() {
-            Some(member) => Ok(member.address.clone()),
+            Some(member) => Ok((member.address.clone(), sec.tls)),
             None => bail!(
                 "no coordinator is registered under {} in etcd ({}): is it running with an admin \
                  address (cluster.coordinator or --listen)?",
@@ -50,7 +76,7 @@ async fn address(args: &AdminArgs) -> Result<String> {
         };
     }
     match &c.coordinator {
-        Some(a) => Ok(with_scheme(a)),
+        Some(a) => Ok((with_scheme(a), sec.tls)),
         None => bail!(
             "{}: cluster.coordinator is not set (and no cluster.etcd): pass --coordinator",
             path.display()
@@ -66,16 +92,32 @@ fn with_scheme(a: &str) -> String {
     }
 }
 
-async fn client(args: &AdminArgs) -> Result<(AdminClient<Channel>, String)> {
-    let at = address(args).await?;
-    let channel = Endpoint::from_shared(at.clone())
-        .with_context(|| format!("invalid coordinator address `{at}`"))?
+/// The admin token: `--token-file`, else `RLHF_TOKEN`, else none.
+fn token(args: &AdminArgs) -> Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("--token-file {}", p.display()))?,
+        ),
+        None => std::env::var("RLHF_TOKEN").ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => bail!("the admin token is empty (--token-file or RLHF_TOKEN)"),
+        t => Ok(t),
+    }
+}
+
+type Admin = AdminClient<InterceptedService<Channel, BearerToken>>;
+
+async fn client(args: &AdminArgs) -> Result<(Admin, String)> {
+    let (at, tls) = address(args).await?;
+    let bearer = BearerToken::new(token(args)?.as_deref())?;
+    let channel = endpoint(&at, tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {at}"))?;
-    Ok((AdminClient::new(channel), at))
+    Ok((AdminClient::with_interceptor(channel, bearer), at))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod certs;
 mod eval;
 mod inspect;
 mod memory;
@@ -65,6 +66,9 @@ enum Command {
     Rm(rm::RmArgs),
     /// Memory estimates of a checkpoint's training step and generation call, from config.json.
     Memory(memory::MemoryArgs),
+    /// Make a development CA and a certificate for mutual TLS between the roles
+    /// (`cluster.tls`); later calls with the same --out sign with the same CA.
+    Certs(certs::CertsArgs),
     /// Benchmarks (not tests): numbers for docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -90,6 +94,7 @@ impl Command {
             Command::Sft(_) => "sft",
             Command::Rm(_) => "rm",
             Command::Memory(_) => "memory",
+            Command::Certs(_) => "certs",
             Command::Bench(_) => "bench",
         }
     }
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),
         Command::Memory(args) => memory::run(args),
+        Command::Certs(args) => certs::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -11,9 +11,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use rlhf_core::CancellationToken;
 use rlhf_membership::{EtcdMembership, InMemoryMembership, Membership, Registration, Role};
+use rlhf_proto::security::url;
 use tokio::net::TcpListener;
 
-use crate::runfile::RunFile;
+use crate::runfile::{Access, RunFile, Security};
 
 /// Registrations of static or in-process members never expire on their own.
 const STATIC_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -160,6 +161,8 @@ async fn evaluate_checkpoints(f: &RunFile, base: PathBuf) -> Result<()> {
 }
 
 async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
+    let sec = f.cluster.security(Access::Admin)?;
+    let tls = sec.tls.clone();
     let shutdown = CancellationToken::new();
     rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
     let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
@@ -167,14 +170,14 @@ async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
     let mut tasks = vec![];
 
     let learner = bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", learner.local_addr()?);
+    let addr = url(&learner.local_addr()?.to_string(), tls.as_ref());
     membership
         .register(Role::Learner, "learner", &addr, STATIC_TTL)
         .await?;
     tasks.push(tokio::spawn({
-        let (c, s) = (f.learner.clone(), services.clone());
+        let (c, s, t) = (f.learner.clone(), services.clone(), tls.clone());
         async move {
-            rlhf_learner::run(c, learner, s)
+            rlhf_learner::run(c, learner, s, t)
                 .await
                 .map_err(anyhow::Error::from)
                 .context("learner")
@@ -182,29 +185,29 @@ async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
     }));
     for i in 0..f.rollout.worker_count() {
         let l = bind("127.0.0.1:0").await?;
-        let addr = format!("http://{}", l.local_addr()?);
+        let addr = url(&l.local_addr()?.to_string(), tls.as_ref());
         let c = f.rollout_config(i);
         membership
             .register(Role::Rollout, &c.name, &addr, STATIC_TTL)
             .await?;
-        let s = services.clone();
+        let (s, t) = (services.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
-            rlhf_rollout::run(c, l, s)
+            rlhf_rollout::run(c, l, s, t)
                 .await
                 .map_err(anyhow::Error::from)
                 .context("rollout worker")
         }));
     }
     let scorer = bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", scorer.local_addr()?);
+    let addr = url(&scorer.local_addr()?.to_string(), tls.as_ref());
     membership
         .register(Role::Scorer, &f.scorer.name, &addr, STATIC_TTL)
         .await?;
     tasks.push(tokio::spawn({
-        let (c, s) = (f.scorer.clone(), services.clone());
+        let (c, s, t) = (f.scorer.clone(), services.clone(), tls.clone());
         async move {
             let registry = rlhf_reward::builtin_rules();
-            rlhf_reward::run(c, &registry, scorer, s)
+            rlhf_reward::run(c, &registry, scorer, s, t)
                 .await
                 .map_err(anyhow::Error::from)
                 .context("scorer")
@@ -216,6 +219,8 @@ async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
         listener: Some(admin),
         unit_kind: f.learner.objective.kind(),
         quiet,
+        tls: sec.tls,
+        admin_auth: sec.admin,
     };
     // A service that dies early fails the run instead of leaving the coordinator waiting.
     let mut coordinator = Box::pin(rlhf_coordinator::run(
@@ -284,20 +289,24 @@ fn addr_of(list: &[String], index: usize, role: &str) -> Result<String> {
 }
 
 /// The membership of distributed mode (`cluster.etcd`), if the run file names etcd.
-async fn etcd_membership(f: &RunFile) -> Result<Option<Arc<EtcdMembership>>> {
+async fn etcd_membership(f: &RunFile, sec: &Security) -> Result<Option<Arc<EtcdMembership>>> {
     let c = &f.cluster;
     if c.etcd.is_empty() {
         return Ok(None);
     }
-    let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, Duration::from_secs(10))
+    let timeout = Duration::from_secs(10);
+    let m = EtcdMembership::connect(&c.etcd, &c.etcd_prefix, timeout, sec.etcd_tls.as_ref())
         .await
         .context("cluster.etcd")?;
     Ok(Some(Arc::new(m)))
 }
 
-/// Whether `address` (`host:port` or `http://host:port`) accepts a connection within a second.
+/// Whether `address` (`host:port`, `http://` or `https://host:port`) accepts a connection
+/// within a second.
 async fn reachable(address: &str) -> bool {
-    let addr = address.trim_start_matches("http://");
+    let addr = address
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     matches!(
         tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
@@ -359,7 +368,7 @@ async fn wait_for_members(m: &dyn Membership, f: &RunFile) -> Result<()> {
 }
 
 /// The coordinator's members in static mode: the run file's `[cluster]` addresses.
-async fn static_members(f: &RunFile) -> Result<Arc<dyn Membership>> {
+async fn static_members(f: &RunFile, sec: &Security) -> Result<Arc<dyn Membership>> {
     let c = &f.cluster;
     let membership: Arc<dyn Membership> = Arc::new(InMemoryMembership::new());
     let learner = c.learner.clone().context("cluster.learner: missing")?;
@@ -367,7 +376,7 @@ async fn static_members(f: &RunFile) -> Result<Arc<dyn Membership>> {
         .register(
             Role::Learner,
             "learner",
-            &format!("http://{learner}"),
+            &url(&learner, sec.tls.as_ref()),
             STATIC_TTL,
         )
         .await?;
@@ -382,7 +391,7 @@ async fn static_members(f: &RunFile) -> Result<Arc<dyn Membership>> {
                 .register(
                     role,
                     &format!("{role}-{i}"),
-                    &format!("http://{a}"),
+                    &url(a, sec.tls.as_ref()),
                     STATIC_TTL,
                 )
                 .await?;
@@ -415,9 +424,15 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let shutdown = CancellationToken::new();
         rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
         let c = &f.cluster;
-        let etcd = etcd_membership(&f).await?;
+        let access = if role == Role::Coordinator {
+            Access::Admin
+        } else {
+            Access::Role
+        };
+        let sec = c.security(access)?;
+        let etcd = etcd_membership(&f, &sec).await?;
         if role == Role::Coordinator {
-            return coordinate(&f, &args, etcd, shutdown).await;
+            return coordinate(&f, &args, etcd, sec, shutdown).await;
         }
         let (addr, name) = match role {
             Role::Learner => (
@@ -448,23 +463,26 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let listener = bind(&addr).await?;
         let registration = match etcd {
             Some(e) => {
-                let at = advertised(&args, &listener.local_addr()?.to_string());
+                let at = advertised(&args, &listener.local_addr()?.to_string(), &sec);
                 let m: Arc<dyn Membership> = e;
                 Some(register(&m, role, &name, &at, &f).await?)
             }
             None => None,
         };
+        let tls = sec.tls;
         let served = match role {
-            Role::Learner => rlhf_learner::run(f.learner.clone(), listener, shutdown)
+            Role::Learner => rlhf_learner::run(f.learner.clone(), listener, shutdown, tls)
                 .await
                 .map_err(anyhow::Error::from),
-            Role::Rollout => rlhf_rollout::run(f.rollout_config(args.index), listener, shutdown)
-                .await
-                .map_err(anyhow::Error::from),
+            Role::Rollout => {
+                rlhf_rollout::run(f.rollout_config(args.index), listener, shutdown, tls)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
             _ => {
                 let mut cfg = f.scorer.clone();
                 cfg.name = format!("{}-{}", cfg.name, args.index);
-                rlhf_reward::run(cfg, &rlhf_reward::builtin_rules(), listener, shutdown)
+                rlhf_reward::run(cfg, &rlhf_reward::builtin_rules(), listener, shutdown, tls)
                     .await
                     .map_err(anyhow::Error::from)
             }
@@ -487,6 +505,7 @@ async fn coordinate(
     f: &RunFile,
     args: &RoleArgs,
     etcd: Option<Arc<EtcdMembership>>,
+    sec: Security,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let c = &f.cluster;
@@ -506,7 +525,7 @@ async fn coordinate(
                 None => None,
             };
             let at = match admin_at {
-                Some(a) => advertised(args, &a.to_string()),
+                Some(a) => advertised(args, &a.to_string(), &sec),
                 None => format!("pid {}", std::process::id()),
             };
             let leadership = lead(&e, &at, f, &mut config, &shutdown).await?;
@@ -527,7 +546,13 @@ async fn coordinate(
                 None => None,
             };
             let admin_at = listener.as_ref().map(|l| l.local_addr()).transpose()?;
-            (static_members(f).await?, None, None, listener, admin_at)
+            (
+                static_members(f, &sec).await?,
+                None,
+                None,
+                listener,
+                admin_at,
+            )
         }
     };
     let mut restarts = 0;
@@ -537,6 +562,8 @@ async fn coordinate(
             listener: listener.take(),
             unit_kind: f.learner.objective.kind(),
             quiet: false,
+            tls: sec.tls.clone(),
+            admin_auth: sec.admin.clone(),
         };
         let result =
             rlhf_coordinator::run(config.clone(), f.data.clone(), deps, shutdown.clone()).await;
@@ -626,9 +653,12 @@ async fn lead(
     Ok(leadership)
 }
 
-/// `http://` + `--advertise`, else the address this process listens on.
-fn advertised(args: &RoleArgs, listening: &str) -> String {
-    format!("http://{}", args.advertise.as_deref().unwrap_or(listening))
+/// `--advertise`, else the address this process listens on, as a URL (`https://` with TLS).
+fn advertised(args: &RoleArgs, listening: &str, sec: &Security) -> String {
+    url(
+        args.advertise.as_deref().unwrap_or(listening),
+        sec.tls.as_ref(),
+    )
 }
 
 async fn register(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rlhf_coordinator::{CoordinatorConfig, DataConfig};
 use rlhf_learner::LearnerConfig;
+use rlhf_proto::security::{AdminAuth, AdminTokens, Tls};
 use rlhf_reward::ScorerServiceConfig;
 use rlhf_rollout::RolloutConfig;
 use serde::Deserialize;
@@ -117,6 +118,94 @@ pub struct ClusterSection {
     /// reached is continued from its newest resume point, once every role is back.
     #[serde(default = "default_restarts")]
     pub restarts: u32,
+    /// Mutual TLS between the roles, and TLS on the admin API (docs/security.md).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// TLS to etcd's client port: etcd's CA, and this process's certificate and key when etcd
+    /// checks clients (`--client-cert-auth`).
+    #[serde(default)]
+    pub etcd_tls: Option<TlsSection>,
+    /// A file of admin API tokens, one `<role> <token>` per line (`viewer`: status;
+    /// `operator`: also stop, pause, unpause). Without it the admin API is open.
+    #[serde(default)]
+    pub admin_tokens: Option<PathBuf>,
+}
+
+/// PEM files for TLS (relative paths are relative to the run file's folder, then to the
+/// working directory).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The CA that peers' certificates must chain to.
+    pub ca: PathBuf,
+    /// This process's certificate (chain), presented when serving and calling.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name to check in servers' certificates instead of the host of each address (one
+    /// certificate with this name can then serve every role, whatever its address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsSection {
+    fn validate(&self, field: &str) -> Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            bail!("{field}: give both `cert` and `key`, or neither");
+        }
+        if self
+            .server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            bail!("{field}.server_name: empty (leave it out to check each address's host)");
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        self.ca = resolve(base, &self.ca);
+        for p in [&mut self.cert, &mut self.key].into_iter().flatten() {
+            *p = resolve(base, p);
+        }
+    }
+
+    /// Reads the files; `identity`: this process's certificate and key are required.
+    fn load(&self, field: &str, identity: bool) -> Result<Tls> {
+        let pair = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ if identity => bail!(
+                "{field}: `cert` and `key` are required here (a role serves and calls with its \
+                 certificate)"
+            ),
+            _ => None,
+        };
+        Tls::load(&self.ca, pair, self.server_name.clone()).with_context(|| field.to_string())
+    }
+}
+
+/// What a process does with `[cluster]`'s security settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Serves the admin API (the coordinator): reads the tokens too.
+    Admin,
+    /// Serves a learner, rollout worker or scorer.
+    Role,
+    /// Calls the admin API (`rlhf status` ...).
+    Client,
+}
+
+/// The transport security `[cluster]` asks for, with its files read.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Mutual TLS between the roles (and TLS on the admin API).
+    pub tls: Option<Tls>,
+    /// TLS to etcd.
+    pub etcd_tls: Option<Tls>,
+    /// The admin API's tokens.
+    pub admin: AdminAuth,
 }
 
 fn default_restarts() -> u32 {
@@ -133,11 +222,54 @@ impl ClusterSection {
             #[serde(default)]
             cluster: ClusterSection,
         }
-        let only: Only = read_toml(path)?;
+        let mut only: Only = read_toml(path)?;
         only.cluster
             .validate()
             .with_context(|| format!("{}: invalid [cluster]", path.display()))?;
+        only.cluster
+            .resolve(path.parent().unwrap_or(Path::new(".")));
         Ok(only.cluster)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        for t in [&mut self.tls, &mut self.etcd_tls].into_iter().flatten() {
+            t.resolve(base);
+        }
+        if let Some(p) = &mut self.admin_tokens {
+            *p = resolve(base, p);
+        }
+    }
+
+    /// Reads the TLS files, and the tokens file when this process serves the admin API
+    /// (`Access::Admin`; only the coordinator reads it). A process serving a role needs its
+    /// certificate and key; an admin client may have only the CA.
+    pub fn security(&self, access: Access) -> Result<Security> {
+        let role = access != Access::Client;
+        let tls = match &self.tls {
+            Some(t) => Some(t.load("cluster.tls", role)?),
+            None => None,
+        };
+        let etcd_tls = match &self.etcd_tls {
+            Some(t) => Some(t.load("cluster.etcd_tls", false)?),
+            None => None,
+        };
+        let tokens = match &self.admin_tokens {
+            Some(p) if access == Access::Admin => {
+                Some(AdminTokens::load(p).context("cluster.admin_tokens")?)
+            }
+            _ => None,
+        };
+        if tokens.is_some() && tls.is_none() {
+            tracing::warn!(
+                "cluster.admin_tokens without cluster.tls: tokens cross the network in clear \
+                 text"
+            );
+        }
+        Ok(Security {
+            tls,
+            etcd_tls,
+            admin: AdminAuth::new(tokens),
+        })
     }
 }
 
@@ -153,6 +285,9 @@ impl Default for ClusterSection {
             member_ttl_s: default_member_ttl_s(),
             wait_members_s: default_wait_members_s(),
             restarts: default_restarts(),
+            tls: None,
+            etcd_tls: None,
+            admin_tokens: None,
         }
     }
 }
@@ -170,6 +305,15 @@ impl ClusterSection {
                 "cluster.etcd_prefix `{}` must start with `/`",
                 self.etcd_prefix
             );
+        }
+        if let Some(t) = &self.tls {
+            t.validate("cluster.tls")?;
+        }
+        if let Some(t) = &self.etcd_tls {
+            t.validate("cluster.etcd_tls")?;
+            if self.etcd.is_empty() {
+                bail!("cluster.etcd_tls: set, but cluster.etcd names no endpoint");
+            }
         }
         Ok(())
     }
@@ -288,6 +432,7 @@ impl RunFile {
         f.cluster
             .validate()
             .with_context(|| ctx("invalid [cluster]"))?;
+        f.cluster.resolve(base);
         let model = rlhf_model::ModelConfig::from_dir(&f.model.path)
             .map_err(|e| anyhow::anyhow!("{}: model.path: {e}", path.display()))?;
         let new_tokens = f.coordinator.sampling.max_new_tokens as usize;

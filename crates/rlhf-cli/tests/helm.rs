@@ -4,7 +4,8 @@
 //! Helm v4) and validates every object against the Kubernetes API schemas. The end-to-end test
 //! then starts every pod the chart declares as a local process, the way the kubelet would: the
 //! container's command and args with `$(VAR)` references expanded from its env (downward-API
-//! fields included), its ConfigMap, emptyDir and PersistentVolumeClaim volumes as folders, the
+//! fields included), its ConfigMap, Secret, emptyDir and PersistentVolumeClaim volumes as
+//! folders (a Secret's files are the ones the test made, as an operator would), the
 //! image's files (deploy/Dockerfile's COPY lines) from this checkout, the chart's readiness
 //! probes. Each pod gets a loopback address of its own (127.x.y.z) as its pod IP (so `0.0.0.0`
 //! means that address), and Service and pod DNS names resolve to pod IPs. A cluster's
@@ -71,12 +72,37 @@ fn the_example_values_give_run_files_rlhf_accepts() {
     let models = d.path().join("models");
     std::fs::create_dir_all(&models).expect("models");
     let fixtures = repo().join("tests/fixtures/hf-tiny");
+    let secrets = d.path().join("secrets");
+    let made = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args([
+            "certs",
+            "--out",
+            secrets.to_str().expect("utf-8"),
+            "--name",
+            "rlhf",
+        ])
+        .output()
+        .expect("rlhf certs");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(secrets.join("tokens"), "viewer 0123456789abcdef0123\n").expect("tokens");
+    let secret_dir = format!("{}/", secrets.display());
     for set in ["ci/gpu-values.yaml", "ci/external-etcd-values.yaml"] {
         let objects = render_file(&repo().join("helm/rlhf").join(set));
         let run = config_map(&objects)["data"]["run.toml"]
             .as_str()
             .expect("run.toml")
             .to_string();
+        if set.contains("external-etcd") {
+            for line in [
+                "admin_tokens = \"/etc/rlhf-auth/tokens\"",
+                "[cluster.tls]",
+                "server_name = \"rlhf.alignment\"",
+                "[cluster.etcd_tls]",
+                "cert = \"/etc/rlhf-etcd-tls/tls.crt\"",
+            ] {
+                assert!(run.contains(line), "{set}: no `{line}` in {run}");
+            }
+        }
         // Every checkpoint under /models becomes a tiny one (a reward model for the scorer).
         for (i, _) in run.match_indices("\"/models/") {
             let name: String = run[i + 9..]
@@ -94,8 +120,12 @@ fn the_example_values_give_run_files_rlhf_accepts() {
             }
         }
         let toml = d.path().join("run.toml");
-        // This build has no CUDA: the GPU settings become CPU ones.
+        // This build has no CUDA: the GPU settings become CPU ones. The Secrets' files are
+        // ones `rlhf certs` made.
         let run = run
+            .replace("/etc/rlhf-tls/", &secret_dir)
+            .replace("/etc/rlhf-etcd-tls/", &secret_dir)
+            .replace("/etc/rlhf-auth/", &secret_dir)
             .replace("\"/models/", &format!("\"{}/", models.display()))
             .replace("\"cuda:0\"", "\"cpu\"")
             .replace("\"bf16\"", "\"f32\"");
@@ -161,6 +191,8 @@ struct Cluster {
     dns: BTreeMap<String, String>,
     /// Paths inside the image to files of this checkout (deploy/Dockerfile's COPY lines).
     image_files: BTreeMap<String, PathBuf>,
+    /// Secrets the operator created before installing: name to (file, contents).
+    secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     children: Vec<(String, Child)>,
 }
 
@@ -198,9 +230,16 @@ fn image_files() -> BTreeMap<String, PathBuf> {
 }
 
 impl Cluster {
-    fn new(objects: Vec<Value>, root: &Path) -> Self {
-        let pid = std::process::id();
-        let net = format!("127.{}.{}", 1 + pid % 250, 1 + (pid / 250) % 250);
+    fn new(
+        objects: Vec<Value>,
+        root: &Path,
+        secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    ) -> Self {
+        // A loopback /24 of its own per cluster: per process, and per cluster in a process (the
+        // tests run in parallel threads).
+        static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = std::process::id() * 8 + CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let net = format!("127.{}.{}", 1 + n % 250, 1 + (n / 250) % 250);
         let mut pods = Vec::new();
         for o in &objects {
             let kind = o["kind"].as_str().unwrap_or_default();
@@ -267,6 +306,7 @@ impl Cluster {
             pods,
             dns,
             image_files: image_files(),
+            secrets,
             children: Vec::new(),
         }
     }
@@ -357,6 +397,15 @@ impl Cluster {
                     .unwrap_or_else(|| panic!("{name}: no ConfigMap {cm}"));
                 for (file, text) in str_map(&cm["data"]) {
                     std::fs::write(dir.join(file), rewrite(&text, &rewrites)).expect("write");
+                }
+            }
+            if let Some(secret) = volume.and_then(|v| v["secret"]["secretName"].as_str()) {
+                let files = self
+                    .secrets
+                    .get(secret)
+                    .unwrap_or_else(|| panic!("{name}: no Secret {secret} (create it first)"));
+                for (file, bytes) in files {
+                    std::fs::write(dir.join(file), bytes).expect("write");
                 }
             }
         }
@@ -582,10 +631,63 @@ etcd:
 #[test]
 fn the_chart_runs_a_distributed_run() {
     let d = tempfile::tempdir().expect("tempdir");
-    let values = d.path().join("values.yaml");
-    std::fs::write(&values, VALUES).expect("values");
-    let objects = render_file(&values);
-    let mut cluster = Cluster::new(objects, d.path());
+    run_chart(d.path(), VALUES, BTreeMap::new());
+}
+
+/// The same with `tls.existingSecret` and `auth.existingSecret`: the Secrets made as
+/// docs/security.md says (`rlhf certs --name <release full name>`, a tokens file), every role
+/// serving and calling over mutual TLS at its pod IP (certificates checked for the chart's
+/// server name), and the `helm test` pod reading the status with the cluster's certificate.
+#[test]
+fn the_chart_runs_a_distributed_run_over_mutual_tls() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let certs = d.path().join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args([
+            "certs",
+            "--out",
+            certs.to_str().expect("utf-8"),
+            "--name",
+            "demo-rlhf",
+        ])
+        .output()
+        .expect("rlhf certs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read(certs.join(f)).expect("certificate file");
+    let tls: BTreeMap<String, Vec<u8>> = ["ca.crt", "tls.crt", "tls.key"]
+        .iter()
+        .map(|f| (f.to_string(), read(f)))
+        .collect();
+    let tokens = BTreeMap::from([(
+        "tokens".to_string(),
+        b"operator op-token-0123456789abcdef\n".to_vec(),
+    )]);
+    let secrets = BTreeMap::from([("run-tls".to_string(), tls), ("run-admin".into(), tokens)]);
+    let values =
+        format!("{VALUES}tls:\n  existingSecret: run-tls\nauth:\n  existingSecret: run-admin\n");
+    let members = run_chart(d.path(), &values, secrets);
+    assert!(
+        members.iter().all(|a| a.starts_with("https://")),
+        "{members:?}"
+    );
+}
+
+/// Installs the chart rendered with `values` and runs it to its end (see the tests above);
+/// returns the member addresses the `helm test` pod saw.
+fn run_chart(
+    root: &Path,
+    values: &str,
+    secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) -> Vec<String> {
+    let d = root;
+    let values_file = d.join("values.yaml");
+    std::fs::write(&values_file, values).expect("values");
+    let objects = render_file(&values_file);
+    let mut cluster = Cluster::new(objects, d, secrets);
     let etcd = cluster.pods_of("etcd");
     assert_eq!(etcd.len(), 3);
     for p in &etcd {
@@ -638,8 +740,15 @@ fn the_chart_runs_a_distributed_run() {
         ["starting", "running"].contains(&status["state"].as_str().unwrap_or_default()),
         "{status}"
     );
+    let members: Vec<String> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["address"].as_str().expect("address").to_string())
+        .collect();
+    assert_eq!(members.len(), 4, "{status}");
     // One etcd member of three dies mid-run.
-    let run = d.path().join("claims/demo-rlhf-output/run");
+    let run = d.join("claims/demo-rlhf-output/run");
     let marker = run.join("checkpoints/iter-00002/resume.json");
     wait_until("the first checkpoints", Duration::from_secs(300), || {
         marker.exists()
@@ -695,4 +804,5 @@ fn the_chart_runs_a_distributed_run() {
         let status = wait_exit(&mut cluster, p, Duration::from_secs(60));
         assert!(status.success(), "{p}: {}", cluster.log(p, "err"));
     }
+    members
 }

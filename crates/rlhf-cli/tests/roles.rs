@@ -261,6 +261,7 @@ fn roles_find_each_other_through_etcd() {
             &[etcd.endpoint().to_string()],
             "/test/run",
             Duration::from_secs(10),
+            None,
         ))
         .expect("connect");
     let names = |role| -> Vec<String> {
@@ -541,4 +542,220 @@ fn a_killed_learner_is_replaced_and_the_run_continues_from_its_checkpoint() {
         rlhf_data_metrics(&d.path().join("out/metrics.jsonl")),
         (0..30).collect::<Vec<u64>>()
     );
+}
+
+/// `rlhf ARGS` with extra environment; its exit status, stdout and stderr.
+fn rlhf_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .env_remove("RLHF_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run rlhf");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Transport security end to end: certificates from `rlhf certs`, etcd with TLS and client
+/// certificates, every role serving and calling over mutual TLS, and an admin API that takes a
+/// member's certificate or a token of the right role. A client without a certificate of the
+/// cluster's CA cannot call a role.
+#[test]
+fn roles_over_mutual_tls_with_admin_tokens() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let tls = d.path().join("tls");
+    let certs = |stem: &str| {
+        let (ok, out, err) = rlhf_env(
+            &[
+                "certs",
+                "--out",
+                tls.to_str().expect("utf-8"),
+                "--name",
+                "127.0.0.1",
+                "--stem",
+                stem,
+            ],
+            &[],
+        );
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    let (snippet, made) = certs("node");
+    assert!(
+        snippet.starts_with("[cluster.tls]") && made.contains("made a CA"),
+        "{made}"
+    );
+    let (_, reused) = certs("etcd");
+    assert!(reused.contains("existing CA"), "{reused}");
+    let f = |name: &str| tls.join(name).display().to_string();
+    let etcd = LocalEtcd::start_tls(
+        &tls.join("ca.crt"),
+        &tls.join("etcd.crt"),
+        &tls.join("etcd.key"),
+    )
+    .expect("start etcd with TLS");
+    let (viewer, operator) = ("viewer-token-0123456789", "operator-token-0123456789");
+    let tokens = d.path().join("tokens");
+    std::fs::write(&tokens, format!("viewer {viewer}\noperator {operator}\n")).expect("tokens");
+    let etcd_lines = format!(
+        "{}\n\n[cluster.etcd_tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+        etcd_cluster(&etcd, "/test/tls", 60),
+        ca = f("ca.crt"),
+        cert = f("node.crt"),
+        key = f("node.key"),
+    );
+    let cluster = format!(
+        "admin_tokens = \"{}\"\n{etcd_lines}\n[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        tokens.display(),
+        f("ca.crt"),
+        f("node.crt"),
+        f("node.key"),
+    );
+    let cfg = run_file(d.path(), 500, "", &cluster);
+    let cfg = cfg.to_str().expect("utf-8");
+    let _roles = Kill(learner_rollout_scorer(cfg));
+    let mut coordinator = spawn_logged(
+        d.path(),
+        "coordinator",
+        &["coordinator", "--config", cfg, "--listen", ANY],
+    );
+    // An operator's file: where etcd is, and the cluster's CA, but no member certificate.
+    let ops = d.path().join("ops.toml");
+    std::fs::write(
+        &ops,
+        format!(
+            "[cluster]\n{etcd_lines}\n[cluster.tls]\nca = \"{}\"\n",
+            f("ca.crt")
+        ),
+    )
+    .expect("ops file");
+    let ops = ops.to_str().expect("utf-8");
+    let status = std::cell::RefCell::new(serde_json::Value::Null);
+    wait_until("the run progresses", Duration::from_secs(120), || {
+        let (ok, out, _) = rlhf_env(&["status", "--config", ops], &[("RLHF_TOKEN", viewer)]);
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let ready = ok && s["iteration"].as_u64() >= Some(1);
+        *status.borrow_mut() = s;
+        ready
+    });
+    let status = status.into_inner();
+    let learner = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["role"] == "learner")
+        .and_then(|m| m["address"].as_str())
+        .expect("learner address")
+        .to_string();
+    assert!(learner.starts_with("https://127.0.0.1:"), "{status}");
+
+    // No token, or a viewer's token for a stop: refused, saying why.
+    let (ok, _, err) = rlhf_env(&["status", "--config", ops], &[]);
+    assert!(!ok && err.contains("needs a token"), "{err}");
+    let (ok, _, err) = rlhf_env(&["stop", "--config", ops], &[("RLHF_TOKEN", viewer)]);
+    assert!(!ok && err.contains("viewer token may not"), "{err}");
+    // A member's certificate (the roles' own run file) needs no token.
+    let (ok, _, err) = rlhf_env(&["status", "--config", cfg], &[]);
+    assert!(ok, "{err}");
+
+    // The learner, called directly: only a client with a certificate of the cluster's CA.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let call = |tls: Option<&rlhf_proto::security::Tls>| {
+        rt.block_on(async {
+            let channel = rlhf_proto::security::endpoint(&learner, tls)
+                .expect("endpoint")
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut c = rlhf_proto::v1::learner_client::LearnerClient::new(channel);
+            c.status(rlhf_proto::v1::LearnerStatusRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
+    let load = |dir: &Path, stem: &str| {
+        let (ca, cert, key) = (
+            dir.join("ca.crt"),
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        rlhf_proto::security::Tls::load(&ca, Some((&cert, &key)), None).expect("load TLS")
+    };
+    call(Some(&load(&tls, "node"))).expect("a member reaches the learner");
+    call(None).expect_err("plaintext reached the learner");
+    let ca_only = rlhf_proto::security::Tls::load(&tls.join("ca.crt"), None, None).expect("ca");
+    call(Some(&ca_only)).expect_err("a client without a certificate reached the learner");
+    let other = d.path().join("other");
+    let (ok, _, err) = rlhf_env(
+        &[
+            "certs",
+            "--out",
+            other.to_str().expect("utf-8"),
+            "--name",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    call(Some(&load(&other, "tls"))).expect_err("another CA's certificate reached the learner");
+
+    // By address (`--coordinator`, as behind a port-forward): TLS needs --ca, and the
+    // certificate must name the host dialled or --server-name.
+    let coordinator_at = rt
+        .block_on(async {
+            let etcd_tls = rlhf_proto::security::Tls::load(
+                &tls.join("ca.crt"),
+                Some((&tls.join("node.crt"), &tls.join("node.key"))),
+                None,
+            )?;
+            let m = rlhf_membership::EtcdMembership::connect(
+                &[etcd.endpoint().to_string()],
+                "/test/tls",
+                Duration::from_secs(10),
+                Some(&etcd_tls),
+            )
+            .await?;
+            anyhow::Ok(m.members(Role::Coordinator).await?)
+        })
+        .expect("the coordinator in etcd")
+        .first()
+        .expect("a coordinator")
+        .address
+        .clone();
+    let ca = f("ca.crt");
+    let by_address = |extra: &[&str]| {
+        let mut args = vec!["status", "--coordinator", coordinator_at.as_str()];
+        args.extend_from_slice(extra);
+        rlhf_env(&args, &[("RLHF_TOKEN", viewer)])
+    };
+    let (ok, _, err) = by_address(&[]);
+    assert!(!ok && err.contains("pass --ca"), "{err}");
+    let (ok, _, err) = by_address(&["--ca", &ca]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = by_address(&["--ca", &ca, "--server-name", "elsewhere.example"]);
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+
+    // An operator's token stops the run.
+    let token_file = d.path().join("operator.token");
+    std::fs::write(&token_file, format!("{operator}\n")).expect("token file");
+    let (ok, _, err) = rlhf_env(
+        &[
+            "stop",
+            "--config",
+            ops,
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (summary, _) = summary_of(d.path(), "coordinator", &mut coordinator);
+    let done = summary["iterations"].as_u64().expect("iterations");
+    assert!((1..500).contains(&done), "{summary}");
+    assert_eq!(summary["ledger_violations"], 0);
 }

@@ -1077,3 +1077,46 @@ fn traces_are_exported_over_otlp_and_linked_across_grpc_calls() {
         "FetchWeights outside a Generate trace"
     );
 }
+
+/// `rlhf run` with `[cluster.tls]` (relative paths, beside the run file): every in-process role
+/// serves and calls over mutual TLS on loopback, and the run is the same as without it. A
+/// missing key file stops it at start, named.
+#[test]
+fn an_in_process_run_over_mutual_tls() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let tls = d.path().join("tls");
+    let (code, _, stderr) = rlhf(&[
+        "certs",
+        "--out",
+        tls.to_str().expect("utf-8"),
+        "--name",
+        "127.0.0.1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let data = "builtin = \"letters\"\nbuiltin_prompts = 32";
+    let plain = run_ok(
+        &config(&d.path().join("plain"), "iterations = 2", data, ""),
+        &[],
+    );
+    let cfg = config(d.path(), "iterations = 2", data, "");
+    let text = std::fs::read_to_string(&cfg).expect("run file");
+    let with = |key: &str| {
+        format!(
+            "{text}\n[cluster.tls]\nca = \"tls/ca.crt\"\ncert = \"tls/tls.crt\"\nkey = \"tls/{key}\"\n"
+        )
+    };
+    std::fs::write(&cfg, with("tls.key")).expect("write");
+    let secured = run_ok(&cfg, &[]);
+    assert_eq!(secured["iterations"], 2);
+    assert_eq!(
+        secured["final_heldout_reward"],
+        plain["final_heldout_reward"]
+    );
+    std::fs::write(&cfg, with("missing.key")).expect("write");
+    let (code, _, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--quiet"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("cluster.tls") && stderr.contains("missing.key"),
+        "{stderr}"
+    );
+}

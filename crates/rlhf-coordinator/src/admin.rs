@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rlhf_core::CancellationToken;
 use rlhf_membership::{Membership, MembershipError, Role};
+use rlhf_proto::security::{Access, AdminAuth};
 use rlhf_proto::v1;
 use tonic::{Request, Response, Status};
 
@@ -22,14 +23,17 @@ pub struct AdminService {
     pub stop: CancellationToken,
     /// Whether the run is asked to pause (read between iterations, [`crate::driver::unpaused`]).
     pub pause: tokio::sync::watch::Sender<bool>,
+    /// Who may call what (viewer: status; operator: the rest).
+    pub auth: AdminAuth,
 }
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     async fn status(
         &self,
-        _request: Request<v1::StatusRequest>,
+        request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.auth.check(&request, Access::Viewer)?;
         let mut s = self.status.get();
         for role in [Role::Rollout, Role::Scorer, Role::Learner] {
             for m in self.membership.members(role).await.unwrap_or_default() {
@@ -45,8 +49,9 @@ impl v1::admin_server::Admin for AdminService {
 
     async fn stop(
         &self,
-        _request: Request<v1::StopRequest>,
+        request: Request<v1::StopRequest>,
     ) -> Result<Response<v1::StopResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
         let mut state = String::new();
         self.status.update(|s| {
             if s.state != "finished" && s.state != "failed" {
@@ -63,15 +68,17 @@ impl v1::admin_server::Admin for AdminService {
 
     async fn pause(
         &self,
-        _request: Request<v1::PauseRequest>,
+        request: Request<v1::PauseRequest>,
     ) -> Result<Response<v1::PauseResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
         Ok(Response::new(self.set_paused(true)))
     }
 
     async fn unpause(
         &self,
-        _request: Request<v1::UnpauseRequest>,
+        request: Request<v1::UnpauseRequest>,
     ) -> Result<Response<v1::PauseResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
         Ok(Response::new(self.set_paused(false)))
     }
 }
@@ -109,6 +116,9 @@ impl AdminService {
 /// Serves `Coordinator.Register` and `Coordinator.Heartbeat`.
 pub struct MembershipService {
     pub membership: Arc<dyn Membership>,
+    /// Registering a member takes an operator (or a member's certificate): a member receives
+    /// the run's work and weights.
+    pub auth: AdminAuth,
 }
 
 fn role(r: i32) -> Result<Role, Status> {
@@ -136,6 +146,7 @@ impl v1::coordinator_server::Coordinator for MembershipService {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
         let r = request.into_inner();
         let epoch = self
             .membership
@@ -158,6 +169,7 @@ impl v1::coordinator_server::Coordinator for MembershipService {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
         let r = request.into_inner();
         self.membership
             .heartbeat(role(r.role)?, &r.name, r.epoch)

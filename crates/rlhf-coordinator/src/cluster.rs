@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rlhf_membership::{Member, Membership, Role};
+use rlhf_proto::security::Tls;
 use rlhf_proto::trace::{Traced, traced};
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_client::RewardClient;
 use rlhf_proto::v1::rollout_client::RolloutClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::CoordinatorError;
 
@@ -22,18 +23,25 @@ pub struct Cluster {
     /// Addresses that failed recently, and until when they are avoided.
     suspects: Arc<Mutex<HashMap<String, Instant>>>,
     max_message_bytes: usize,
+    /// Mutual TLS to the members (their addresses' scheme is ignored then).
+    tls: Option<Tls>,
 }
 
 /// How long a member that failed a request is avoided (when others are available).
 pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 impl Cluster {
-    pub fn new(membership: Arc<dyn Membership>, max_message_bytes: usize) -> Self {
+    pub fn new(
+        membership: Arc<dyn Membership>,
+        max_message_bytes: usize,
+        tls: Option<Tls>,
+    ) -> Self {
         Self {
             membership,
             channels: Arc::default(),
             suspects: Arc::default(),
             max_message_bytes,
+            tls,
         }
     }
 
@@ -82,8 +90,8 @@ impl Cluster {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(address.to_string())
-            .map_err(|e| CoordinatorError::Cluster(format!("invalid address `{address}`: {e}")))?
+        let c = rlhf_proto::security::endpoint(address, self.tls.as_ref())
+            .map_err(|e| CoordinatorError::Cluster(e.to_string()))?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -30,6 +30,7 @@ use rlhf_algo::UnitKind;
 use rlhf_core::CancellationToken;
 use rlhf_data::{Expect, Ledger, LoadOptions, PromptCursor, PromptRecord};
 use rlhf_membership::{Membership, Role};
+use rlhf_proto::security::{AdminAuth, Clients, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -70,6 +71,11 @@ pub struct CoordinatorDeps {
     pub unit_kind: UnitKind,
     /// No progress bar (log lines only).
     pub quiet: bool,
+    /// Mutual TLS: the roles are called over TLS with this process's certificate, and the
+    /// admin API is served over TLS (clients' certificates optional there; tokens decide).
+    pub tls: Option<Tls>,
+    /// Who may call the admin API (open by default).
+    pub admin_auth: AdminAuth,
 }
 
 /// The end-of-run summary (`summary.json`).
@@ -139,36 +145,48 @@ pub async fn run(
     // The admin API serves until the run has ended (through a stop's last iteration).
     let serve_stop = CancellationToken::new();
     let (pause, paused) = tokio::sync::watch::channel(false);
-    let server = deps.listener.map(|listener| {
-        let limit = config.max_message_bytes;
-        let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
-            status: status.clone(),
-            membership: deps.membership.clone(),
-            stop: shutdown.clone(),
-            pause,
-        })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-        let members =
-            rlhf_proto::v1::coordinator_server::CoordinatorServer::new(admin::MembershipService {
+    let server = match deps.listener {
+        None => None,
+        Some(listener) => {
+            let limit = config.max_message_bytes;
+            let admin = rlhf_proto::v1::admin_server::AdminServer::new(admin::AdminService {
+                status: status.clone(),
                 membership: deps.membership.clone(),
+                stop: shutdown.clone(),
+                pause,
+                auth: deps.admin_auth.clone(),
             })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let addr: Option<SocketAddr> = listener.local_addr().ok();
-        tracing::info!(?addr, "admin API serving");
-        let stop = serve_stop.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .trace_fn(rlhf_proto::trace::server_span)
-                .add_service(admin)
-                .add_service(members)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                ),
-        )
-    });
+            let members = rlhf_proto::v1::coordinator_server::CoordinatorServer::new(
+                admin::MembershipService {
+                    membership: deps.membership.clone(),
+                    auth: deps.admin_auth.clone(),
+                },
+            )
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+            let addr: Option<SocketAddr> = listener.local_addr().ok();
+            let mut builder = rlhf_proto::security::server(deps.tls.as_ref(), Clients::Anyone)
+                .map_err(|e| CoordinatorError::Config(format!("admin API: {e}")))?;
+            tracing::info!(
+                ?addr,
+                tls = deps.tls.is_some(),
+                tokens = deps.admin_auth.is_enforced(),
+                "admin API serving"
+            );
+            let stop = serve_stop.clone();
+            Some(tokio::spawn(
+                builder
+                    .add_service(admin)
+                    .add_service(members)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    ),
+            ))
+        }
+    };
     let metrics = match &config.metrics_address {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -184,10 +202,11 @@ pub async fn run(
         }
         None => None,
     };
+    let cluster = cluster::Cluster::new(deps.membership, config.max_message_bytes, deps.tls);
     let result = run_inner(
         &config,
         &data,
-        deps.membership,
+        cluster,
         deps.unit_kind,
         deps.quiet,
         &status,
@@ -217,7 +236,7 @@ pub async fn run(
 async fn run_inner(
     config: &CoordinatorConfig,
     data: &DataConfig,
-    membership: Arc<dyn Membership>,
+    cluster: cluster::Cluster,
     kind: UnitKind,
     quiet: bool,
     status: &SharedStatus,
@@ -287,7 +306,6 @@ async fn run_inner(
         Ok(path)
     };
     let io = |e: rlhf_data::DataError| CoordinatorError::Io(e.to_string());
-    let cluster = cluster::Cluster::new(membership, config.max_message_bytes);
     let producer = Producer {
         cfg: config.clone(),
         cluster,

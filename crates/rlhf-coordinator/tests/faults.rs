@@ -64,6 +64,7 @@ async fn start_learner_and_worker(
         rlhf_learner::LearnerConfig::new(fixture()),
         l,
         stop.clone(),
+        None,
     ));
     let r = TcpListener::bind("127.0.0.1:0").await?;
     m.register(
@@ -77,6 +78,7 @@ async fn start_learner_and_worker(
         rlhf_rollout::RolloutConfig::new(fixture()),
         r,
         stop.clone(),
+        None,
     ));
     Ok(())
 }
@@ -105,9 +107,9 @@ async fn a_dead_worker_is_routed_around_and_nothing_is_lost() -> anyhow::Result<
         max_message_bytes: 1 << 26,
     };
     let stop2 = stop.clone();
-    tokio::spawn(
-        async move { rlhf_reward::run(scorer, &rlhf_reward::builtin_rules(), s, stop2).await },
-    );
+    tokio::spawn(async move {
+        rlhf_reward::run(scorer, &rlhf_reward::builtin_rules(), s, stop2, None).await
+    });
     let dir = tempfile::tempdir()?;
     let (cfg, data) = coordinator_config(dir.path());
     let deps = CoordinatorDeps {
@@ -115,6 +117,8 @@ async fn a_dead_worker_is_routed_around_and_nothing_is_lost() -> anyhow::Result<
         listener: None,
         unit_kind: UnitKind::Pairs,
         quiet: true,
+        tls: None,
+        admin_auth: Default::default(),
     };
     let summary = rlhf_coordinator::run(cfg, data, deps, CancellationToken::new()).await?;
     stop.cancel();
@@ -154,6 +158,8 @@ async fn an_unreachable_scorer_fails_after_its_deadline() -> anyhow::Result<()> 
         listener: None,
         unit_kind: UnitKind::Pairs,
         quiet: true,
+        tls: None,
+        admin_auth: Default::default(),
     };
     let start = Instant::now();
     let err = rlhf_coordinator::run(cfg, data, deps, CancellationToken::new())

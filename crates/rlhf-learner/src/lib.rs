@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use rlhf_algo::Objective;
 use rlhf_core::CancellationToken;
 use rlhf_model::{DeviceSpec, Precision};
+use rlhf_proto::security::{Clients, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -283,12 +284,16 @@ pub enum LearnerError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves the learner on `listener` until `shutdown` is cancelled.
+/// Serves the learner on `listener` until `shutdown` is cancelled; over mutual TLS when `tls`
+/// is given (clients need a certificate of its CA).
 pub async fn run(
     config: LearnerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) -> Result<(), LearnerError> {
+    let builder = rlhf_proto::security::server(tls.as_ref(), Clients::Members)
+        .map_err(|e| LearnerError::Config(e.to_string()))?;
     config.validate()?;
     let addr: SocketAddr = listener.local_addr()?;
     // Replicas: every data-parallel device after the first (of the first's kind, validated).
@@ -297,6 +302,7 @@ pub async fn run(
         DeviceSpec::Cpu => {
             serve::<burn::backend::Autodiff<rlhf_model::Cpu>>(
                 config,
+                builder,
                 listener,
                 shutdown,
                 Default::default(),
@@ -313,6 +319,7 @@ pub async fn run(
             };
             serve::<burn::backend::Autodiff<rlhf_model::backend::Cuda>>(
                 config,
+                builder,
                 listener,
                 shutdown,
                 burn::backend::cuda::CudaDevice::new(n),
@@ -328,6 +335,7 @@ pub async fn run(
 
 async fn serve<B: burn::tensor::backend::AutodiffBackend>(
     config: LearnerConfig,
+    mut builder: tonic::transport::Server,
     listener: TcpListener,
     shutdown: CancellationToken,
     device: B::Device,
@@ -344,8 +352,7 @@ async fn serve<B: burn::tensor::backend::AutodiffBackend>(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     tracing::info!(%addr, "learner serving");
-    tonic::transport::Server::builder()
-        .trace_fn(rlhf_proto::trace::server_span)
+    builder
         .add_service(server)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -70,7 +70,7 @@ async fn bad_units_and_oversized_messages_are_refused_and_the_learner_lives() ->
     let addr = format!("http://{}", listener.local_addr()?);
     let mut config = LearnerConfig::new(fixture());
     config.max_message_bytes = 64 * 1024;
-    tokio::spawn(rlhf_learner::run(config, listener, shutdown.clone()));
+    tokio::spawn(rlhf_learner::run(config, listener, shutdown.clone(), None));
     let mut learner = loop {
         match v1::learner_client::LearnerClient::connect(addr.clone()).await {
             Ok(c) => break c,
@@ -195,6 +195,7 @@ async fn unbounded_generate_requests_are_refused_and_the_worker_lives() -> anyho
         rlhf_rollout::RolloutConfig::new(fixture()),
         listener,
         shutdown.clone(),
+        None,
     ));
     let mut worker = loop {
         match v1::rollout_client::RolloutClient::connect(addr.clone()).await {

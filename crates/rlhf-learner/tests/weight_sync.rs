@@ -126,11 +126,12 @@ async fn worker_switches_to_trained_weights() -> anyhow::Result<()> {
     let rollout_addr = format!("http://{}", r_listener.local_addr()?);
     let mut lc = LearnerConfig::new(fixture());
     lc.lr = 1e-2;
-    tokio::spawn(rlhf_learner::run(lc, l_listener, shutdown.clone()));
+    tokio::spawn(rlhf_learner::run(lc, l_listener, shutdown.clone(), None));
     tokio::spawn(rlhf_rollout::run(
         RolloutConfig::new(fixture()),
         r_listener,
         shutdown.clone(),
+        None,
     ));
 
     let mut rollout = connect_rollout(&rollout_addr).await?;

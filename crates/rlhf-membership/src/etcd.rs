@@ -25,6 +25,7 @@ use etcd_client::{
 };
 
 use crate::{Member, Membership, MembershipError, Role};
+use rlhf_proto::security::Tls;
 
 /// Membership kept in an etcd cluster.
 #[derive(Clone)]
@@ -59,10 +60,15 @@ impl EtcdMembership {
     /// Connects to etcd (`host:port` or `http://host:port` endpoints) and keeps every key
     /// under `prefix` (e.g. `/rlhf/my-run`). Fails, naming the endpoints, when no endpoint
     /// answers within `timeout`.
+    ///
+    /// With `tls` the client port is spoken to over TLS: etcd's certificate is checked against
+    /// its CA (for the host of each endpoint, or its `server_name`), and this process's
+    /// certificate is presented when it has one (etcd's `--client-cert-auth`).
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
+        tls: Option<&Tls>,
     ) -> Result<Self, MembershipError> {
         if endpoints.is_empty() {
             return Err(MembershipError::Invalid(
@@ -81,11 +87,13 @@ impl EtcdMembership {
             .with_timeout(timeout);
         let mut clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let connected = tokio::time::timeout(
-                timeout,
-                Client::connect([endpoint.as_str()], Some(options.clone())),
-            )
-            .await;
+            let options = match tls {
+                Some(t) => options.clone().with_tls(t.client_config(endpoint)),
+                None => options.clone(),
+            };
+            let connected =
+                tokio::time::timeout(timeout, Client::connect([endpoint.as_str()], Some(options)))
+                    .await;
             match connected {
                 Ok(Ok(c)) => clients.push((endpoint.clone(), c)),
                 Ok(Err(e)) => tracing::warn!(%endpoint, "etcd endpoint left out: {e}"),

@@ -3,7 +3,7 @@
 //! `etcd-server` package) with its data in a temporary directory, and kills it when dropped.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,17 @@ impl LocalEtcd {
     /// Starts a cluster of `members` etcd processes (each its own member, `local-0`, ...) and
     /// waits (up to 20 s) until every one accepts connections on its client port.
     pub fn cluster(members: usize) -> Result<Vec<Self>, String> {
+        Self::spawn(members, None)
+    }
+
+    /// Starts one etcd whose client port speaks TLS with `cert` and `key` (PEM; the
+    /// certificate must name 127.0.0.1) and accepts only clients with a certificate of `ca`
+    /// (`--client-cert-auth`).
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Result<Self, String> {
+        Ok(Self::spawn(1, Some((ca, cert, key)))?.remove(0))
+    }
+
+    fn spawn(members: usize, tls: Option<(&Path, &Path, &Path)>) -> Result<Vec<Self>, String> {
         let bin = Self::binary();
         let port = || free_port().map_err(|e| format!("free port: {e}"));
         let mut ports = Vec::with_capacity(members);
@@ -49,9 +60,18 @@ impl LocalEtcd {
         let mut started = Vec::with_capacity(members);
         for (i, (client, peer)) in ports.into_iter().enumerate() {
             let data = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-            let client_url = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&bin)
+            let mut command = Command::new(&bin);
+            if let Some((ca, cert, key)) = tls {
+                command
+                    .arg(format!("--cert-file={}", cert.display()))
+                    .arg(format!("--key-file={}", key.display()))
+                    .arg(format!("--trusted-ca-file={}", ca.display()))
+                    .arg("--client-cert-auth");
+            }
+            let child = command
                 .arg(format!("--name=local-{i}"))
                 .arg(format!("--data-dir={}", data.path().join("etcd").display()))
                 .arg(format!("--listen-client-urls={client_url}"))

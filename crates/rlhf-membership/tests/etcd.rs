@@ -12,7 +12,7 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 const CONNECT: Duration = Duration::from_secs(10);
 
 async fn connect(etcd: &LocalEtcd, prefix: &str) -> Result<EtcdMembership> {
-    Ok(EtcdMembership::connect(&[etcd.endpoint().to_string()], prefix, CONNECT).await?)
+    Ok(EtcdMembership::connect(&[etcd.endpoint().to_string()], prefix, CONNECT, None).await?)
 }
 
 /// Polls `f` every 100 ms until it returns true, or fails after `within`.
@@ -216,13 +216,14 @@ async fn an_unreachable_etcd_fails_fast_naming_the_endpoint() -> Result {
         std::slice::from_ref(&endpoint),
         "/x",
         Duration::from_secs(2),
+        None,
     )
     .await
     .err()
     .ok_or("connected to nothing")?;
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(e.to_string().contains(&endpoint), "{e}");
-    let e = EtcdMembership::connect(&[endpoint], "no-slash", Duration::from_secs(2))
+    let e = EtcdMembership::connect(&[endpoint], "no-slash", Duration::from_secs(2), None)
         .await
         .err()
         .ok_or("a prefix without `/` was accepted")?;
@@ -291,12 +292,12 @@ async fn one_leader_at_a_time_and_the_next_takes_over() -> Result {
 async fn membership_goes_on_when_one_of_three_etcd_members_dies() -> Result {
     let mut etcd = LocalEtcd::cluster(3)?;
     let endpoints: Vec<String> = etcd.iter().map(|e| e.endpoint().to_string()).collect();
-    let m = EtcdMembership::connect(&endpoints, "/test/three", CONNECT).await?;
+    let m = EtcdMembership::connect(&endpoints, "/test/three", CONNECT, None).await?;
     let ttl = Duration::from_secs(6);
     let m: Arc<dyn Membership> = Arc::new(m.clone());
     let kept = Registration::start(m.clone(), Role::Learner, "l", "http://h:1", ttl).await?;
     let epoch = kept.epoch().ok_or("fenced at start")?;
-    let leader = EtcdMembership::connect(&endpoints, "/test/three", CONNECT)
+    let leader = EtcdMembership::connect(&endpoints, "/test/three", CONNECT, None)
         .await?
         .lead("coordinator", "http://c:1", ttl, |_| {})
         .await?;
@@ -314,5 +315,45 @@ async fn membership_goes_on_when_one_of_three_etcd_members_dies() -> Result {
     assert_eq!(learners[0].epoch, epoch);
     m.register(Role::Rollout, "r", "http://h:2", ttl).await?;
     assert_eq!(m.members(Role::Rollout).await?.len(), 1);
+    Ok(())
+}
+
+/// etcd with TLS on its client port and client certificates required (`--client-cert-auth`):
+/// a client with a certificate of the CA registers; one without, or with another CA's, is
+/// refused naming the endpoint.
+#[tokio::test]
+async fn etcd_over_mutual_tls() -> Result {
+    use rlhf_proto::security::Tls;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca");
+    let server = rlhf_proto::certs::issue(&ca, "etcd", &["127.0.0.1".into()], 1)?;
+    let client = rlhf_proto::certs::issue(&ca, "client", &["rlhf".into()], 1)?;
+    let etcd = LocalEtcd::start_tls(&server.ca_cert, &server.cert, &server.key)?;
+    let endpoints = [etcd.endpoint().to_string()];
+    let tls = Tls::load(&client.ca_cert, Some((&client.cert, &client.key)), None)?;
+    let m = EtcdMembership::connect(&endpoints, "/tls", CONNECT, Some(&tls)).await?;
+    let m: Arc<dyn Membership> = Arc::new(m);
+    let r = Registration::start(m.clone(), Role::Scorer, "s", "https://h:1", CONNECT).await?;
+    assert_eq!(m.members(Role::Scorer).await?.len(), 1);
+    r.leave().await?;
+
+    let short = Duration::from_secs(3);
+    let ca_only = Tls::load(&client.ca_cert, None, None)?;
+    let e = EtcdMembership::connect(&endpoints, "/tls", short, Some(&ca_only))
+        .await
+        .err()
+        .ok_or("etcd took a client without a certificate")?;
+    assert!(e.to_string().contains(etcd.endpoint()), "{e}");
+    let other = rlhf_proto::certs::issue(&dir.path().join("other"), "c", &["x".into()], 1)?;
+    let stranger = Tls::load(&other.ca_cert, Some((&other.cert, &other.key)), None)?;
+    EtcdMembership::connect(&endpoints, "/tls", short, Some(&stranger))
+        .await
+        .err()
+        .ok_or("a client of another CA reached etcd")?;
+    // Plain HTTP/2 to the TLS port fails too.
+    EtcdMembership::connect(&endpoints, "/tls", short, None)
+        .await
+        .err()
+        .ok_or("a plaintext client reached etcd")?;
     Ok(())
 }

@@ -12,7 +12,9 @@ pub mod v1 {
     tonic::include_proto!("rlhf.v1");
 }
 
+pub mod certs;
 mod convert;
+pub mod security;
 pub mod trace;
 
 pub use convert::*;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use rlhf_core::CancellationToken;
+use rlhf_proto::security::{Clients, Tls};
 use rlhf_proto::v1::{self, reward_server::Reward};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -164,14 +165,23 @@ impl Reward for RewardService {
     }
 }
 
-/// Serves a scorer on `listener` until `shutdown` is cancelled. `registry` holds the rule
-/// functions `type = "rule"` scorers may name.
+/// Serves a scorer on `listener` until `shutdown` is cancelled, over mutual TLS when `tls` is
+/// given (clients need a certificate of its CA). `registry` holds the rule functions
+/// `type = "rule"` scorers may name.
 pub async fn run(
     config: ScorerServiceConfig,
     registry: &RuleRegistry,
     listener: TcpListener,
     shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) -> Result<(), RewardError> {
+    let mut builder =
+        rlhf_proto::security::server(tls.as_ref(), Clients::Members).map_err(|e| {
+            RewardError::Config {
+                field: "cluster.tls".into(),
+                message: e.to_string(),
+            }
+        })?;
     config.scorer.validate()?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| RewardError::Config {
         field: "listen".into(),
@@ -182,8 +192,7 @@ pub async fn run(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(scorer = %config.name, %addr, "scorer serving");
-    tonic::transport::Server::builder()
-        .trace_fn(rlhf_proto::trace::server_span)
+    builder
         .add_service(svc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

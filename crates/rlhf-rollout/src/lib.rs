@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use rlhf_core::CancellationToken;
 use rlhf_model::{DeviceSpec, Precision};
+use rlhf_proto::security::{Clients, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -120,22 +121,29 @@ pub enum RolloutError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves the rollout worker on `listener` until `shutdown` is cancelled.
+/// Serves the rollout worker on `listener` until `shutdown` is cancelled; with `tls`, over
+/// mutual TLS (clients need a certificate of its CA), and weights are fetched over it too.
 pub async fn run(
     config: RolloutConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) -> Result<(), RolloutError> {
+    let builder = rlhf_proto::security::server(tls.as_ref(), Clients::Members)
+        .map_err(|e| RolloutError::Config(e.to_string()))?;
     config.validate()?;
     let addr: SocketAddr = listener.local_addr()?;
     match config.device()? {
         DeviceSpec::Cpu => {
-            serve::<rlhf_model::Cpu>(config, listener, shutdown, Default::default(), addr).await
+            let device = Default::default();
+            serve::<rlhf_model::Cpu>(config, builder, tls, listener, shutdown, device, addr).await
         }
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(n) => {
             serve::<rlhf_model::backend::Cuda>(
                 config,
+                builder,
+                tls,
                 listener,
                 shutdown,
                 burn::backend::cuda::CudaDevice::new(n),
@@ -150,6 +158,8 @@ pub async fn run(
 
 async fn serve<B: burn::tensor::backend::Backend>(
     config: RolloutConfig,
+    mut builder: tonic::transport::Server,
+    tls: Option<Tls>,
     listener: TcpListener,
     shutdown: CancellationToken,
     device: B::Device,
@@ -157,15 +167,14 @@ async fn serve<B: burn::tensor::backend::Backend>(
 ) -> Result<(), RolloutError> {
     let limit = config.max_message_bytes;
     let name = config.name.clone();
-    let svc = tokio::task::spawn_blocking(move || RolloutService::<B>::load(config, device))
+    let svc = tokio::task::spawn_blocking(move || RolloutService::<B>::load(config, device, tls))
         .await
         .map_err(|e| RolloutError::Config(format!("loading the policy panicked: {e}")))??;
     let server = rlhf_proto::v1::rollout_server::RolloutServer::new(svc)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     tracing::info!(worker = %name, %addr, "rollout worker serving");
-    tonic::transport::Server::builder()
-        .trace_fn(rlhf_proto::trace::server_span)
+    builder
         .add_service(server)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use rlhf_core::mix;
 use rlhf_core::{ErrorKind, status};
 use rlhf_model::{ModelConfig, SamplingParams, Tokenizer, Transformer};
+use rlhf_proto::security::Tls;
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::{self, rollout_server::Rollout};
 use sha2::{Digest, Sha256};
@@ -45,6 +46,8 @@ pub struct RolloutService<B: Backend> {
     fetching: Mutex<()>,
     /// Completions and tokens generated since start (shared with sampling tasks).
     counters: Arc<(AtomicU64, AtomicU64)>,
+    /// Mutual TLS to the learner when weights are fetched.
+    tls: Option<Tls>,
 }
 
 /// The seed of sample `index` of prompt `prompt_id` under a request's base seed.
@@ -60,7 +63,11 @@ pub fn sample_seed(seed: u64, prompt_id: &str, index: u32) -> u64 {
 
 impl<B: Backend> RolloutService<B> {
     /// Loads the initial policy (version 0) and its tokenizer.
-    pub fn load(config: RolloutConfig, device: B::Device) -> Result<Self, RolloutError> {
+    pub fn load(
+        config: RolloutConfig,
+        device: B::Device,
+        tls: Option<Tls>,
+    ) -> Result<Self, RolloutError> {
         let tokenizer = Tokenizer::from_dir(&config.model)?;
         let precision = config.precision()?;
         let model = Transformer::<B>::load(&config.model, &device)?
@@ -78,6 +85,7 @@ impl<B: Backend> RolloutService<B> {
             }),
             fetching: Mutex::new(()),
             counters: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+            tls,
         })
     }
 
@@ -106,7 +114,7 @@ impl<B: Backend> RolloutService<B> {
             ));
         }
         let start = Instant::now();
-        let channel = tonic::transport::Endpoint::from_shared(from.to_string())
+        let channel = rlhf_proto::security::endpoint(from, self.tls.as_ref())
             .map_err(|e| {
                 status(
                     ErrorKind::InvalidArgument,

@@ -40,6 +40,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- toJson $endpoints -}}
 {{- end -}}
 
+{{/* The name every role's certificate must carry (cluster.tls.server_name). */}}
+{{- define "rlhf.serverName" -}}
+{{- .Values.tls.serverName | default (include "rlhf.fullname" .) -}}
+{{- end -}}
+
 {{/* Environment of every rlhf container. */}}
 {{- define "rlhf.env" -}}
 - name: POD_IP
@@ -68,6 +73,37 @@ app.kubernetes.io/component: {{ index . 1 }}
   mountPath: /models
   readOnly: true
 {{- end }}
+{{- include "rlhf.secretMounts" . }}
+{{- end -}}
+
+{{/* Mounts of the TLS Secrets (every rlhf container, the helm test pod too; the admin tokens
+     only reach the coordinator). */}}
+{{- define "rlhf.secretMounts" -}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  mountPath: /etc/rlhf-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.etcd.tls.existingSecret }}
+- name: etcd-tls
+  mountPath: /etc/rlhf-etcd-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "rlhf.secretVolumes" -}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.etcd.tls.existingSecret }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end -}}
 
 {{/* Volumes of every rlhf pod (the output volume is added by the roles that write it). */}}
@@ -88,6 +124,7 @@ app.kubernetes.io/component: {{ index . 1 }}
     path: {{ .Values.models.hostPath }}
     type: Directory
 {{- end }}
+{{- include "rlhf.secretVolumes" . }}
 {{- end -}}
 
 {{- define "rlhf.outputVolume" -}}
