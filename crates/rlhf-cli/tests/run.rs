@@ -97,7 +97,7 @@ fn check_ledger(out: &Path) -> usize {
     assert_eq!(audit.len(), expected_samples);
     let mut finals = std::collections::HashMap::new();
     // Samples in flight when a pipelined run stopped: generated, never trained nor logged to
-    // samples.jsonl, abandoned in the ledger.
+    // samples.jsonl, abandoned in the ledger (and samples never generated, see below).
     let mut abandoned = std::collections::HashSet::new();
     for e in &history {
         let v = serde_json::to_value(e).expect("event serialises");
@@ -108,7 +108,11 @@ fn check_ledger(out: &Path) -> usize {
                 s["prompt_id"].as_str().map(String::from),
                 s["sample_index"].as_u64(),
             );
-            if v["reason"]["kind"] == "abandoned" {
+            // Neither are samples of prompts too long to sample from.
+            if matches!(
+                v["reason"]["kind"].as_str(),
+                Some("abandoned" | "prompt_too_long")
+            ) {
                 abandoned.insert(key.clone());
             }
             *finals.entry(key).or_insert(0) += 1;
@@ -1119,4 +1123,43 @@ fn an_in_process_run_over_mutual_tls() {
         stderr.contains("cluster.tls") && stderr.contains("missing.key"),
         "{stderr}"
     );
+}
+
+/// Prompts too long for the policy's context (with `max_new_tokens` added) are skipped by the
+/// workers and dropped in the ledger as `prompt_too_long`, counted, and the run goes on with
+/// the others.
+#[test]
+fn prompts_too_long_for_the_context_are_dropped_and_counted() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let mut lines = vec![];
+    for i in 0..16 {
+        // tiny-qwen2's context is 256 tokens: every fourth prompt is far longer.
+        let prompt = if i % 4 == 0 {
+            "Write the letter a. ".repeat(80)
+        } else {
+            "Write the letter a".to_string()
+        };
+        lines.push(format!(
+            "{{\"id\": \"p{i}\", \"prompt\": \"{prompt}\", \"answer\": \"a\"}}"
+        ));
+    }
+    std::fs::write(d.path().join("prompts.jsonl"), lines.join("\n")).expect("write");
+    let data = format!(
+        "prompts = \"{}\"\nheldout_fraction = 0.0",
+        d.path().join("prompts.jsonl").display()
+    );
+    // Two iterations of 8 prompts: one pass over the 16, so the 4 long ones each once.
+    let s = run_ok(&config(d.path(), "iterations = 2", &data, ""), &[]);
+    assert_eq!(s["iterations"], 2, "{s}");
+    assert_eq!(s["samples_rejected"]["prompt_too_long"], 4 * 4, "{s}");
+    let out = d.path().join("out");
+    let metrics = read_metrics(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .records;
+    let too_long: f64 = metrics
+        .iter()
+        .map(|m| m.extra.get("prompts_too_long").copied().unwrap_or(0.0))
+        .sum();
+    assert_eq!(too_long, 4.0);
+    assert_eq!(check_ledger(&out), 12 * 4);
 }

@@ -372,6 +372,9 @@ impl Consumer {
         for _ in &stale {
             self.drop_count("stale");
         }
+        for _ in 0..p.generation.skipped.len() * self.cfg().samples_per_prompt as usize {
+            self.drop_count("prompt_too_long");
+        }
         let used = if trained.is_some() {
             built.used.len() as u64
         } else {
@@ -401,6 +404,8 @@ impl Consumer {
             .insert("samples_scored".into(), rewards.len() as f64);
         m.extra.insert("samples_trained".into(), used as f64);
         m.extra.insert("samples_stale".into(), stale.len() as f64);
+        m.extra
+            .insert("prompts_too_long".into(), p.generation.skipped.len() as f64);
         m.extra.insert(
             "prompts_no_signal".into(),
             built.report.skipped_no_signal as f64,

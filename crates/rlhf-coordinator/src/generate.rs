@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rlhf_core::{PolicyVersion, SampleId};
-use rlhf_data::{LeaseId, Ledger, PromptRecord};
+use rlhf_data::{DropReason, LeaseId, Ledger, PromptRecord};
 use rlhf_membership::Role;
 use rlhf_proto::v1;
 
@@ -76,6 +76,9 @@ pub struct GenOutcome {
     pub tokens: u64,
     /// Leases that failed and were re-leased.
     pub releases: u32,
+    /// Prompts the workers skipped (too long for the context): no completions, their samples
+    /// dropped in the ledger.
+    pub skipped: Vec<v1::SkippedPrompt>,
 }
 
 fn lock(l: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
@@ -155,8 +158,30 @@ pub async fn generate(
             };
             match outcome {
                 Ok(resp) => {
+                    for s in &resp.skipped {
+                        if ledger.is_some() {
+                            tracing::warn!(prompt = %s.prompt_id, "prompt skipped: {}", s.reason);
+                        } else {
+                            tracing::debug!(prompt = %s.prompt_id, "prompt skipped: {}", s.reason);
+                        }
+                    }
                     if let Some(l) = ledger {
                         let mut l = lock(l);
+                        for s in &resp.skipped {
+                            for sample_index in 0..plan.n {
+                                let id = SampleId {
+                                    iteration: plan.iteration,
+                                    prompt_id: s.prompt_id.clone(),
+                                    sample_index,
+                                };
+                                let reason = DropReason::PromptTooLong { detail: s.reason.clone() };
+                                if let Err(e) = l.dropped(&id, reason) {
+                                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        Some(CoordinatorError::Ledger(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
                         for c in &resp.completions {
                             let id = sample_id(c);
                             let pos = chunk.iter().position(|p| p.record.id == id.prompt_id).unwrap_or(0);
@@ -233,6 +258,7 @@ pub async fn generate(
             .map(|c| c.completion_ids.len() as u64)
             .sum::<u64>();
         out.completions.extend(resp.completions);
+        out.skipped.extend(resp.skipped);
     }
     Ok(out)
 }
@@ -297,14 +323,23 @@ async fn run_lease(
         merged.weight_sync_seconds += resp.weight_sync_seconds;
         merged.generate_seconds += resp.generate_seconds;
         merged.completions.extend(resp.completions);
+        merged.skipped.extend(resp.skipped);
     }
-    // Every (prompt, index) exactly once, from the requested version.
+    // Skipped prompts are prompts of the lease, each once; the others get every index exactly
+    // once, from the requested version.
+    let mut skipped = HashSet::new();
+    for s in &merged.skipped {
+        if !chunk.iter().any(|p| p.record.id == s.prompt_id) || !skipped.insert(&s.prompt_id) {
+            return Err(format!("unexpected skipped prompt `{}`", s.prompt_id));
+        }
+    }
     let mut seen = HashSet::new();
     for c in &merged.completions {
         let id = c.id.as_ref().ok_or("a completion without an id")?;
         if id.iteration != plan.iteration
             || id.sample_index >= plan.n
             || !chunk.iter().any(|p| p.record.id == id.prompt_id)
+            || skipped.contains(&id.prompt_id)
         {
             return Err(format!("unexpected completion {}", SampleId::from(id)));
         }
@@ -318,7 +353,7 @@ async fn run_lease(
             return Err(format!("duplicate completion {}", SampleId::from(id)));
         }
     }
-    let want = chunk.len() * plan.n as usize;
+    let want = (chunk.len() - skipped.len()) * plan.n as usize;
     if seen.len() != want {
         return Err(format!("{} completions for a lease of {want}", seen.len()));
     }

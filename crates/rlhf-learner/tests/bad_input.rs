@@ -245,6 +245,51 @@ async fn unbounded_generate_requests_are_refused_and_the_worker_lives() -> anyho
         completions += r?.completions.len();
     }
     assert_eq!(completions, 2);
+
+    // A prompt too long for the context with the budget added is skipped and reported, the
+    // others sampled; a request of only such prompts fetches no weights (here: none to fetch
+    // from) and answers with the skips alone.
+    let long = v1::Prompt {
+        prompt_id: "long".into(),
+        text: "Hello ".repeat(300),
+        messages: vec![],
+    };
+    let collect = |req: v1::GenerateRequest| {
+        let mut worker = worker.clone();
+        async move {
+            let mut stream = worker.generate(req).await?.into_inner();
+            let (mut completions, mut skipped) = (vec![], vec![]);
+            while let Some(r) = stream.next().await {
+                let r = r?;
+                completions.extend(r.completions);
+                skipped.extend(r.skipped);
+            }
+            anyhow::Ok((completions, skipped))
+        }
+    };
+    let mut mixed = request(2, 4);
+    mixed.prompts.push(long.clone());
+    let (completions, skipped) = collect(mixed).await?;
+    assert_eq!(completions.len(), 2);
+    assert!(
+        completions
+            .iter()
+            .all(|c| c.id.as_ref().is_some_and(|i| i.prompt_id == "a"))
+    );
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].prompt_id, "long");
+    assert!(skipped[0].prompt_tokens + 4 > 256, "{:?}", skipped[0]);
+    assert!(
+        skipped[0].reason.contains("max_position_embeddings = 256"),
+        "{}",
+        skipped[0].reason
+    );
+    let mut only_long = request(2, 4);
+    only_long.prompts = vec![long];
+    only_long.policy_version = 7;
+    let (completions, skipped) = collect(only_long).await?;
+    assert!(completions.is_empty());
+    assert_eq!(skipped.len(), 1);
     shutdown.cancel();
     Ok(())
 }

@@ -305,23 +305,36 @@ impl<B: Backend> Rollout for RolloutService<B> {
             .model
             .config
             .max_position_embeddings;
-        // One row per (prompt, sample index).
+        // The KV cache is allocated for the whole sequence up front: a budget beyond the context
+        // would allocate without bound (and sample past what the model knows).
+        if params.max_new_tokens >= context {
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "max_new_tokens {} leaves no room for a prompt in the policy's context \
+                     (max_position_embeddings = {context})",
+                    params.max_new_tokens
+                ),
+            ));
+        }
+        // One row per (prompt, sample index); a prompt too long for the context with the
+        // budget added is skipped (reported, not sampled).
         let mut rows = Vec::with_capacity(req.prompts.len() * req.n as usize);
+        let mut skipped = Vec::new();
         for p in &req.prompts {
             let ids = self.prompt_ids(p)?;
-            // The KV cache is allocated for the whole sequence up front: a request beyond the
-            // context would allocate without bound (and sample past what the model knows).
             if ids.len() + params.max_new_tokens > context {
-                return Err(status(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "prompt `{}`: {} tokens + max_new_tokens {} exceed the policy's context \
+                skipped.push(v1::SkippedPrompt {
+                    prompt_id: p.prompt_id.clone(),
+                    prompt_tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                    reason: format!(
+                        "{} prompt tokens + max_new_tokens {} exceed the policy's context \
                          (max_position_embeddings = {context})",
-                        p.prompt_id,
                         ids.len(),
                         params.max_new_tokens
                     ),
-                ));
+                });
+                continue;
             }
             for i in 0..req.n {
                 rows.push((
@@ -331,6 +344,18 @@ impl<B: Backend> Rollout for RolloutService<B> {
                     sample_seed(req.seed, &p.prompt_id, i),
                 ));
             }
+        }
+        if rows.is_empty() {
+            // Nothing to sample: no weights to fetch either.
+            let only = v1::GenerateResponse {
+                lease_id: req.lease_id.clone(),
+                skipped,
+                ..Default::default()
+            };
+            let (tx, rx) = mpsc::channel(1);
+            // The receiver is alive: this send cannot fail.
+            let _ = tx.send(Ok(only)).await;
+            return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let sync_seconds = self
             .ensure_version(
@@ -416,6 +441,7 @@ impl<B: Backend> Rollout for RolloutService<B> {
                     completions,
                     weight_sync_seconds: if first { sync_seconds } else { 0.0 },
                     generate_seconds: seconds,
+                    skipped: std::mem::take(&mut skipped),
                 };
                 first = false;
                 if tx.send(Ok(resp)).await.is_err() {

@@ -67,6 +67,12 @@ pub enum DropReason {
         /// Why.
         detail: String,
     },
+    /// Never generated: the prompt with `max_new_tokens` added does not fit the policy's
+    /// context (from pending only).
+    PromptTooLong {
+        /// The worker's account (prompt tokens, the limit).
+        detail: String,
+    },
 }
 
 impl DropReason {
@@ -78,6 +84,7 @@ impl DropReason {
             DropReason::ScoreMissing { .. } => "score_missing",
             DropReason::Unselected => "unselected",
             DropReason::Abandoned { .. } => "abandoned",
+            DropReason::PromptTooLong { .. } => "prompt_too_long",
         }
     }
 }

@@ -361,6 +361,7 @@ impl DropReason {
             DropReason::Abandoned { .. } => {
                 !matches!(state, SampleState::Trained | SampleState::Dropped(_))
             }
+            DropReason::PromptTooLong { .. } => matches!(state, SampleState::Pending),
         }
     }
 }

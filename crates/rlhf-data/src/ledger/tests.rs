@@ -55,6 +55,12 @@ fn drop_(iteration: u64, prompt: &str, index: u32, reason: DropReason) -> Ledger
     }
 }
 
+fn too_long() -> DropReason {
+    DropReason::PromptTooLong {
+        detail: "300 tokens + max_new_tokens 16 exceed 256".into(),
+    }
+}
+
 /// Prompt `a` of iteration 0 with 2 samples, all the way through (lease 0).
 fn complete_a() -> Vec<LedgerEvent> {
     vec![
@@ -120,6 +126,9 @@ fn passing_cases() -> Vec<(&'static str, Vec<LedgerEvent>)> {
                 lease(1, 1, "c", 1),
                 expire(1),
                 drop_(1, "c", 0, stopped),
+                lease(2, 2, "d", 2),
+                drop_(2, "d", 0, too_long()),
+                drop_(2, "d", 1, too_long()),
             ],
         ),
         (
@@ -252,6 +261,15 @@ fn failing_cases() -> Vec<(&'static str, Vec<LedgerEvent>, Vec<ViolationKind>)> 
                 train(0, "a", 0),
             ],
             vec![TrainedAfterDrop],
+        ),
+        (
+            "too long after generation",
+            vec![
+                lease(0, 0, "a", 1),
+                gen_(0, 0, "a", 0),
+                drop_(0, "a", 0, too_long()),
+            ],
+            vec![InvalidDrop],
         ),
         (
             "score-missing after scoring",
