@@ -463,6 +463,9 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let listener = bind(&addr).await?;
         let registration = match etcd {
             Some(e) => {
+                if c.exit_after_run {
+                    exit_after_run(e.clone(), shutdown.clone()).await?;
+                }
                 let at = advertised(&args, &listener.local_addr()?.to_string(), &sec);
                 let m: Arc<dyn Membership> = e;
                 Some(register(&m, role, &name, &at, &f).await?)
@@ -492,6 +495,30 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
     })
 }
 
+/// `cluster.exit_after_run`: stops this role (through `shutdown`, as SIGTERM would) once a run
+/// ends after this moment, as the coordinator marks it in etcd (checked every 2 s).
+async fn exit_after_run(e: Arc<EtcdMembership>, shutdown: CancellationToken) -> Result<()> {
+    let since = e.revision().await.context("cluster.etcd")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            match e.run_ended_since(since).await {
+                Ok(Some(note)) => {
+                    eprintln!("the run ended ({note}): exiting (cluster.exit_after_run)");
+                    shutdown.cancel();
+                    return;
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!("checking for the run's end: {err}"),
+            }
+        }
+    });
+    Ok(())
+}
+
 fn listen_at(args: &RoleArgs, list: &[String], what: &str) -> Result<String> {
     match &args.listen {
         Some(a) => Ok(a.clone()),
@@ -515,6 +542,7 @@ async fn coordinate(
     if let Some(a) = &args.metrics_address {
         config.metrics_address = Some(a.clone());
     }
+    let marker = etcd.clone();
     let (membership, registration, leadership, mut listener, admin_at) = match etcd {
         Some(e) => {
             // The admin port is bound (port 0 picks one) but closed again until this process
@@ -529,6 +557,21 @@ async fn coordinate(
                 None => format!("pid {}", std::process::id()),
             };
             let leadership = lead(&e, &at, f, &mut config, &shutdown).await?;
+            // A standby that takes over a run that already finished needs no members (they
+            // may have left: cluster.exit_after_run).
+            if config.resume
+                && let Some(summary) = rlhf_coordinator::finished_run(&config)?
+            {
+                eprintln!(
+                    "the run in {} already finished: nothing to do",
+                    config.output_dir.display()
+                );
+                // Again, in case its leader died before marking it.
+                mark_ended(&e, &summary).await;
+                leadership.resign().await;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             let m: Arc<dyn Membership> = e;
             wait_for_members(m.as_ref(), f).await?;
             // Registered before the port opens: once it accepts connections (ready), `rlhf
@@ -592,10 +635,26 @@ async fn coordinate(
     };
     leave(registration).await;
     if let Some(l) = leadership {
+        // The run ended (finished, or stopped with its final checkpoint): roles with
+        // cluster.exit_after_run leave.
+        if let (Ok(s), Some(e)) = (&summary, &marker) {
+            mark_ended(e, s).await;
+        }
         l.resign().await;
     }
     println!("{}", serde_json::to_string_pretty(&summary?)?);
     Ok(())
+}
+
+/// Marks the run's end in etcd for roles with `cluster.exit_after_run` (a failure is logged:
+/// they then stay until stopped).
+async fn mark_ended(e: &EtcdMembership, s: &rlhf_coordinator::RunSummary) {
+    if let Err(err) = e
+        .mark_run_ended(&format!("{} iterations", s.iterations))
+        .await
+    {
+        tracing::warn!("marking the run's end in etcd: {err}");
+    }
 }
 
 /// The admin listener at the address chosen at start (none: the admin API is not served).

@@ -118,6 +118,11 @@ pub struct ClusterSection {
     /// reached is continued from its newest resume point, once every role is back.
     #[serde(default = "default_restarts")]
     pub restarts: u32,
+    /// With etcd: the learner, rollout workers and scorers exit (status 0) once the run they
+    /// serve ends (the coordinator marks it in etcd), instead of waiting for the next run. The
+    /// Helm chart sets it, so that the roles' Jobs complete and free their GPUs.
+    #[serde(default)]
+    pub exit_after_run: bool,
     /// Mutual TLS between the roles, and TLS on the admin API (docs/security.md).
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -285,6 +290,7 @@ impl Default for ClusterSection {
             member_ttl_s: default_member_ttl_s(),
             wait_members_s: default_wait_members_s(),
             restarts: default_restarts(),
+            exit_after_run: false,
             tls: None,
             etcd_tls: None,
             admin_tokens: None,
@@ -305,6 +311,9 @@ impl ClusterSection {
                 "cluster.etcd_prefix `{}` must start with `/`",
                 self.etcd_prefix
             );
+        }
+        if self.exit_after_run && self.etcd.is_empty() {
+            bail!("cluster.exit_after_run: needs cluster.etcd (the run's end is marked there)");
         }
         if let Some(t) = &self.tls {
             t.validate("cluster.tls")?;

@@ -176,6 +176,7 @@ struct Pod {
     name: String,
     component: String,
     labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
     spec: Value,
     ip: String,
     /// A volume claim template's claims are per pod: `{template}-{pod}`.
@@ -265,8 +266,14 @@ impl Cluster {
                     _ => format!("{}-{suffix}{i}", name_of(o)),
                 };
                 let mut labels = str_map(&template["metadata"]["labels"]);
+                let mut annotations = str_map(&template["metadata"]["annotations"]);
                 if kind == "StatefulSet" {
                     labels.insert("apps.kubernetes.io/pod-index".into(), i.to_string());
+                }
+                if o["spec"]["completionMode"] == "Indexed" {
+                    let index = "batch.kubernetes.io/job-completion-index";
+                    labels.insert(index.into(), i.to_string());
+                    annotations.insert(index.into(), i.to_string());
                 }
                 let component = labels
                     .get("app.kubernetes.io/component")
@@ -277,6 +284,7 @@ impl Cluster {
                     name,
                     component,
                     labels,
+                    annotations,
                     spec: template["spec"].clone(),
                     claim_templates: claim_templates
                         .iter()
@@ -425,13 +433,16 @@ impl Cluster {
                     "metadata.name" => pod.name.clone(),
                     "metadata.namespace" => "ml".into(),
                     f => {
-                        let label = f
-                            .strip_prefix("metadata.labels['")
-                            .and_then(|l| l.strip_suffix("']"))
-                            .unwrap_or_else(|| panic!("{name}: env {key}: field {f}"));
-                        pod.labels
-                            .get(label)
-                            .unwrap_or_else(|| panic!("{name}: no label {label}"))
+                        let (map, key) = if let Some(k) = f.strip_prefix("metadata.labels['") {
+                            (&pod.labels, k)
+                        } else if let Some(k) = f.strip_prefix("metadata.annotations['") {
+                            (&pod.annotations, k)
+                        } else {
+                            panic!("{name}: env {key}: field {f}")
+                        };
+                        let k = key.strip_suffix("']").expect("quoted key");
+                        map.get(k)
+                            .unwrap_or_else(|| panic!("{name}: no label or annotation {k}"))
                             .clone()
                     }
                 }
@@ -516,16 +527,6 @@ impl Cluster {
 
     fn log(&self, name: &str, ext: &str) -> String {
         std::fs::read_to_string(self.root.join(format!("{name}.{ext}"))).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM, as the kubelet does when a pod is deleted.
-    fn terminate(&mut self, name: &str) {
-        let pid = self.child(name).id();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
     }
 }
 
@@ -626,8 +627,8 @@ etcd:
 /// a scorer and two coordinators (one leads, one stands by with its admin port closed, so only
 /// the leader is ready). `helm test`'s pod reads the run's status; one etcd member is killed
 /// mid-run and the run goes on. The Job completes: the leader finishes the run and the standby,
-/// leading after it, finds the run finished and leaves it as it is. The other pods stop cleanly
-/// on SIGTERM.
+/// leading after it, finds the run finished and leaves it as it is. The learner, rollout and
+/// scorer Jobs complete too: their pods exit 0 once the run has ended.
 #[test]
 fn the_chart_runs_a_distributed_run() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -796,13 +797,17 @@ fn run_chart(
         .collect();
     assert_eq!(iterations, (0..40).collect::<Vec<u64>>());
     assert!(run.join("final/model.safetensors").exists());
-    // `helm uninstall`: SIGTERM, and each role leaves cleanly.
-    for p in &roles {
-        cluster.terminate(p);
-    }
+    // The run ended: the learner's, rollout workers' and scorer's Jobs complete too, every
+    // pod exiting 0 by itself (`exit_after_run`), so their GPUs are free before `helm
+    // uninstall`.
     for p in &roles {
         let status = wait_exit(&mut cluster, p, Duration::from_secs(60));
         assert!(status.success(), "{p}: {}", cluster.log(p, "err"));
+        assert!(
+            cluster.log(p, "err").contains("the run ended"),
+            "{p}: {}",
+            cluster.log(p, "err")
+        );
     }
     members
 }

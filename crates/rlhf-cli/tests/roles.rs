@@ -759,3 +759,24 @@ fn roles_over_mutual_tls_with_admin_tokens() {
     assert!((1..500).contains(&done), "{summary}");
     assert_eq!(summary["ledger_violations"], 0);
 }
+
+/// `cluster.exit_after_run`: once the coordinator has finished the run, the learner, the rollout
+/// worker and the scorer exit with status 0 by themselves (on Kubernetes their Jobs complete
+/// and free their GPUs); without it they stay for the next run (the tests above).
+#[test]
+fn roles_exit_after_the_run_when_asked() {
+    let etcd = LocalEtcd::start().expect("start etcd");
+    let d = tempfile::tempdir().expect("tempdir");
+    let cluster = format!(
+        "{}\nexit_after_run = true",
+        etcd_cluster(&etcd, "/test/exit", 60)
+    );
+    let cfg = run_file(d.path(), 2, "", &cluster);
+    let cfg = cfg.to_str().expect("utf-8");
+    let mut roles = Kill(learner_rollout_scorer(cfg));
+    coordinate(cfg, &d.path().join("out"), &[]);
+    for (i, role) in ["learner", "rollout", "scorer"].iter().enumerate() {
+        let status = wait_exit(&mut roles.0[i], role);
+        assert!(status.success(), "{role}: {status}");
+    }
+}

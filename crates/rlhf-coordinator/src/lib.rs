@@ -465,6 +465,16 @@ async fn run_inner(
 /// The summary of a run whose newest resume point is its `final/` checkpoint: a coordinator
 /// that resumes it (a standby taking over after the leader finished, a restarted pod) has
 /// nothing left to do. None when the run stopped before writing its summary.
+/// The summary of the run in `config.output_dir` when it already finished (its newest resume
+/// point is `final/` and `summary.json` is there): resuming it would do nothing.
+pub fn finished_run(config: &CoordinatorConfig) -> Result<Option<RunSummary>, CoordinatorError> {
+    let out = &config.output_dir;
+    match resume::latest(out)? {
+        Some((dir, state)) if state.iterations_done >= config.iterations => finished(out, &dir),
+        _ => Ok(None),
+    }
+}
+
 fn finished(out: &Path, resume_point: &Path) -> Result<Option<RunSummary>, CoordinatorError> {
     if resume_point != out.join("final") {
         return Ok(None);

@@ -212,6 +212,40 @@ impl EtcdMembership {
         format!("{}/rendezvous/{group}", self.prefix)
     }
 
+    fn run_ended_key(&self) -> String {
+        format!("{}/run/ended", self.prefix)
+    }
+
+    /// The store's revision now: a later [`EtcdMembership::run_ended_since`] with it tells
+    /// whether a run ended after this moment.
+    pub async fn revision(&self) -> Result<i64, MembershipError> {
+        let r = self.get(&self.run_ended_key()).await?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Marks the run under this prefix as ended (`{prefix}/run/ended`, on no lease: it stays),
+    /// with a note for whoever reads it. Roles that serve the run and were asked to
+    /// (`cluster.exit_after_run`) exit when they see it.
+    pub async fn mark_run_ended(&self, note: &str) -> Result<(), MembershipError> {
+        let key = self.run_ended_key();
+        self.call(&format!("put {key}"), |mut c| {
+            let key = key.clone();
+            async move { c.put(key, note, None).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The note of a run that ended after `revision` (see [`EtcdMembership::revision`]), if
+    /// one did.
+    pub async fn run_ended_since(&self, revision: i64) -> Result<Option<String>, MembershipError> {
+        let r = self.get(&self.run_ended_key()).await?;
+        Ok(r.kvs()
+            .first()
+            .filter(|kv| kv.mod_revision() > revision)
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     async fn stored(&self, role: Role, name: &str) -> Result<Option<Stored>, MembershipError> {
         let key = self.member_key(role, name);
         let r = self.get(&key).await?;

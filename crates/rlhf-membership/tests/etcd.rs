@@ -357,3 +357,29 @@ async fn etcd_over_mutual_tls() -> Result {
         .ok_or("a plaintext client reached etcd")?;
     Ok(())
 }
+
+/// The run's end mark: seen only by those who looked before it was written.
+#[tokio::test]
+async fn a_run_end_is_seen_after_the_revision_it_follows() -> Result {
+    let etcd = LocalEtcd::start()?;
+    let m = connect(&etcd, "/test/end").await?;
+    let before = m.revision().await?;
+    assert_eq!(m.run_ended_since(before).await?, None);
+    m.mark_run_ended("2 iterations").await?;
+    assert_eq!(
+        m.run_ended_since(before).await?.as_deref(),
+        Some("2 iterations")
+    );
+    // A role that starts after the mark does not take it for its own run's end.
+    let after = m.revision().await?;
+    assert_eq!(m.run_ended_since(after).await?, None);
+    // Another prefix is another run.
+    let other = connect(&etcd, "/test/other").await?;
+    assert_eq!(other.run_ended_since(before).await?, None);
+    m.mark_run_ended("4 iterations").await?;
+    assert_eq!(
+        m.run_ended_since(after).await?.as_deref(),
+        Some("4 iterations")
+    );
+    Ok(())
+}

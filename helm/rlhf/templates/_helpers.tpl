@@ -177,11 +177,11 @@ affinity:
   env:
     {{- include "rlhf.env" $top | nindent 4 }}
     {{- if ne $role "learner" }}
-    # `--index`: the StatefulSet pod's ordinal.
+    # `--index`: the Indexed Job pod's completion index.
     - name: RLHF_INDEX
       valueFrom:
         fieldRef:
-          fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+          fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']
     {{- end }}
     {{- with $values.env }}
     {{- toYaml . | nindent 4 }}
