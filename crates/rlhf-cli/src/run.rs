@@ -463,8 +463,8 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let listener = bind(&addr).await?;
         let registration = match etcd {
             Some(e) => {
-                if c.exit_after_run {
-                    exit_after_run(e.clone(), shutdown.clone()).await?;
+                if c.exit_after_run && exit_after_run(&e, c, shutdown.clone()).await? {
+                    return Ok(());
                 }
                 let at = advertised(&args, &listener.local_addr()?.to_string(), &sec);
                 let m: Arc<dyn Membership> = e;
@@ -495,28 +495,63 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
     })
 }
 
-/// `cluster.exit_after_run`: stops this role (through `shutdown`, as SIGTERM would) once a run
+/// The run-end mark the coordinator leaves in etcd (`{etcd_prefix}/run/ended`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunEnd {
+    #[serde(default)]
+    run_id: Option<String>,
+    iterations: u64,
+}
+
+impl RunEnd {
+    /// Whether this mark ends the run of a role with `run_id` (any mark when it has none).
+    fn ends(&self, run_id: &Option<String>) -> bool {
+        run_id.is_none() || self.run_id == *run_id
+    }
+}
+
+/// `cluster.exit_after_run`: true when this role's run (`cluster.run_id`) has already ended (it
+/// should exit now); else stops it later through `shutdown`, as SIGTERM would, once a run
 /// ends after this moment, as the coordinator marks it in etcd (checked every 2 s).
-async fn exit_after_run(e: Arc<EtcdMembership>, shutdown: CancellationToken) -> Result<()> {
+async fn exit_after_run(
+    e: &Arc<EtcdMembership>,
+    c: &crate::runfile::ClusterSection,
+    shutdown: CancellationToken,
+) -> Result<bool> {
     let since = e.revision().await.context("cluster.etcd")?;
+    let run_id = c.run_id.clone();
+    let parse = |note: &str| serde_json::from_str::<RunEnd>(note).ok();
+    if run_id.is_some()
+        && let Some((_, note)) = e.run_end().await.context("cluster.etcd")?
+        && parse(&note).is_some_and(|end| end.run_id == run_id)
+    {
+        eprintln!(
+            "run {} already ended: exiting (cluster.exit_after_run)",
+            run_id.as_deref().unwrap_or_default()
+        );
+        return Ok(true);
+    }
+    let e = e.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            match e.run_ended_since(since).await {
-                Ok(Some(note)) => {
+            match e.run_end().await {
+                Ok(Some((at, note)))
+                    if at > since && parse(&note).is_some_and(|end| end.ends(&run_id)) =>
+                {
                     eprintln!("the run ended ({note}): exiting (cluster.exit_after_run)");
                     shutdown.cancel();
                     return;
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(err) => tracing::debug!("checking for the run's end: {err}"),
             }
         }
     });
-    Ok(())
+    Ok(false)
 }
 
 fn listen_at(args: &RoleArgs, list: &[String], what: &str) -> Result<String> {
@@ -567,7 +602,7 @@ async fn coordinate(
                     config.output_dir.display()
                 );
                 // Again, in case its leader died before marking it.
-                mark_ended(&e, &summary).await;
+                mark_ended(&e, c, &summary).await;
                 leadership.resign().await;
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(());
@@ -638,7 +673,7 @@ async fn coordinate(
         // The run ended (finished, or stopped with its final checkpoint): roles with
         // cluster.exit_after_run leave.
         if let (Ok(s), Some(e)) = (&summary, &marker) {
-            mark_ended(e, s).await;
+            mark_ended(e, c, s).await;
         }
         l.resign().await;
     }
@@ -648,11 +683,20 @@ async fn coordinate(
 
 /// Marks the run's end in etcd for roles with `cluster.exit_after_run` (a failure is logged:
 /// they then stay until stopped).
-async fn mark_ended(e: &EtcdMembership, s: &rlhf_coordinator::RunSummary) {
-    if let Err(err) = e
-        .mark_run_ended(&format!("{} iterations", s.iterations))
-        .await
-    {
+async fn mark_ended(
+    e: &EtcdMembership,
+    c: &crate::runfile::ClusterSection,
+    s: &rlhf_coordinator::RunSummary,
+) {
+    let end = RunEnd {
+        run_id: c.run_id.clone(),
+        iterations: s.iterations,
+    };
+    let marked = match serde_json::to_string(&end) {
+        Ok(note) => e.mark_run_ended(&note).await.map_err(anyhow::Error::from),
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = marked {
         tracing::warn!("marking the run's end in etcd: {err}");
     }
 }

@@ -123,6 +123,11 @@ pub struct ClusterSection {
     /// Helm chart sets it, so that the roles' Jobs complete and free their GPUs.
     #[serde(default)]
     pub exit_after_run: bool,
+    /// Names this run (with `exit_after_run`): its end mark carries it, and a role with the
+    /// same `run_id` that starts after the run ended (it was pending, or restarted late) exits
+    /// at once instead of waiting for a next run. Roles ignore the marks of other run ids.
+    #[serde(default)]
+    pub run_id: Option<String>,
     /// Mutual TLS between the roles, and TLS on the admin API (docs/security.md).
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -291,6 +296,7 @@ impl Default for ClusterSection {
             wait_members_s: default_wait_members_s(),
             restarts: default_restarts(),
             exit_after_run: false,
+            run_id: None,
             tls: None,
             etcd_tls: None,
             admin_tokens: None,

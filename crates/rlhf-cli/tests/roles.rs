@@ -762,16 +762,20 @@ fn roles_over_mutual_tls_with_admin_tokens() {
 
 /// `cluster.exit_after_run`: once the coordinator has finished the run, the learner, the rollout
 /// worker and the scorer exit with status 0 by themselves (on Kubernetes their Jobs complete
-/// and free their GPUs); without it they stay for the next run (the tests above).
+/// and free their GPUs); without it they stay for the next run (the tests above). A role of the
+/// same `run_id` that starts only after the end (pending, or restarted late) exits at once; one
+/// of another run id waits for its own run.
 #[test]
 fn roles_exit_after_the_run_when_asked() {
     let etcd = LocalEtcd::start().expect("start etcd");
     let d = tempfile::tempdir().expect("tempdir");
-    let cluster = format!(
-        "{}\nexit_after_run = true",
-        etcd_cluster(&etcd, "/test/exit", 60)
-    );
-    let cfg = run_file(d.path(), 2, "", &cluster);
+    let cluster = |id: &str| {
+        format!(
+            "{}\nexit_after_run = true\nrun_id = \"{id}\"",
+            etcd_cluster(&etcd, "/test/exit", 60)
+        )
+    };
+    let cfg = run_file(d.path(), 2, "", &cluster("r1"));
     let cfg = cfg.to_str().expect("utf-8");
     let mut roles = Kill(learner_rollout_scorer(cfg));
     coordinate(cfg, &d.path().join("out"), &[]);
@@ -779,4 +783,25 @@ fn roles_exit_after_the_run_when_asked() {
         let status = wait_exit(&mut roles.0[i], role);
         assert!(status.success(), "{role}: {status}");
     }
+    let late = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["rollout", "--config", cfg, "--index", "1", "--listen", ANY])
+        .output()
+        .expect("a late rollout worker");
+    let said = String::from_utf8_lossy(&late.stderr);
+    assert!(
+        late.status.success() && said.contains("run r1 already ended"),
+        "{said}"
+    );
+    let next = tempfile::tempdir().expect("tempdir");
+    let next_cfg = run_file(next.path(), 2, "", &cluster("r2"));
+    let mut other = Kill(vec![listening(
+        next_cfg.to_str().expect("utf-8"),
+        "rollout",
+        0,
+    )]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        other.0[0].try_wait().expect("try_wait").is_none(),
+        "a role of run r2 left on run r1's end"
+    );
 }

@@ -216,8 +216,8 @@ impl EtcdMembership {
         format!("{}/run/ended", self.prefix)
     }
 
-    /// The store's revision now: a later [`EtcdMembership::run_ended_since`] with it tells
-    /// whether a run ended after this moment.
+    /// The store's revision now: a run-end mark written later ([`EtcdMembership::run_end`])
+    /// has a higher one.
     pub async fn revision(&self) -> Result<i64, MembershipError> {
         let r = self.get(&self.run_ended_key()).await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
@@ -236,14 +236,16 @@ impl EtcdMembership {
         .map(|_| ())
     }
 
-    /// The note of a run that ended after `revision` (see [`EtcdMembership::revision`]), if
-    /// one did.
-    pub async fn run_ended_since(&self, revision: i64) -> Result<Option<String>, MembershipError> {
+    /// The newest run-end mark under this prefix, if any: the revision it was written at
+    /// and its note.
+    pub async fn run_end(&self) -> Result<Option<(i64, String)>, MembershipError> {
         let r = self.get(&self.run_ended_key()).await?;
-        Ok(r.kvs()
-            .first()
-            .filter(|kv| kv.mod_revision() > revision)
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(r.kvs().first().map(|kv| {
+            (
+                kv.mod_revision(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        }))
     }
 
     async fn stored(&self, role: Role, name: &str) -> Result<Option<Stored>, MembershipError> {
