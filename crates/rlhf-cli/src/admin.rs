@@ -146,10 +146,41 @@ fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
         "samples_rejected": s.samples_rejected,
         "last_metrics": parsed(&s.last_metrics_json),
         "last_timings": parsed(&s.last_timings_json),
-        "members": s.members.iter().map(|m| json!({
-            "role": m.role, "name": m.name, "address": m.address,
-        })).collect::<Vec<_>>(),
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "error": s.error,
+    })
+}
+
+fn member_json(m: &v1::MemberStatus) -> serde_json::Value {
+    json!({ "role": m.role, "name": m.name, "address": m.address, "evicted": m.evicted })
+}
+
+#[derive(Debug, Args)]
+pub struct EvictArgs {
+    /// The member's name, as `rlhf status` lists it (e.g. rollout-1, scorer-0).
+    name: String,
+    /// Readmit an evicted member instead.
+    #[arg(long)]
+    readmit: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `rlhf evict`: prints the evicted members after the request.
+pub fn evict(args: EvictArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let (mut c, at) = client(&args.admin).await?;
+        let r = c
+            .evict(v1::EvictRequest {
+                name: args.name.clone(),
+                readmit: args.readmit,
+            })
+            .await
+            .with_context(|| format!("Admin.Evict {} at {at}", args.name))?
+            .into_inner();
+        let evicted: Vec<_> = r.evicted.iter().map(member_json).collect();
+        println!("{}", json!({ "evicted": evicted }));
+        Ok(())
     })
 }
 

@@ -58,6 +58,9 @@ enum Command {
     Pause(admin::AdminArgs),
     /// Let a paused run continue.
     Unpause(admin::AdminArgs),
+    /// Evict a rollout worker or scorer from a running run (its work in flight finishes, it
+    /// gets no more), or readmit it with --readmit.
+    Evict(admin::EvictArgs),
     /// Evaluate policies: reward, win rate under a judge, ranking accuracy, length, KL.
     Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
@@ -90,6 +93,7 @@ impl Command {
             Command::Stop(_) => "stop",
             Command::Pause(_) => "pause",
             Command::Unpause(_) => "unpause",
+            Command::Evict(_) => "evict",
             Command::Eval(_) => "eval",
             Command::Sft(_) => "sft",
             Command::Rm(_) => "rm",
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => admin::stop(args),
         Command::Pause(args) => admin::pause(args, true),
         Command::Unpause(args) => admin::pause(args, false),
+        Command::Evict(args) => admin::evict(args),
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),

@@ -755,10 +755,21 @@ fn free_port() -> u16 {
 /// `rlhf run` of a run file with `coordinator_extra`, its admin API on a free port: the
 /// process (stdout piped), the admin address and the run file.
 fn run_with_admin(dir: &Path, coordinator_extra: &str) -> (std::process::Child, String, PathBuf) {
+    run_with_admin_and(dir, coordinator_extra, "")
+}
+
+/// [`run_with_admin`] with `sections` appended to the run file.
+fn run_with_admin_and(
+    dir: &Path,
+    coordinator_extra: &str,
+    sections: &str,
+) -> (std::process::Child, String, PathBuf) {
     let at = format!("127.0.0.1:{}", free_port());
     let cfg = config(dir, coordinator_extra, "builtin = \"letters\"", "");
     let mut text = std::fs::read_to_string(&cfg).expect("read");
-    text.push_str(&format!("\n[cluster]\ncoordinator = \"{at}\"\n"));
+    text.push_str(&format!(
+        "\n{sections}\n[cluster]\ncoordinator = \"{at}\"\n"
+    ));
     std::fs::write(&cfg, text).expect("write");
     let run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(["run", cfg.to_str().expect("utf-8"), "--quiet"])
@@ -1162,4 +1173,96 @@ fn prompts_too_long_for_the_context_are_dropped_and_counted() {
         .sum();
     assert_eq!(too_long, 4.0);
     assert_eq!(check_ledger(&out), 12 * 4);
+}
+
+/// `rlhf evict`: an evicted rollout worker gets no new leases while the other carries the run;
+/// the learner and the last worker standing cannot be evicted, an unknown name is named; a
+/// readmitted worker gets leases again.
+#[test]
+fn a_rollout_worker_is_evicted_and_readmitted() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (mut run, at, _) = run_with_admin_and(
+        d.path(),
+        "iterations = 500\nprompts_per_lease = 2",
+        "[rollout]\nworkers = 2",
+    );
+    let evict = |args: &[&str]| {
+        let mut all = vec!["evict"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--coordinator", &at]);
+        rlhf(&all)
+    };
+    status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(2)
+    });
+    let (code, stdout, stderr) = evict(&["rollout-1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"rollout-1\""), "{stdout}");
+    let evicted_at = status_until(&["--coordinator", &at], |_| true)["iteration"]
+        .as_u64()
+        .expect("iteration");
+    for (name, says) in [
+        ("rollout-0", "last rollout"),
+        ("learner", "cannot be evicted"),
+        ("nobody", "no member named `nobody`"),
+    ] {
+        let (code, _, stderr) = evict(&[name]);
+        assert_ne!(code, 0, "{name}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
+    let s = status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(evicted_at + 4)
+    });
+    let flagged: Vec<(String, bool)> = s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["role"] == "rollout")
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["evicted"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(flagged.contains(&("rollout-1".into(), true)), "{s}");
+    assert!(flagged.contains(&("rollout-0".into(), false)), "{s}");
+    let readmitted_at = s["iteration"].as_u64().expect("iteration");
+    let (code, stdout, stderr) = evict(&["rollout-1", "--readmit"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"evicted":[]}"#);
+    status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(readmitted_at + 4)
+    });
+    stop_and_wait(&mut run, &at);
+    assert!(run.wait().expect("wait").success());
+    let out = d.path().join("out");
+    check_ledger(&out);
+    // Leases per worker and iteration: both before the eviction, only rollout-0 in the
+    // iterations that started after it and before the readmission, both again after.
+    let leases: Vec<(u64, String)> = read_history(out.join("ledger.jsonl"))
+        .expect("ledger")
+        .records
+        .iter()
+        .filter_map(|e| match e {
+            rlhf_data::LedgerEvent::Leased {
+                iteration, worker, ..
+            } => Some((*iteration, worker.clone())),
+            _ => None,
+        })
+        .collect();
+    let to = |worker: &str, range: std::ops::Range<u64>| {
+        leases
+            .iter()
+            .filter(|(i, w)| w == worker && range.contains(i))
+            .count()
+    };
+    assert!(to("rollout-1", 0..evicted_at) > 0, "{leases:?}");
+    let drained = evicted_at + 1..readmitted_at;
+    assert_eq!(to("rollout-1", drained.clone()), 0, "{leases:?}");
+    assert!(to("rollout-0", drained) > 0, "{leases:?}");
+    assert!(
+        to("rollout-1", readmitted_at + 1..u64::MAX) > 0,
+        "{leases:?}"
+    );
 }

@@ -10,6 +10,7 @@ use rlhf_proto::security::{Access, AdminAuth};
 use rlhf_proto::v1;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::Evictions;
 use crate::status::SharedStatus;
 
 /// Seconds a registration lives without a heartbeat.
@@ -25,6 +26,8 @@ pub struct AdminService {
     pub pause: tokio::sync::watch::Sender<bool>,
     /// Who may call what (viewer: status; operator: the rest).
     pub auth: AdminAuth,
+    /// Members evicted through [`Admin.Evict`](v1::admin_server::Admin::evict).
+    pub evicted: Evictions,
 }
 
 #[tonic::async_trait]
@@ -39,6 +42,7 @@ impl v1::admin_server::Admin for AdminService {
             for m in self.membership.members(role).await.unwrap_or_default() {
                 s.members.push(v1::MemberStatus {
                     role: role.to_string(),
+                    evicted: self.evicted.contains(role, &m.name),
                     name: m.name,
                     address: m.address,
                 });
@@ -81,9 +85,97 @@ impl v1::admin_server::Admin for AdminService {
         self.auth.check(&request, Access::Operator)?;
         Ok(Response::new(self.set_paused(false)))
     }
+
+    async fn evict(
+        &self,
+        request: Request<v1::EvictRequest>,
+    ) -> Result<Response<v1::EvictResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
+        let r = request.into_inner();
+        let mut found = None;
+        let mut names = Vec::new();
+        for role in [Role::Rollout, Role::Scorer, Role::Learner] {
+            let members = self.membership.members(role).await.map_err(status)?;
+            if members.iter().any(|m| m.name == r.name) {
+                found = Some((role, members));
+                break;
+            }
+            names.extend(members.into_iter().map(|m| m.name));
+        }
+        let Some((role, members)) = found else {
+            // A readmission of a member that has left since is still a readmission.
+            for role in [Role::Rollout, Role::Scorer] {
+                if r.readmit && self.evicted.remove(role, &r.name) {
+                    tracing::info!(%role, name = %r.name, "readmitted through the admin API");
+                    return Ok(Response::new(self.evictions().await));
+                }
+            }
+            return Err(Status::not_found(format!(
+                "no member named `{}` (members: {})",
+                r.name,
+                names.join(", ")
+            )));
+        };
+        if role == Role::Learner {
+            return Err(Status::failed_precondition(
+                "the learner cannot be evicted (stop the run instead)",
+            ));
+        }
+        if r.readmit {
+            if !self.evicted.remove(role, &r.name) {
+                return Err(Status::failed_precondition(format!(
+                    "{role} `{}` is not evicted",
+                    r.name
+                )));
+            }
+            tracing::info!(%role, name = %r.name, "readmitted through the admin API");
+        } else {
+            let others = members
+                .iter()
+                .filter(|m| m.name != r.name && !self.evicted.contains(role, &m.name))
+                .count();
+            if others == 0 && !self.evicted.contains(role, &r.name) {
+                return Err(Status::failed_precondition(format!(
+                    "{role} `{}` is the last {role} that is not evicted: the run needs one",
+                    r.name
+                )));
+            }
+            if self.evicted.insert(role, &r.name) {
+                tracing::info!(
+                    %role,
+                    name = %r.name,
+                    "evicted through the admin API: its work in flight finishes, it gets no more"
+                );
+            }
+        }
+        Ok(Response::new(self.evictions().await))
+    }
 }
 
 impl AdminService {
+    /// The evicted members, with their addresses where they are still registered.
+    async fn evictions(&self) -> v1::EvictResponse {
+        let mut evicted = Vec::new();
+        for (role, name) in self.evicted.list() {
+            let address = self
+                .membership
+                .members(role)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|m| m.name == name)
+                .map(|m| m.address)
+                .unwrap_or_default();
+            evicted.push(v1::MemberStatus {
+                role: role.to_string(),
+                name,
+                address,
+                evicted: true,
+            });
+        }
+        v1::EvictResponse { evicted }
+    }
+
     /// Pauses (`running` becomes `pausing`; the loop holds at its next gate) or unpauses
     /// (`pausing` or `paused` becomes `running`); returns the state after the request. A run
     /// that is not running (starting, stopping, ended) is not paused.

@@ -25,6 +25,40 @@ pub struct Cluster {
     max_message_bytes: usize,
     /// Mutual TLS to the members (their addresses' scheme is ignored then).
     tls: Option<Tls>,
+    /// Members evicted through the admin API: given no new work.
+    evicted: Evictions,
+}
+
+/// Members evicted through the admin API (`Admin.Evict`), by role and name; shared by the
+/// admin service and the [`Cluster`]. Held by this coordinator only: a standby that takes
+/// over starts with none.
+#[derive(Debug, Clone, Default)]
+pub struct Evictions(Arc<Mutex<std::collections::BTreeSet<(Role, String)>>>);
+
+impl Evictions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(Role, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `name` of `role` is evicted.
+    pub fn contains(&self, role: Role, name: &str) -> bool {
+        self.lock().contains(&(role, name.to_string()))
+    }
+
+    /// Evicts (true: it was not evicted before).
+    pub fn insert(&self, role: Role, name: &str) -> bool {
+        self.lock().insert((role, name.to_string()))
+    }
+
+    /// Readmits (true: it was evicted).
+    pub fn remove(&self, role: Role, name: &str) -> bool {
+        self.lock().remove(&(role, name.to_string()))
+    }
+
+    /// Every evicted (role, name).
+    pub fn list(&self) -> Vec<(Role, String)> {
+        self.lock().iter().cloned().collect()
+    }
 }
 
 /// How long a member that failed a request is avoided (when others are available).
@@ -35,6 +69,7 @@ impl Cluster {
         membership: Arc<dyn Membership>,
         max_message_bytes: usize,
         tls: Option<Tls>,
+        evicted: Evictions,
     ) -> Self {
         Self {
             membership,
@@ -42,6 +77,7 @@ impl Cluster {
             suspects: Arc::default(),
             max_message_bytes,
             tls,
+            evicted,
         }
     }
 
@@ -50,17 +86,24 @@ impl Cluster {
         &self.membership
     }
 
-    /// Live members of a role; an error when there are none.
+    /// Live members of a role that are not evicted; an error when there are none.
     pub async fn members(&self, role: Role) -> Result<Vec<Member>, CoordinatorError> {
-        let m = self
+        let all = self
             .membership
             .members(role)
             .await
             .map_err(|e| CoordinatorError::Cluster(e.to_string()))?;
+        let registered = all.len();
+        let m: Vec<Member> = all
+            .into_iter()
+            .filter(|m| !self.evicted.contains(role, &m.name))
+            .collect();
         if m.is_empty() {
-            return Err(CoordinatorError::Cluster(format!(
-                "no live {role} is registered"
-            )));
+            return Err(CoordinatorError::Cluster(if registered > 0 {
+                format!("no live {role} that is not evicted ({registered} evicted)")
+            } else {
+                format!("no live {role} is registered")
+            }));
         }
         Ok(m)
     }

@@ -145,6 +145,7 @@ pub async fn run(
     // The admin API serves until the run has ended (through a stop's last iteration).
     let serve_stop = CancellationToken::new();
     let (pause, paused) = tokio::sync::watch::channel(false);
+    let evicted = cluster::Evictions::default();
     let server = match deps.listener {
         None => None,
         Some(listener) => {
@@ -155,6 +156,7 @@ pub async fn run(
                 stop: shutdown.clone(),
                 pause,
                 auth: deps.admin_auth.clone(),
+                evicted: evicted.clone(),
             })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -202,7 +204,8 @@ pub async fn run(
         }
         None => None,
     };
-    let cluster = cluster::Cluster::new(deps.membership, config.max_message_bytes, deps.tls);
+    let cluster =
+        cluster::Cluster::new(deps.membership, config.max_message_bytes, deps.tls, evicted);
     let result = run_inner(
         &config,
         &data,

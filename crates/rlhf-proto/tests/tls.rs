@@ -48,6 +48,13 @@ impl v1::admin_server::Admin for Gate {
         self.0.check(&req, Access::Operator)?;
         Ok(Response::new(v1::PauseResponse::default()))
     }
+    async fn evict(
+        &self,
+        req: Request<v1::EvictRequest>,
+    ) -> Result<Response<v1::EvictResponse>, Status> {
+        self.0.check(&req, Access::Operator)?;
+        Ok(Response::new(v1::EvictResponse::default()))
+    }
 }
 
 /// Serves the gate on a free loopback port; returns `host:port`.
