@@ -184,6 +184,44 @@ pub fn evict(args: EvictArgs) -> Result<()> {
     })
 }
 
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// `key=value`, one or more: iterations, eval_every, checkpoint_every.
+    #[arg(required = true)]
+    settings: Vec<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `rlhf set`: prints the live settings after the changes (applied in order; the first that is
+/// refused stops).
+pub fn set(args: SetArgs) -> Result<()> {
+    let mut pairs = Vec::new();
+    for s in &args.settings {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("`{s}`: expected key=value (iterations, eval_every, checkpoint_every)");
+        };
+        pairs.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    runtime()?.block_on(async {
+        let (mut c, at) = client(&args.admin).await?;
+        let mut last = String::new();
+        for (key, value) in pairs {
+            last = c
+                .set(v1::SetRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .await
+                .with_context(|| format!("Admin.Set {key}={value} at {at}"))?
+                .into_inner()
+                .settings_json;
+        }
+        println!("{}", parsed(&last));
+        Ok(())
+    })
+}
+
 /// `rlhf status`.
 pub fn status(args: AdminArgs) -> Result<()> {
     runtime()?.block_on(async {

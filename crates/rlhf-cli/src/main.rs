@@ -61,6 +61,9 @@ enum Command {
     /// Evict a rollout worker or scorer from a running run (its work in flight finishes, it
     /// gets no more), or readmit it with --readmit.
     Evict(admin::EvictArgs),
+    /// Change live settings of a running run: iterations (extend or shorten it),
+    /// eval_every, checkpoint_every (kept in the output folder: a resumed run keeps them).
+    Set(admin::SetArgs),
     /// Evaluate policies: reward, win rate under a judge, ranking accuracy, length, KL.
     Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat data (prompt tokens masked).
@@ -94,6 +97,7 @@ impl Command {
             Command::Pause(_) => "pause",
             Command::Unpause(_) => "unpause",
             Command::Evict(_) => "evict",
+            Command::Set(_) => "set",
             Command::Eval(_) => "eval",
             Command::Sft(_) => "sft",
             Command::Rm(_) => "rm",
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => admin::pause(args, true),
         Command::Unpause(args) => admin::pause(args, false),
         Command::Evict(args) => admin::evict(args),
+        Command::Set(args) => admin::set(args),
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),

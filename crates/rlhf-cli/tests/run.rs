@@ -1266,3 +1266,88 @@ fn a_rollout_worker_is_evicted_and_readmitted() {
         "{leases:?}"
     );
 }
+
+/// `rlhf set`: a paused run is extended (and its evaluation interval changed) while it goes on;
+/// bad keys and values are refused naming them; the change is kept in settings.json, so a run
+/// killed after its original end resumes to the new one; a fresh run forgets it.
+#[test]
+fn live_settings_extend_a_run_and_survive_a_resume() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (mut run, at, cfg) = run_with_admin(d.path(), "iterations = 40\ncheckpoint_every = 2");
+    status_until(&["--coordinator", &at], |s| {
+        s["iteration"].as_u64() >= Some(1)
+    });
+    let (code, _, stderr) = rlhf(&["pause", "--coordinator", &at]);
+    assert_eq!(code, 0, "{stderr}");
+    let paused = status_until(&["--coordinator", &at], |s| s["state"] == "paused");
+    let done = paused["iteration"].as_u64().expect("iteration");
+    let set = |pairs: &[&str]| {
+        let mut all = vec!["set"];
+        all.extend_from_slice(pairs);
+        all.extend_from_slice(&["--coordinator", &at]);
+        rlhf(&all)
+    };
+    let not_above = format!("iterations={done}");
+    for (pairs, says) in [
+        (
+            vec!["temperature=0.5"],
+            "live settings: iterations, eval_every, checkpoint_every",
+        ),
+        (
+            vec!["iterations=many"],
+            "iterations: `many` is not a whole number",
+        ),
+        (vec![not_above.as_str()], "is not above the"),
+        (vec!["iterations"], "expected key=value"),
+    ] {
+        let (code, _, stderr) = set(&pairs);
+        assert_ne!(code, 0, "{pairs:?}");
+        assert!(stderr.contains(says), "{pairs:?}: {stderr}");
+    }
+    let (code, stdout, stderr) = set(&["iterations=50", "eval_every=25"]);
+    assert_eq!(code, 0, "{stderr}");
+    let settings: Value = serde_json::from_str(&stdout).expect("settings JSON");
+    assert_eq!(settings["iterations"], 50, "{settings}");
+    assert_eq!(settings["eval_every"], 25, "{settings}");
+    let s = status_until(&["--coordinator", &at], |_| true);
+    assert_eq!(s["iterations_total"], 50);
+    let (code, _, stderr) = rlhf(&["unpause", "--coordinator", &at]);
+    assert_eq!(code, 0, "{stderr}");
+    // Killed after the run file's end (40), before the new one (50).
+    let out = d.path().join("out");
+    let marker = out.join("checkpoints/iter-00044/resume.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            run.try_wait().expect("wait").is_none(),
+            "the run ended early"
+        );
+        assert!(std::time::Instant::now() < deadline, "no checkpoint 44");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run.kill().expect("kill -9");
+    run.wait().expect("wait");
+    let summary = run_ok(&cfg, &["--resume"]);
+    assert_eq!(summary["iterations"], 50, "{summary}");
+    let metrics = read_metrics(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .records;
+    let iterations: Vec<u64> = metrics.iter().map(|m| m.iteration).collect();
+    assert_eq!(iterations, (0..50).collect::<Vec<u64>>());
+    let evaluated: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.extra.contains_key("heldout_reward"))
+        .map(|m| m.iteration)
+        .collect();
+    assert_eq!(evaluated, [24, 49]);
+    check_ledger(&out);
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("settings.json")).expect("settings.json"),
+    )
+    .expect("JSON");
+    assert_eq!(kept["iterations"], 50);
+    // A fresh run in the same folder starts from the run file again.
+    let fresh = run_ok(&cfg, &[]);
+    assert_eq!(fresh["iterations"], 40, "{fresh}");
+    assert!(!out.join("settings.json").exists());
+}

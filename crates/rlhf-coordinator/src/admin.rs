@@ -11,6 +11,7 @@ use rlhf_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Evictions;
+use crate::live::Live;
 use crate::status::SharedStatus;
 
 /// Seconds a registration lives without a heartbeat.
@@ -28,6 +29,8 @@ pub struct AdminService {
     pub auth: AdminAuth,
     /// Members evicted through [`Admin.Evict`](v1::admin_server::Admin::evict).
     pub evicted: Evictions,
+    /// Settings changed through [`Admin.Set`](v1::admin_server::Admin::set).
+    pub live: Live,
 }
 
 #[tonic::async_trait]
@@ -149,6 +152,31 @@ impl v1::admin_server::Admin for AdminService {
             }
         }
         Ok(Response::new(self.evictions().await))
+    }
+
+    async fn set(
+        &self,
+        request: Request<v1::SetRequest>,
+    ) -> Result<Response<v1::SetResponse>, Status> {
+        self.auth.check(&request, Access::Operator)?;
+        let r = request.into_inner();
+        let state = self.status.get();
+        if matches!(state.state.as_str(), "finished" | "failed") {
+            return Err(Status::failed_precondition(format!(
+                "the run has {}",
+                state.state
+            )));
+        }
+        let settings = self
+            .live
+            .set(&r.key, &r.value, state.iteration)
+            .map_err(Status::invalid_argument)?;
+        self.status
+            .update(|s| s.iterations_total = settings.iterations);
+        tracing::info!(key = %r.key, value = %r.value, "live setting changed through the admin API");
+        let settings_json =
+            serde_json::to_string(&settings).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::SetResponse { settings_json }))
     }
 }
 

@@ -219,6 +219,8 @@ pub(crate) struct Consumer {
     pub initial_heldout: Option<f64>,
     /// The prompt cursor after the last consumed iteration's batch.
     pub last_cursor: Option<CursorState>,
+    /// Iterations, evaluation and checkpoint intervals, as changed while the run goes on.
+    pub live: crate::live::Live,
 }
 
 impl Consumer {
@@ -431,8 +433,9 @@ impl Consumer {
             }
         }
         // Held-out evaluation after the update.
-        let every = self.cfg().eval_every;
-        let last = p.iteration + 1 == self.cfg().iterations;
+        let settings = self.live.get();
+        let every = settings.eval_every;
+        let last = p.iteration + 1 == settings.iterations;
         if ((every > 0 && (p.iteration + 1).is_multiple_of(every)) || last)
             && let Some(r) = self.producer.evaluate(&self.heldout, self.version).await?
         {
@@ -465,8 +468,8 @@ impl Consumer {
             .map_err(|e| CoordinatorError::Io(e.to_string()))?;
         self.write_audit(&p)?;
         self.flush_history()?;
-        if self.cfg().checkpoint_every > 0
-            && (p.iteration + 1).is_multiple_of(self.cfg().checkpoint_every)
+        if settings.checkpoint_every > 0
+            && (p.iteration + 1).is_multiple_of(settings.checkpoint_every)
             && !last
         {
             let dir = self
@@ -476,6 +479,7 @@ impl Consumer {
                 .join(format!("iter-{:05}", p.iteration + 1));
             self.checkpoint(&learner, &dir, p.iteration + 1).await?;
         }
+        self.progress.set_total(settings.iterations);
         self.progress.iteration(&m, &t);
         self.status.update(|s| {
             s.iteration = p.iteration + 1;
@@ -609,8 +613,10 @@ pub(crate) async fn run_loop(
             .map(|r| PromptCtx::new(r, chat))
             .collect()
     };
+    let live = consumer.live.clone();
     if cfg.max_policy_lag == 0 {
-        for it in start..cfg.iterations {
+        let mut it = start;
+        while it < live.get().iterations {
             if shutdown.is_cancelled() || !unpaused(&mut paused, shutdown, &status).await {
                 return Ok(it);
             }
@@ -622,8 +628,9 @@ pub(crate) async fn run_loop(
                 .await?;
             consumer.idle_s += t.elapsed().as_secs_f64();
             consumer.consume(produced).await?;
+            it += 1;
         }
-        return Ok(cfg.iterations.max(start));
+        return Ok(it);
     }
     // Pipelined: the producer runs ahead by up to `max_policy_lag` iterations.
     let (tx, mut rx) =
@@ -634,8 +641,10 @@ pub(crate) async fn run_loop(
     let producer = consumer.producer.clone();
     let stop = shutdown.child_token();
     let stop_producer = stop.clone();
+    let planned = live.clone();
     let handle = tokio::spawn(async move {
-        for it in start..cfg.iterations {
+        let mut it = start;
+        while it < planned.get().iterations {
             if stop_producer.is_cancelled() || !unpaused(&mut paused, &stop_producer, &status).await
             {
                 return cursor;
@@ -658,12 +667,13 @@ pub(crate) async fn run_loop(
             if tx.send(out).await.is_err() || failed {
                 return cursor;
             }
+            it += 1;
         }
         cursor
     });
     let mut done = start;
     let result = loop {
-        if shutdown.is_cancelled() || done >= cfg.iterations {
+        if shutdown.is_cancelled() || done >= live.get().iterations {
             break Ok(done);
         }
         let t = Instant::now();

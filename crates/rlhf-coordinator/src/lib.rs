@@ -16,6 +16,7 @@ pub mod config;
 mod driver;
 pub mod generate;
 pub mod learn;
+pub mod live;
 pub mod metrics;
 pub mod resume;
 pub mod score;
@@ -130,12 +131,14 @@ fn load_prompts(
 /// is given. Cancelling `shutdown` stops after the current iteration and still writes the
 /// final checkpoint, logs and summary.
 pub async fn run(
-    config: CoordinatorConfig,
+    mut config: CoordinatorConfig,
     data: DataConfig,
     deps: CoordinatorDeps,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, CoordinatorError> {
     config.validate(&data, deps.unit_kind)?;
+    live::resolve(&mut config)?;
+    let live = live::Live::new(&config);
     let start = Instant::now();
     let status = SharedStatus::default();
     status.update(|s| {
@@ -157,6 +160,7 @@ pub async fn run(
                 pause,
                 auth: deps.admin_auth.clone(),
                 evicted: evicted.clone(),
+                live: live.clone(),
             })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -210,6 +214,7 @@ pub async fn run(
         &config,
         &data,
         cluster,
+        live,
         deps.unit_kind,
         deps.quiet,
         &status,
@@ -240,6 +245,7 @@ async fn run_inner(
     config: &CoordinatorConfig,
     data: &DataConfig,
     cluster: cluster::Cluster,
+    live: live::Live,
     kind: UnitKind,
     quiet: bool,
     status: &SharedStatus,
@@ -335,6 +341,7 @@ async fn run_inner(
         heldout_rewards: vec![],
         initial_heldout: None,
         last_cursor: None,
+        live,
     };
     // Wait for every role to be registered.
     for role in [Role::Rollout, Role::Scorer, Role::Learner] {
@@ -472,8 +479,10 @@ async fn run_inner(
 /// point is `final/` and `summary.json` is there): resuming it would do nothing.
 pub fn finished_run(config: &CoordinatorConfig) -> Result<Option<RunSummary>, CoordinatorError> {
     let out = &config.output_dir;
+    // Iterations as the run last had them (extended live: settings.json).
+    let iterations = live::load(out)?.map_or(config.iterations, |s| s.iterations);
     match resume::latest(out)? {
-        Some((dir, state)) if state.iterations_done >= config.iterations => finished(out, &dir),
+        Some((dir, state)) if state.iterations_done >= iterations => finished(out, &dir),
         _ => Ok(None),
     }
 }

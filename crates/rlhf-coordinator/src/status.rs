@@ -53,6 +53,16 @@ impl Progress {
         Self { bar, total }
     }
 
+    /// The iterations planned, changed while the run goes on (`Admin.Set`).
+    pub fn set_total(&mut self, total: u64) {
+        if total != self.total {
+            self.total = total;
+            if let Some(bar) = &self.bar {
+                bar.set_length(total);
+            }
+        }
+    }
+
     /// Starts the bar at the iterations a resumed run had already done.
     pub fn resumed_at(&self, done: u64) {
         match &self.bar {

@@ -55,6 +55,10 @@ impl v1::admin_server::Admin for Gate {
         self.0.check(&req, Access::Operator)?;
         Ok(Response::new(v1::EvictResponse::default()))
     }
+    async fn set(&self, req: Request<v1::SetRequest>) -> Result<Response<v1::SetResponse>, Status> {
+        self.0.check(&req, Access::Operator)?;
+        Ok(Response::new(v1::SetResponse::default()))
+    }
 }
 
 /// Serves the gate on a free loopback port; returns `host:port`.
