@@ -1181,7 +1181,7 @@ fn prompts_too_long_for_the_context_are_dropped_and_counted() {
 #[test]
 fn a_rollout_worker_is_evicted_and_readmitted() {
     let d = tempfile::tempdir().expect("tempdir");
-    let (mut run, at, _) = run_with_admin_and(
+    let (mut run, at, cfg) = run_with_admin_and(
         d.path(),
         "iterations = 500\nprompts_per_lease = 2",
         "[rollout]\nworkers = 2",
@@ -1228,15 +1228,47 @@ fn a_rollout_worker_is_evicted_and_readmitted() {
     assert!(flagged.contains(&("rollout-1".into(), true)), "{s}");
     assert!(flagged.contains(&("rollout-0".into(), false)), "{s}");
     let readmitted_at = s["iteration"].as_u64().expect("iteration");
+    let out = d.path().join("out");
+    let kept = || std::fs::read_to_string(out.join("evicted.json")).expect("evicted.json");
+    assert_eq!(kept(), r#"[["rollout","rollout-1"]]"#);
     let (code, stdout, stderr) = evict(&["rollout-1", "--readmit"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), r#"{"evicted":[]}"#);
+    assert_eq!(kept(), "[]");
     status_until(&["--coordinator", &at], |s| {
         s["iteration"].as_u64() >= Some(readmitted_at + 4)
     });
+    // Evicted again, stopped, and resumed: the resumed run keeps the eviction.
+    let (code, _, stderr) = evict(&["rollout-1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let evicted_again = status_until(&["--coordinator", &at], |_| true)["iteration"]
+        .as_u64()
+        .expect("iteration");
     stop_and_wait(&mut run, &at);
     assert!(run.wait().expect("wait").success());
-    let out = d.path().join("out");
+    let mut resumed = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", cfg.to_str().expect("utf-8"), "--quiet", "--resume"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("resume");
+    let s = status_until(&["--coordinator", &at], |s| {
+        s["state"] == "running" && s["iteration"].as_u64() >= Some(evicted_again + 5)
+    });
+    let still: Vec<&Value> = s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["name"] == "rollout-1")
+        .collect();
+    assert!(
+        !still.is_empty() && still.iter().all(|m| m["evicted"] == true),
+        "{s}"
+    );
+    let resumed_at = s["iteration"].as_u64().expect("iteration");
+    stop_and_wait(&mut resumed, &at);
+    assert!(resumed.wait().expect("wait").success());
     check_ledger(&out);
     // Leases per worker and iteration: both before the eviction, only rollout-0 in the
     // iterations that started after it and before the readmission, both again after.
@@ -1262,7 +1294,12 @@ fn a_rollout_worker_is_evicted_and_readmitted() {
     assert_eq!(to("rollout-1", drained.clone()), 0, "{leases:?}");
     assert!(to("rollout-0", drained) > 0, "{leases:?}");
     assert!(
-        to("rollout-1", readmitted_at + 1..u64::MAX) > 0,
+        to("rollout-1", readmitted_at + 1..readmitted_at + 4) > 0,
+        "{leases:?}"
+    );
+    assert_eq!(
+        to("rollout-1", evicted_again + 1..resumed_at),
+        0,
         "{leases:?}"
     );
 }

@@ -108,7 +108,7 @@ impl v1::admin_server::Admin for AdminService {
         let Some((role, members)) = found else {
             // A readmission of a member that has left since is still a readmission.
             for role in [Role::Rollout, Role::Scorer] {
-                if r.readmit && self.evicted.remove(role, &r.name) {
+                if r.readmit && self.evicted.remove(role, &r.name).map_err(internal)? {
                     tracing::info!(%role, name = %r.name, "readmitted through the admin API");
                     return Ok(Response::new(self.evictions().await));
                 }
@@ -125,7 +125,7 @@ impl v1::admin_server::Admin for AdminService {
             ));
         }
         if r.readmit {
-            if !self.evicted.remove(role, &r.name) {
+            if !self.evicted.remove(role, &r.name).map_err(internal)? {
                 return Err(Status::failed_precondition(format!(
                     "{role} `{}` is not evicted",
                     r.name
@@ -143,7 +143,7 @@ impl v1::admin_server::Admin for AdminService {
                     r.name
                 )));
             }
-            if self.evicted.insert(role, &r.name) {
+            if self.evicted.insert(role, &r.name).map_err(internal)? {
                 tracing::info!(
                     %role,
                     name = %r.name,
@@ -248,6 +248,10 @@ fn role(r: i32) -> Result<Role, Status> {
         Ok(v1::Role::Learner) => Ok(Role::Learner),
         _ => Err(Status::invalid_argument(format!("invalid `role` {r}"))),
     }
+}
+
+fn internal(e: crate::CoordinatorError) -> Status {
+    Status::internal(e.to_string())
 }
 
 fn status(e: MembershipError) -> Status {

@@ -30,14 +30,59 @@ pub struct Cluster {
 }
 
 /// Members evicted through the admin API (`Admin.Evict`), by role and name; shared by the
-/// admin service and the [`Cluster`]. Held by this coordinator only: a standby that takes
-/// over starts with none.
+/// admin service and the [`Cluster`]. Kept in `<output_dir>/evicted.json` (see
+/// [`Evictions::kept_in`]) so that a resumed run (a restart, a standby taking over) keeps them.
 #[derive(Debug, Clone, Default)]
-pub struct Evictions(Arc<Mutex<std::collections::BTreeSet<(Role, String)>>>);
+pub struct Evictions {
+    set: Arc<Mutex<std::collections::BTreeSet<(Role, String)>>>,
+    file: Option<std::path::PathBuf>,
+}
+
+/// The file in the output folder.
+pub const EVICTED_FILE: &str = "evicted.json";
 
 impl Evictions {
+    /// Evictions kept in `out`'s `evicted.json`: a resumed run starts with the ones made
+    /// before; a fresh run with none (the file is removed).
+    pub fn kept_in(out: &std::path::Path, resume: bool) -> Result<Self, CoordinatorError> {
+        let path = out.join(EVICTED_FILE);
+        let io = |e: std::io::Error| CoordinatorError::Io(format!("{}: {e}", path.display()));
+        let mut set = std::collections::BTreeSet::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) if resume => {
+                let listed: Vec<(String, String)> = serde_json::from_str(&text)
+                    .map_err(|e| CoordinatorError::Io(format!("{}: {e}", path.display())))?;
+                for (role, name) in listed {
+                    let role = [Role::Rollout, Role::Scorer]
+                        .into_iter()
+                        .find(|r| r.to_string() == role)
+                        .ok_or_else(|| {
+                            CoordinatorError::Io(format!(
+                                "{}: `{role}` is not a role that can be evicted",
+                                path.display()
+                            ))
+                        })?;
+                    set.insert((role, name));
+                }
+                if !set.is_empty() {
+                    tracing::info!(
+                        evicted = set.len(),
+                        "evictions of the run ({EVICTED_FILE}) kept"
+                    );
+                }
+            }
+            Ok(_) => std::fs::remove_file(&path).map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        Ok(Self {
+            set: Arc::new(Mutex::new(set)),
+            file: Some(path),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(Role, String)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.set.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `name` of `role` is evicted.
@@ -45,14 +90,40 @@ impl Evictions {
         self.lock().contains(&(role, name.to_string()))
     }
 
-    /// Evicts (true: it was not evicted before).
-    pub fn insert(&self, role: Role, name: &str) -> bool {
-        self.lock().insert((role, name.to_string()))
+    /// Evicts (true: it was not evicted before) and keeps the list.
+    pub fn insert(&self, role: Role, name: &str) -> Result<bool, CoordinatorError> {
+        let mut set = self.lock();
+        let new = set.insert((role, name.to_string()));
+        self.save(&set)?;
+        Ok(new)
     }
 
-    /// Readmits (true: it was evicted).
-    pub fn remove(&self, role: Role, name: &str) -> bool {
-        self.lock().remove(&(role, name.to_string()))
+    /// Readmits (true: it was evicted) and keeps the list.
+    pub fn remove(&self, role: Role, name: &str) -> Result<bool, CoordinatorError> {
+        let mut set = self.lock();
+        let was = set.remove(&(role, name.to_string()));
+        self.save(&set)?;
+        Ok(was)
+    }
+
+    fn save(
+        &self,
+        set: &std::collections::BTreeSet<(Role, String)>,
+    ) -> Result<(), CoordinatorError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let listed: Vec<(String, &String)> = set.iter().map(|(r, n)| (r.to_string(), n)).collect();
+        let io = |e: std::io::Error| CoordinatorError::Io(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let text =
+            serde_json::to_string(&listed).map_err(|e| CoordinatorError::Io(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(io)
     }
 
     /// Every evicted (role, name).

@@ -148,7 +148,7 @@ pub async fn run(
     // The admin API serves until the run has ended (through a stop's last iteration).
     let serve_stop = CancellationToken::new();
     let (pause, paused) = tokio::sync::watch::channel(false);
-    let evicted = cluster::Evictions::default();
+    let evicted = cluster::Evictions::kept_in(&config.output_dir, config.resume)?;
     let server = match deps.listener {
         None => None,
         Some(listener) => {
