@@ -1181,9 +1181,10 @@ fn prompts_too_long_for_the_context_are_dropped_and_counted() {
 #[test]
 fn a_rollout_worker_is_evicted_and_readmitted() {
     let d = tempfile::tempdir().expect("tempdir");
+    let metrics_at = format!("127.0.0.1:{}", free_port());
     let (mut run, at, cfg) = run_with_admin_and(
         d.path(),
-        "iterations = 500\nprompts_per_lease = 2",
+        &format!("iterations = 500\nprompts_per_lease = 2\nmetrics_address = \"{metrics_at}\""),
         "[rollout]\nworkers = 2",
     );
     let evict = |args: &[&str]| {
@@ -1227,6 +1228,16 @@ fn a_rollout_worker_is_evicted_and_readmitted() {
         .collect();
     assert!(flagged.contains(&("rollout-1".into(), true)), "{s}");
     assert!(flagged.contains(&("rollout-0".into(), false)), "{s}");
+    let metrics = http_get(&metrics_at, "/metrics");
+    for want in [
+        "rlhf_members{role=\"rollout\"} 2",
+        "rlhf_members_evicted{role=\"rollout\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "{want} not in:\n{metrics}"
+        );
+    }
     let readmitted_at = s["iteration"].as_u64().expect("iteration");
     let out = d.path().join("out");
     let kept = || std::fs::read_to_string(out.join("evicted.json")).expect("evicted.json");

@@ -203,6 +203,7 @@ pub async fn run(
                 listener,
                 status.clone(),
                 deps.membership.clone(),
+                evicted.clone(),
                 serve_stop.clone(),
             ))
         }

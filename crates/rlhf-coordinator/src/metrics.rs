@@ -6,7 +6,8 @@
 //!   `paused`, `stopping`, `finished`, `failed`: [`crate::status::STATES`]);
 //! - `rlhf_iteration`, `rlhf_iterations_planned`, `rlhf_policy_version`;
 //! - `rlhf_samples_trained_total`, `rlhf_samples_rejected_total` (counters);
-//! - `rlhf_members{role="..."}`: live members per role;
+//! - `rlhf_members{role="..."}`: live members per role, and `rlhf_members_evicted{role="..."}`
+//!   those of them evicted through the admin API;
 //! - `rlhf_last_iteration{name="..."}`: every number of the last line of `metrics.jsonl`
 //!   (reward mean and std, loss, KL, margin, accuracy, grad norm, held-out reward, ...);
 //! - `rlhf_last_timing{name="..."}`: every number of the last line of `timings.jsonl`
@@ -60,8 +61,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The exposition text of a status and the live member counts.
-pub fn render(s: &v1::StatusResponse, members: &[(Role, usize)]) -> String {
+/// The exposition text of a status and the member counts (role, live, evicted).
+pub fn render(s: &v1::StatusResponse, members: &[(Role, usize, usize)]) -> String {
     let mut out = String::new();
     family(
         &mut out,
@@ -109,8 +110,17 @@ pub fn render(s: &v1::StatusResponse, members: &[(Role, usize)]) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
     family(&mut out, "rlhf_members", "gauge", "Live members per role.");
-    for (role, n) in members {
+    for (role, n, _) in members {
         let _ = writeln!(out, "rlhf_members{{role=\"{role}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "rlhf_members_evicted",
+        "gauge",
+        "Live members per role evicted through the admin API (given no work).",
+    );
+    for (role, _, evicted) in members {
+        let _ = writeln!(out, "rlhf_members_evicted{{role=\"{role}\"}} {evicted}");
     }
     for (name, help, json) in [
         (
@@ -141,17 +151,23 @@ pub fn serve(
     listener: TcpListener,
     status: SharedStatus,
     membership: Arc<dyn Membership>,
+    evicted: crate::cluster::Evictions,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (status, membership) = (status.clone(), membership.clone());
+            let evicted = evicted.clone();
             async move {
                 let mut members = vec![];
                 for role in [Role::Learner, Role::Rollout, Role::Scorer] {
-                    let n = membership.members(role).await.map(|m| m.len()).unwrap_or(0);
-                    members.push((role, n));
+                    let live = membership.members(role).await.unwrap_or_default();
+                    let out = live
+                        .iter()
+                        .filter(|m| evicted.contains(role, &m.name))
+                        .count();
+                    members.push((role, live.len(), out));
                 }
                 (
                     [(
@@ -190,7 +206,7 @@ mod tests {
             last_timings_json: r#"{"tokens_per_s":1234.5,"extra":{"train_s":0.75}}"#.into(),
             ..Default::default()
         };
-        let text = render(&s, &[(Role::Rollout, 2), (Role::Scorer, 1)]);
+        let text = render(&s, &[(Role::Rollout, 2, 1), (Role::Scorer, 1, 0)]);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "{line}");
@@ -202,6 +218,8 @@ mod tests {
             "rlhf_iteration 3",
             "rlhf_samples_trained_total 40",
             "rlhf_members{role=\"rollout\"} 2",
+            "rlhf_members_evicted{role=\"rollout\"} 1",
+            "rlhf_members_evicted{role=\"scorer\"} 0",
             "rlhf_last_iteration{name=\"reward_mean\"} 0.25",
             "rlhf_last_iteration{name=\"heldout_reward\"} 0.5",
             "rlhf_last_iteration{name=\"we\\\"ird\"} 1",
