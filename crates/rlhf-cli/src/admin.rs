@@ -57,7 +57,7 @@ async fn address(args: &AdminArgs) -> Result<(String, Option<Tls>)> {
     };
     let c = &ClusterSection::load(path)?;
     let sec = c
-        .security(crate::runfile::Access::Client)
+        .security(crate::runfile::Process::AdminClient)
         .with_context(|| format!("{}", path.display()))?;
     if !c.etcd.is_empty() {
         let timeout = Duration::from_secs(10);

@@ -14,7 +14,7 @@ use rlhf_membership::{EtcdMembership, InMemoryMembership, Membership, Registrati
 use rlhf_proto::security::url;
 use tokio::net::TcpListener;
 
-use crate::runfile::{Access, RunFile, Security};
+use crate::runfile::{Process, RunFile, Security};
 
 /// Registrations of static or in-process members never expire on their own.
 const STATIC_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -161,7 +161,7 @@ async fn evaluate_checkpoints(f: &RunFile, base: PathBuf) -> Result<()> {
 }
 
 async fn run_all(f: RunFile, quiet: bool, base: PathBuf) -> Result<()> {
-    let sec = f.cluster.security(Access::Admin)?;
+    let sec = f.cluster.security(Process::Coordinator)?;
     let tls = sec.tls.clone();
     let shutdown = CancellationToken::new();
     rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
@@ -424,12 +424,12 @@ pub fn role(role: Role, args: RoleArgs) -> Result<()> {
         let shutdown = CancellationToken::new();
         rlhf_core::lifecycle::cancel_on_signals(shutdown.clone());
         let c = &f.cluster;
-        let access = if role == Role::Coordinator {
-            Access::Admin
+        let process = if role == Role::Coordinator {
+            Process::Coordinator
         } else {
-            Access::Role
+            Process::Role
         };
-        let sec = c.security(access)?;
+        let sec = c.security(process)?;
         let etcd = etcd_membership(&f, &sec).await?;
         if role == Role::Coordinator {
             return coordinate(&f, &args, etcd, sec, shutdown).await;

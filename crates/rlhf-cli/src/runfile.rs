@@ -196,15 +196,15 @@ impl TlsSection {
     }
 }
 
-/// What a process does with `[cluster]`'s security settings.
+/// Which process reads `[cluster]`'s security settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Serves the admin API (the coordinator): reads the tokens too.
-    Admin,
-    /// Serves a learner, rollout worker or scorer.
+pub enum Process {
+    /// The coordinator (`rlhf run` too): serves the admin API, so it reads the tokens too.
+    Coordinator,
+    /// A learner, rollout worker or scorer.
     Role,
-    /// Calls the admin API (`rlhf status` ...).
-    Client,
+    /// A client of the admin API (`rlhf status` ...).
+    AdminClient,
 }
 
 /// The transport security `[cluster]` asks for, with its files read.
@@ -251,10 +251,10 @@ impl ClusterSection {
     }
 
     /// Reads the TLS files, and the tokens file when this process serves the admin API
-    /// (`Access::Admin`; only the coordinator reads it). A process serving a role needs its
+    /// (only the coordinator reads it). A process serving a role needs its
     /// certificate and key; an admin client may have only the CA.
-    pub fn security(&self, access: Access) -> Result<Security> {
-        let role = access != Access::Client;
+    pub fn security(&self, process: Process) -> Result<Security> {
+        let role = process != Process::AdminClient;
         let tls = match &self.tls {
             Some(t) => Some(t.load("cluster.tls", role)?),
             None => None,
@@ -264,7 +264,7 @@ impl ClusterSection {
             None => None,
         };
         let tokens = match &self.admin_tokens {
-            Some(p) if access == Access::Admin => {
+            Some(p) if process == Process::Coordinator => {
                 Some(AdminTokens::load(p).context("cluster.admin_tokens")?)
             }
             _ => None,
