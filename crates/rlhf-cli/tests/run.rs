@@ -1399,3 +1399,32 @@ fn live_settings_extend_a_run_and_survive_a_resume() {
     assert_eq!(fresh["iterations"], 40, "{fresh}");
     assert!(!out.join("settings.json").exists());
 }
+
+/// Held-out prompts too long for the context are left out of the held-out reward, said once.
+#[test]
+fn held_out_prompts_too_long_are_reported_once() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            let prompt = if i % 4 == 0 {
+                "Write the letter a".to_string()
+            } else {
+                "Write the letter a. ".repeat(80)
+            };
+            format!("{{\"id\": \"p{i}\", \"prompt\": \"{prompt}\", \"answer\": \"a\"}}")
+        })
+        .collect();
+    std::fs::write(d.path().join("prompts.jsonl"), lines.join("\n")).expect("write");
+    let data = format!(
+        "prompts = \"{}\"\nheldout_fraction = 0.5",
+        d.path().join("prompts.jsonl").display()
+    );
+    let cfg = config(d.path(), "iterations = 3\neval_every = 1", &data, "");
+    let (code, _, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--quiet"]);
+    assert_eq!(code, 0, "{stderr}");
+    let said = stderr
+        .lines()
+        .filter(|l| l.contains("held-out prompts too long"))
+        .count();
+    assert_eq!(said, 1, "{stderr}");
+}

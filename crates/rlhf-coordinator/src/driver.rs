@@ -45,6 +45,8 @@ pub(crate) struct Producer {
     pub ledger: SharedLedger,
     /// The learner's incarnation (its line of versions), read at start and after a resume.
     pub incarnation: Arc<AtomicU64>,
+    /// Whether held-out prompts too long for the context were reported (once per run).
+    pub heldout_too_long_said: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Producer {
@@ -188,6 +190,16 @@ impl Producer {
             .plan(0, version, n, mix(self.cfg.seed, u64::MAX))
             .await?;
         let generation = generate(&self.cluster, None, prompts, &plan).await?;
+        if !generation.skipped.is_empty()
+            && !self.heldout_too_long_said.swap(true, Ordering::SeqCst)
+        {
+            tracing::warn!(
+                skipped = generation.skipped.len(),
+                of = prompts.len(),
+                "held-out prompts too long for the policy's context are left out of the \
+                 held-out reward"
+            );
+        }
         let scores = self.score(prompts, &generation.completions).await?;
         let values: Vec<f64> = scores
             .iter()

@@ -321,6 +321,7 @@ async fn run_inner(
         cluster,
         ledger: Arc::new(Mutex::new(ledger)),
         incarnation: Arc::default(),
+        heldout_too_long_said: Arc::default(),
     };
     let mut consumer = Consumer {
         producer,
