@@ -158,6 +158,11 @@ pub struct TlsSection {
     /// certificate with this name can then serve every role, whatever its address).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// `[cluster.tls]` only: on the admin API, only client certificates valid for this name
+    /// count as operators; other members' certificates may read the status (viewer). Without
+    /// it any certificate of the CA is an operator.
+    #[serde(default)]
+    pub operator_name: Option<String>,
 }
 
 impl TlsSection {
@@ -171,6 +176,11 @@ impl TlsSection {
             .is_some_and(|n| n.trim().is_empty())
         {
             bail!("{field}.server_name: empty (leave it out to check each address's host)");
+        }
+        if let Some(n) = &self.operator_name
+            && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+        {
+            bail!("{field}.operator_name: `{n}` is not a DNS name");
         }
         Ok(())
     }
@@ -275,10 +285,18 @@ impl ClusterSection {
                  text"
             );
         }
+        if self
+            .etcd_tls
+            .as_ref()
+            .is_some_and(|t| t.operator_name.is_some())
+        {
+            bail!("cluster.etcd_tls.operator_name: only [cluster.tls] names operators");
+        }
+        let operator_name = self.tls.as_ref().and_then(|t| t.operator_name.clone());
         Ok(Security {
             tls,
             etcd_tls,
-            admin: AdminAuth::new(tokens),
+            admin: AdminAuth::new(tokens).with_operator_name(operator_name),
         })
     }
 }

@@ -97,6 +97,7 @@ fn the_example_values_give_run_files_rlhf_accepts() {
                 "admin_tokens = \"/etc/rlhf-auth/tokens\"",
                 "[cluster.tls]",
                 "server_name = \"rlhf.alignment\"",
+                "operator_name = \"rlhf-operator.alignment\"",
                 "[cluster.etcd_tls]",
                 "cert = \"/etc/rlhf-etcd-tls/tls.crt\"",
             ] {

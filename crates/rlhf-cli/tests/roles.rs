@@ -608,7 +608,7 @@ fn roles_over_mutual_tls_with_admin_tokens() {
         key = f("node.key"),
     );
     let cluster = format!(
-        "admin_tokens = \"{}\"\n{etcd_lines}\n[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        "admin_tokens = \"{}\"\n{etcd_lines}\n[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\noperator_name = \"rlhf-operator\"\n",
         tokens.display(),
         f("ca.crt"),
         f("node.crt"),
@@ -657,9 +657,12 @@ fn roles_over_mutual_tls_with_admin_tokens() {
     assert!(!ok && err.contains("needs a token"), "{err}");
     let (ok, _, err) = rlhf_env(&["stop", "--config", ops], &[("RLHF_TOKEN", viewer)]);
     assert!(!ok && err.contains("viewer token may not"), "{err}");
-    // A member's certificate (the roles' own run file) needs no token.
+    // A member's certificate (the roles' own run file) reads the status without a token, but
+    // is no operator (`operator_name`).
     let (ok, _, err) = rlhf_env(&["status", "--config", cfg], &[]);
     assert!(ok, "{err}");
+    let (ok, _, err) = rlhf_env(&["pause", "--config", cfg], &[]);
+    assert!(!ok && err.contains("viewer certificate may not"), "{err}");
 
     // The learner, called directly: only a client with a certificate of the cluster's CA.
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -321,47 +321,94 @@ impl AdminTokens {
     }
 }
 
-/// The admin API's gate. Open when no tokens are configured; otherwise a call needs a member's
-/// certificate (checked against the cluster's CA in the TLS handshake) or an
-/// `authorization: Bearer <token>` of a role that allows it.
+/// The admin API's gate. Open when neither tokens nor an operator name are configured;
+/// otherwise a call needs a client certificate of the cluster's CA (checked in the TLS
+/// handshake) or an `authorization: Bearer <token>` of a role that allows it. A member's
+/// certificate counts as an operator, or, with an operator name, only a certificate valid for
+/// that name does (other members' certificates count as viewers).
 #[derive(Debug, Clone, Default)]
 pub struct AdminAuth {
     tokens: Option<AdminTokens>,
+    operator_name: Option<String>,
 }
 
 impl AdminAuth {
     pub fn new(tokens: Option<AdminTokens>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            operator_name: None,
+        }
     }
 
-    /// Whether calls need a token (or a member's certificate).
+    /// Only client certificates valid for `name` (a DNS name) count as operators.
+    pub fn with_operator_name(mut self, name: Option<String>) -> Self {
+        self.operator_name = name;
+        self
+    }
+
+    /// Whether calls are checked at all.
     pub fn is_enforced(&self) -> bool {
-        self.tokens.is_some()
+        self.tokens.is_some() || self.operator_name.is_some()
     }
 
-    /// Ok when `req` may make a call that needs `need`: `Unauthenticated` without a known
-    /// token, `PermissionDenied` with a token of too small a role.
-    pub fn check<T>(&self, req: &tonic::Request<T>, need: Access) -> Result<(), tonic::Status> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(());
+    /// What the client certificate of `req` grants (none without one).
+    fn certificate_access<T>(&self, req: &tonic::Request<T>) -> Option<Access> {
+        let certs = req.peer_certs()?;
+        let leaf = certs.first()?;
+        let Some(name) = &self.operator_name else {
+            return Some(Access::Operator);
         };
-        if req.peer_certs().is_some_and(|c| !c.is_empty()) {
+        let valid = rustls_pki_types::ServerName::try_from(name.as_str())
+            .ok()
+            .zip(webpki::EndEntityCert::try_from(leaf).ok())
+            .is_some_and(|(n, cert)| cert.verify_is_valid_for_subject_name(&n).is_ok());
+        Some(if valid {
+            Access::Operator
+        } else {
+            Access::Viewer
+        })
+    }
+
+    /// Ok when `req` may make a call that needs `need`: `Unauthenticated` without a
+    /// certificate or a known token, `PermissionDenied` when what it has grants too little.
+    pub fn check<T>(&self, req: &tonic::Request<T>, need: Access) -> Result<(), tonic::Status> {
+        if !self.is_enforced() {
             return Ok(());
         }
-        let token = bearer(req.metadata()).ok_or_else(|| {
-            tonic::Status::unauthenticated(
-                "the admin API needs a token: `authorization: Bearer <token>` (rlhf: \
-                 --token-file or RLHF_TOKEN)",
-            )
-        })?;
-        match tokens.access(token) {
-            None => Err(tonic::Status::unauthenticated(
-                "unknown token (not in cluster.admin_tokens)",
-            )),
+        let by_certificate = self.certificate_access(req);
+        if by_certificate >= Some(need) {
+            return Ok(());
+        }
+        let token = bearer(req.metadata());
+        let by_token = match (&self.tokens, token) {
+            (Some(tokens), Some(t)) => match tokens.access(t) {
+                Some(a) => Some(a),
+                None => {
+                    return Err(tonic::Status::unauthenticated(
+                        "unknown token (not in cluster.admin_tokens)",
+                    ));
+                }
+            },
+            _ => None,
+        };
+        match by_certificate.max(by_token) {
             Some(a) if a >= need => Ok(()),
             Some(a) => Err(tonic::Status::permission_denied(format!(
-                "a {a} token may not do this: it needs an {need} token"
+                "a {a} {} may not do this: it needs an {need} token{}",
+                if by_token >= by_certificate {
+                    "token"
+                } else {
+                    "certificate"
+                },
+                match &self.operator_name {
+                    Some(n) => format!(" or a certificate for `{n}`"),
+                    None => String::new(),
+                }
             ))),
+            None => Err(tonic::Status::unauthenticated(
+                "the admin API needs a token: `authorization: Bearer <token>` (rlhf: \
+                 --token-file or RLHF_TOKEN)",
+            )),
         }
     }
 }

@@ -251,3 +251,38 @@ fn bad_files_are_named() {
     let e = certs::issue(dir.path(), "x", &[], 1).expect_err("no names");
     assert!(e.to_string().starts_with("name:"), "{e}");
 }
+
+/// With an operator name, a member's certificate only reads the status; a certificate valid
+/// for the operator name (or a member with an operator token) may stop the run.
+#[tokio::test]
+async fn operator_certificates_are_the_ones_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("cluster");
+    let server_tls = member(&cluster, "server", &["127.0.0.1"], None);
+    let worker = member(&cluster, "worker", &["rollout"], None);
+    let operator = member(&cluster, "operator", &["rlhf-operator"], None);
+    let tokens = AdminTokens::parse("operator oooooooooooooooooooo").expect("tokens");
+    let auth = AdminAuth::new(Some(tokens)).with_operator_name(Some("rlhf-operator".into()));
+    let at = serve(Some(&server_tls), Clients::Anyone, auth).await;
+    status(&at, Some(&worker), None)
+        .await
+        .expect("a member reads");
+    assert_eq!(
+        stop(&at, Some(&worker), None).await,
+        Some(tonic::Code::PermissionDenied)
+    );
+    assert_eq!(stop(&at, Some(&operator), None).await, None);
+    assert_eq!(
+        stop(&at, Some(&worker), Some("oooooooooooooooooooo")).await,
+        None
+    );
+    // Without tokens the operator name alone gates: no certificate, no call.
+    let only_name = AdminAuth::new(None).with_operator_name(Some("rlhf-operator".into()));
+    let at = serve(Some(&server_tls), Clients::Anyone, only_name).await;
+    let ca_only = Tls::load(&cluster.join("ca.crt"), None, None).expect("ca only");
+    let e = status(&at, Some(&ca_only), None)
+        .await
+        .expect_err("anonymous");
+    assert_eq!(e.0, tonic::Code::Unauthenticated, "{e:?}");
+    assert_eq!(stop(&at, Some(&operator), None).await, None);
+}
