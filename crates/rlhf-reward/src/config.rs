@@ -120,7 +120,10 @@ impl ScorerConfig {
                         .build_at(registry, &format!("{at}members[{k}].scorer."))?;
                     members.push((m.effective_name(), m.weight, scorer));
                 }
-                Box::new(EnsembleScorer::new(members, c.on_missing))
+                Box::new(
+                    EnsembleScorer::new(members, c.on_missing)
+                        .aggregated(c.aggregate, c.uncertainty_coef.unwrap_or(0.0)),
+                )
             }
         })
     }

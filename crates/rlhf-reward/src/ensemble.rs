@@ -1,7 +1,16 @@
-//! A weighted ensemble of scorers: `value = Σ weightᵢ · valueᵢ` over named members, scored
-//! concurrently. By default a sample that any member cannot score has no ensemble score (the
-//! error names the member); with `on_missing = "skip"` the present members' weighted sum is
-//! rescaled by `Σ all weights / Σ present weights` instead.
+//! An ensemble of scorers, scored concurrently. `aggregate` says how the members' values
+//! become one reward:
+//! - `weighted_sum` (default): `value = Σ weightᵢ · valueᵢ` (a multi-objective reward);
+//! - `worst_case`: `min weightᵢ · valueᵢ`, worst-case optimisation over a reward-model ensemble
+//!   (Coste et al. 2024, *Reward Model Ensembles Help Mitigate Overoptimization*), also the
+//!   egalitarian per-sample form of MaxMin alignment over per-group rewards;
+//! - `uncertainty_weighted`: `mean − λ · variance` of the `weightᵢ · valueᵢ` (population
+//!   variance), uncertainty-weighted optimisation from the same paper, `λ` =
+//!   `uncertainty_coef`.
+//!
+//! By default a sample that any member cannot score has no ensemble score (the error names the
+//! member); with `on_missing = "skip"` the present members are used (a weighted sum rescaled by
+//! `Σ all weights / Σ present weights`).
 
 use std::collections::BTreeSet;
 
@@ -22,6 +31,19 @@ pub enum OnMissing {
     Error,
     /// Leave the member out and renormalise over the members present.
     Skip,
+}
+
+/// How an ensemble turns its members' values into one reward (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// `Σ weightᵢ · valueᵢ`.
+    #[default]
+    WeightedSum,
+    /// `min weightᵢ · valueᵢ`.
+    WorstCase,
+    /// `mean − λ · variance` of the `weightᵢ · valueᵢ`.
+    UncertaintyWeighted,
 }
 
 /// One member of an ensemble.
@@ -55,6 +77,12 @@ pub struct EnsembleConfig {
     /// Error (default) or skip when a member has no score.
     #[serde(default)]
     pub on_missing: OnMissing,
+    /// `weighted_sum` (default), `worst_case` or `uncertainty_weighted`.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// λ of `uncertainty_weighted` (required there, ≥ 0; refused elsewhere).
+    #[serde(default)]
+    pub uncertainty_coef: Option<f64>,
 }
 
 impl EnsembleConfig {
@@ -104,7 +132,23 @@ impl EnsembleConfig {
                 "all weights are zero",
             ));
         }
-        Ok(())
+        match (self.aggregate, self.uncertainty_coef) {
+            (Aggregate::UncertaintyWeighted, None) => Err(RewardError::config(
+                format!("{at}uncertainty_coef"),
+                "required with aggregate = \"uncertainty_weighted\" (λ in mean − λ·variance)",
+            )),
+            (Aggregate::UncertaintyWeighted, Some(l)) if !l.is_finite() || l < 0.0 => {
+                Err(RewardError::config(
+                    format!("{at}uncertainty_coef"),
+                    format!("must be finite and at least 0, got {l}"),
+                ))
+            }
+            (Aggregate::WeightedSum | Aggregate::WorstCase, Some(_)) => Err(RewardError::config(
+                format!("{at}uncertainty_coef"),
+                "only used with aggregate = \"uncertainty_weighted\"",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -119,11 +163,14 @@ struct Member {
 pub struct EnsembleScorer {
     members: Vec<Member>,
     on_missing: OnMissing,
+    aggregate: Aggregate,
+    uncertainty_coef: f64,
 }
 
 impl EnsembleScorer {
-    /// An ensemble of already-built scorers: `(name, weight, scorer)`. Each member is wrapped in
-    /// a [`CheckedScorer`], so a member's non-finite value is that member's error.
+    /// An ensemble of already-built scorers: `(name, weight, scorer)`, summed with their weights.
+    /// Each member is wrapped in a [`CheckedScorer`], so a member's non-finite value is that
+    /// member's error.
     pub fn new(members: Vec<(String, f64, Box<dyn Scorer>)>, on_missing: OnMissing) -> Self {
         Self {
             members: members
@@ -135,7 +182,17 @@ impl EnsembleScorer {
                 })
                 .collect(),
             on_missing,
+            aggregate: Aggregate::WeightedSum,
+            uncertainty_coef: 0.0,
         }
+    }
+
+    /// The same members aggregated by `aggregate` (`uncertainty_coef`: λ of
+    /// `uncertainty_weighted`).
+    pub fn aggregated(mut self, aggregate: Aggregate, uncertainty_coef: f64) -> Self {
+        self.aggregate = aggregate;
+        self.uncertainty_coef = uncertainty_coef;
+        self
     }
 
     /// The member names, in order.
@@ -149,6 +206,7 @@ impl EnsembleScorer {
             source: Box::new(e),
         };
         let mut value = 0.0;
+        let mut weighted = Vec::with_capacity(self.members.len());
         let mut total_weight = 0.0;
         let mut present_weight = 0.0;
         let mut first_error = None;
@@ -160,6 +218,7 @@ impl EnsembleScorer {
             match r {
                 Ok(s) => {
                     value += m.weight * s.value;
+                    weighted.push(m.weight * s.value);
                     present_weight += m.weight;
                     present += 1;
                     score.components.insert(m.name.clone(), s.value);
@@ -188,8 +247,26 @@ impl EnsembleScorer {
                 .components
                 .insert("members_present".into(), present as f64);
         }
-        score.value = value;
-        score.provenance = format!("ensemble({})", provenance.join(", "));
+        let n = weighted.len() as f64;
+        let mean = weighted.iter().sum::<f64>() / n;
+        let variance = weighted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        score.value = match self.aggregate {
+            Aggregate::WeightedSum => value,
+            Aggregate::WorstCase => weighted.iter().copied().fold(f64::INFINITY, f64::min),
+            Aggregate::UncertaintyWeighted => {
+                score.components.insert("ensemble_mean".into(), mean);
+                score
+                    .components
+                    .insert("ensemble_variance".into(), variance);
+                mean - self.uncertainty_coef * variance
+            }
+        };
+        let how = match self.aggregate {
+            Aggregate::WeightedSum => "ensemble",
+            Aggregate::WorstCase => "ensemble_min",
+            Aggregate::UncertaintyWeighted => "ensemble_uwo",
+        };
+        score.provenance = format!("{how}({})", provenance.join(", "));
         Ok(score)
     }
 }

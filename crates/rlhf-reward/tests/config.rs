@@ -97,6 +97,7 @@ fn parses_from_toml() -> anyhow::Result<()> {
     let ScorerConfig::Ensemble(EnsembleConfig {
         members,
         on_missing,
+        ..
     }) = &config
     else {
         anyhow::bail!("not an ensemble: {config:?}");
@@ -337,5 +338,87 @@ async fn ensemble_weights_and_missing_members() -> anyhow::Result<()> {
     let s3 = out[3].as_ref().map_err(Clone::clone)?;
     // format -1 × 0.5, answer 0 × 1.5, rule missing.
     assert_eq!(s3.value, -0.5 * 3.0 / 2.0);
+    Ok(())
+}
+
+fn aggregated(
+    aggregate: &str,
+    coef: Option<f64>,
+    exact_weight: f64,
+) -> anyhow::Result<ScorerConfig> {
+    let mut v = json!({
+        "type": "ensemble",
+        "aggregate": aggregate,
+        "on_missing": "skip",
+        "members": [
+            {"name": "format", "weight": 1.0, "scorer": {"type": "regex", "pattern": "^<think>", "no_match_reward": -1.0}},
+            {"weight": exact_weight, "scorer": {"type": "exact_answer", "extract": "last_number"}},
+            {"weight": 1.0, "scorer": {"type": "rule", "name": "nan_if_empty"}},
+        ]
+    });
+    if let Some(c) = coef {
+        v["uncertainty_coef"] = json!(c);
+    }
+    parse(v).map_err(anyhow::Error::msg)
+}
+
+/// Worst-case and uncertainty-weighted ensembles (Coste et al. 2024) over the members'
+/// weighted values, and their checks.
+#[tokio::test]
+async fn conservative_ensembles_take_the_minimum_or_penalise_disagreement() -> anyhow::Result<()> {
+    let inputs = [
+        ScoreInput::new("p", "q", "<think>2+2</think> 4").with_answer("4"),
+        ScoreInput::new("p", "q", "5").with_answer("4"),
+        ScoreInput::new("p", "q", "").with_answer("4"),
+    ];
+    let values = |out: Vec<Result<rlhf_reward::Score, rlhf_reward::ScoreError>>| {
+        out.into_iter()
+            .map(|r| r.map(|s| s.value).map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    };
+    // Weighted values per input: [1, 2, 0.25], [-1, 0, 0.25], [-1, 0, missing].
+    let worst = aggregated("worst_case", None, 2.0)?.build(&registry()?)?;
+    assert_eq!(
+        values(worst.score(&inputs).await),
+        [Ok(0.25), Ok(-1.0), Ok(-1.0)]
+    );
+    let uwo = aggregated("uncertainty_weighted", Some(2.0), 1.0)?.build(&registry()?)?;
+    let out = uwo.score(&inputs).await;
+    let s0 = out[0].as_ref().map_err(Clone::clone)?;
+    // [1, 1, 0.25]: mean 0.75, variance 0.125.
+    assert!((s0.value - (0.75 - 2.0 * 0.125)).abs() < 1e-12, "{s0:?}");
+    assert!((s0.components["ensemble_variance"] - 0.125).abs() < 1e-12);
+    assert!(
+        s0.provenance.starts_with("ensemble_uwo("),
+        "{}",
+        s0.provenance
+    );
+    // [-1, 0, 0.25]: mean -0.25, variance 0.875 / 3.
+    let s1 = out[1].as_ref().map_err(Clone::clone)?;
+    assert!(
+        (s1.value - (-0.25 - 2.0 * 0.875 / 3.0)).abs() < 1e-12,
+        "{s1:?}"
+    );
+    // Only the members present: [-1, 0], mean -0.5, variance 0.25.
+    let s2 = out[2].as_ref().map_err(Clone::clone)?;
+    assert!((s2.value - (-0.5 - 2.0 * 0.25)).abs() < 1e-12, "{s2:?}");
+    // λ = 0 is the plain mean.
+    let mean = aggregated("uncertainty_weighted", Some(0.0), 1.0)?.build(&registry()?)?;
+    assert_eq!(values(mean.score(&inputs[..1]).await), [Ok(0.75)]);
+    for (config, says) in [
+        (
+            aggregated("uncertainty_weighted", None, 1.0)?,
+            "`uncertainty_coef`: required",
+        ),
+        (
+            aggregated("uncertainty_weighted", Some(-1.0), 1.0)?,
+            "at least 0, got -1",
+        ),
+        (aggregated("worst_case", Some(1.0), 1.0)?, "only used with"),
+    ] {
+        let err = config_error(&config);
+        assert!(err.contains(says), "{err}");
+    }
+    assert!(parse(json!({"type": "ensemble", "aggregate": "median", "members": []})).is_err());
     Ok(())
 }
