@@ -157,6 +157,19 @@ impl AnyModel {
         self.run(Generate(prompts, params, seeds))
     }
 
+    /// Token log-probs `[batch, len - 1]` (row-major, on the host) of a causal LM: position `t`
+    /// of a row holds `log p(ids[t+1] | ids[..=t])` (see [`Transformer::token_logprobs`]).
+    pub fn token_logprobs(&self, batch: &TokenBatch) -> crate::Result<Vec<f32>> {
+        struct Logprobs<'a>(&'a TokenBatch);
+        impl OnModel for Logprobs<'_> {
+            type Output = crate::Result<Vec<f32>>;
+            fn run<B: Backend>(self, m: &Transformer<B>) -> Self::Output {
+                host_vec(m.token_logprobs(self.0)?.into_data())
+            }
+        }
+        self.run(Logprobs(batch))
+    }
+
     /// Reward scores `[batch, num_labels]` (row-major, on the host) of a sequence-classification
     /// model (see [`Transformer::scores`]).
     pub fn scores(&self, batch: &TokenBatch) -> crate::Result<Vec<f32>> {

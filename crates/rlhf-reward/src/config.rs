@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ensemble::{EnsembleConfig, EnsembleScorer};
 use crate::error::RewardError;
+use crate::follow_up::{FollowUpConfig, FollowUpScorer};
 use crate::judge::{JudgeConfig, JudgeScorer};
 use crate::reward_model::{RewardModelConfig, RewardModelScorer};
 use crate::rules::{
@@ -43,6 +44,8 @@ pub enum ScorerConfig {
     Judge(JudgeConfig),
     /// A weighted combination of scorers ([`EnsembleScorer`]).
     Ensemble(EnsembleConfig),
+    /// Follow-up likelihood under a causal LM ([`FollowUpScorer`]).
+    FollowUp(FollowUpConfig),
 }
 
 impl ScorerConfig {
@@ -56,6 +59,7 @@ impl ScorerConfig {
             ScorerConfig::RewardModel(_) => "reward_model",
             ScorerConfig::Judge(_) => "judge",
             ScorerConfig::Ensemble(_) => "ensemble",
+            ScorerConfig::FollowUp(_) => "follow_up",
         }
     }
 
@@ -84,6 +88,7 @@ impl ScorerConfig {
             ScorerConfig::RewardModel(c) => c.validate(at),
             ScorerConfig::Judge(c) => c.validate(at),
             ScorerConfig::Ensemble(c) => c.validate(at),
+            ScorerConfig::FollowUp(c) => c.validate(at),
         }
     }
 
@@ -112,6 +117,7 @@ impl ScorerConfig {
             ScorerConfig::Rule(c) => Box::new(RuleScorer::new(c, registry, at)?),
             ScorerConfig::RewardModel(c) => Box::new(RewardModelScorer::load_at(c, at)?),
             ScorerConfig::Judge(c) => Box::new(JudgeScorer::from_config(c, at)?),
+            ScorerConfig::FollowUp(c) => Box::new(FollowUpScorer::load_at(c, at)?),
             ScorerConfig::Ensemble(c) => {
                 let mut members = Vec::with_capacity(c.members.len());
                 for (k, m) in c.members.iter().enumerate() {

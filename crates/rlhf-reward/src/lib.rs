@@ -21,6 +21,7 @@
 pub mod config;
 pub mod ensemble;
 pub mod error;
+pub mod follow_up;
 pub mod judge;
 pub mod reward_model;
 pub mod rules;
@@ -30,6 +31,7 @@ pub mod service;
 pub use config::ScorerConfig;
 pub use ensemble::{EnsembleConfig, EnsembleMember, EnsembleScorer, OnMissing};
 pub use error::{RewardError, ScoreError, ScoreErrorKind};
+pub use follow_up::{FollowUpConfig, FollowUpScorer};
 pub use judge::{Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict};
 pub use reward_model::{RewardModelConfig, RewardModelScorer};
 pub use rules::{
