@@ -656,7 +656,15 @@ pub(crate) async fn run_loop(
     let planned = live.clone();
     let handle = tokio::spawn(async move {
         let mut it = start;
-        while it < planned.get().iterations {
+        loop {
+            if it >= planned.get().iterations {
+                // Every planned iteration is produced: wait until the consumer ends the run (it
+                // cancels `stop`) or the run is extended (`Admin.Set`) before it has.
+                tokio::select! {
+                    _ = stop_producer.cancelled() => return cursor,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+            }
             if stop_producer.is_cancelled() || !unpaused(&mut paused, &stop_producer, &status).await
             {
                 return cursor;
@@ -681,7 +689,6 @@ pub(crate) async fn run_loop(
             }
             it += 1;
         }
-        cursor
     });
     let mut done = start;
     let result = loop {
