@@ -10,14 +10,14 @@
 //! is the prompt and completion's tokens followed by `"\n" + follow-up`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rlhf_core::ChatMessage;
-use rlhf_model::{AnyModel, DeviceSpec, PaddingSide, Precision, TokenBatch, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RewardError, ScoreError, ensure_finite};
+use crate::local_model::{LocalModel, device_and_precision, score_blocking};
 use crate::scorer::{Score, ScoreInput, Scorer};
 
 /// Config of a [`FollowUpScorer`].
@@ -110,7 +110,7 @@ impl FollowUpConfig {
                 "must be at least 2",
             ));
         }
-        self.precision_spec(at)?;
+        device_and_precision(&self.device, &self.precision, at)?;
         if !self.path.join("config.json").is_file() {
             return Err(RewardError::config(
                 format!("{at}path"),
@@ -119,27 +119,14 @@ impl FollowUpConfig {
         }
         Ok(())
     }
-
-    fn device_spec(&self, at: &str) -> Result<DeviceSpec, RewardError> {
-        DeviceSpec::from_setting(&self.device)
-            .map_err(|e| RewardError::config(format!("{at}device"), e))
-    }
-
-    fn precision_spec(&self, at: &str) -> Result<Precision, RewardError> {
-        Precision::for_device(&self.precision, self.device_spec(at)?)
-            .map_err(|e| RewardError::config(format!("{at}precision"), e))
-    }
 }
 
 /// What the blocking worker needs.
 struct Inner {
-    model: Mutex<AnyModel>,
-    tokenizer: Tokenizer,
-    pad_id: u32,
+    model: LocalModel,
     positive: Vec<String>,
     negative: Vec<String>,
     batch_size: usize,
-    max_tokens: usize,
     provenance: String,
 }
 
@@ -161,30 +148,19 @@ impl FollowUpScorer {
     /// Loads the model and tokenizer; errors name fields under `at`.
     pub fn load_at(config: &FollowUpConfig, at: &str) -> Result<Self, RewardError> {
         config.validate(at)?;
-        let model = AnyModel::load(
+        let model = LocalModel::load(
             &config.path,
-            config.device_spec(at)?,
-            config.precision_spec(at)?,
+            &config.device,
+            &config.precision,
+            config.max_tokens,
+            at,
         )?;
-        let tokenizer = Tokenizer::from_dir(&config.path)?;
-        let pad_id = model
-            .config()
-            .pad_token_id
-            .or_else(|| tokenizer.pad_id())
-            .or_else(|| tokenizer.eos_id())
-            .unwrap_or(0);
-        let max_tokens = config
-            .max_tokens
-            .unwrap_or(model.config().max_position_embeddings);
         Ok(Self {
             inner: Arc::new(Inner {
-                model: Mutex::new(model),
-                tokenizer,
-                pad_id,
+                model,
                 positive: config.positive.clone(),
                 negative: config.negative.clone(),
                 batch_size: config.batch_size,
-                max_tokens,
                 provenance: format!("follow_up:{}", config.path.display()),
             }),
         })
@@ -201,15 +177,17 @@ impl Inner {
     fn tokens(&self, input: &ScoreInput, follow_up: &str) -> Result<(Vec<u32>, usize), ScoreError> {
         let invalid = |m: String| ScoreError::invalid(self.name(), m);
         let (ids, start) = match &input.messages {
-            Some(messages) if self.tokenizer.has_chat_template() => {
+            Some(messages) if self.model.tokenizer.has_chat_template() => {
                 let mut conversation = messages.clone();
                 conversation.push(ChatMessage::new("assistant", input.completion.as_str()));
                 let before = self
+                    .model
                     .tokenizer
                     .encode_chat(&conversation, false)
                     .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?;
                 conversation.push(ChatMessage::new("user", follow_up));
                 let ids = self
+                    .model
                     .tokenizer
                     .encode_chat(&conversation, false)
                     .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?;
@@ -224,11 +202,13 @@ impl Inner {
             }
             _ => {
                 let mut ids = self
+                    .model
                     .tokenizer
                     .encode(&format!("{}{}", input.prompt, input.completion), true)
                     .map_err(|e| invalid(e.to_string()))?;
                 let start = ids.len();
                 let tail = self
+                    .model
                     .tokenizer
                     .encode(&format!("\n{follow_up}"), false)
                     .map_err(|e| invalid(e.to_string()))?;
@@ -241,11 +221,11 @@ impl Inner {
                 "no tokens before or in the follow-up: nothing to score".into(),
             ));
         }
-        if ids.len() > self.max_tokens {
+        if ids.len() > self.model.max_tokens {
             return Err(invalid(format!(
                 "the input with a follow-up has {} tokens, more than max_tokens = {}",
                 ids.len(),
-                self.max_tokens
+                self.model.max_tokens
             )));
         }
         Ok((ids, start))
@@ -254,15 +234,8 @@ impl Inner {
     /// Mean log-prob of each row's follow-up tokens, batch by batch.
     fn follow_up_logprobs(&self, rows: &[&Row]) -> Result<Vec<f64>, String> {
         let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
-        let batch =
-            TokenBatch::pad(&seqs, self.pad_id, PaddingSide::Right).map_err(|e| e.to_string())?;
-        let flat = {
-            let model = self
-                .model
-                .lock()
-                .map_err(|_| "the model lock is poisoned".to_string())?;
-            model.token_logprobs(&batch).map_err(|e| e.to_string())?
-        };
+        let batch = self.model.pad(&seqs)?;
+        let flat = self.model.run(|m| m.token_logprobs(&batch))?;
         let width = batch.len - 1;
         Ok(rows
             .iter()
@@ -355,19 +328,6 @@ impl Scorer for FollowUpScorer {
     }
 
     async fn score(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
-        let inner = Arc::clone(&self.inner);
-        let owned = inputs.to_vec();
-        match tokio::task::spawn_blocking(move || inner.score_all(&owned)).await {
-            Ok(results) => results,
-            Err(e) => inputs
-                .iter()
-                .map(|_| {
-                    Err(ScoreError::internal(
-                        self.name(),
-                        format!("the scoring task failed: {e}"),
-                    ))
-                })
-                .collect(),
-        }
+        score_blocking(self.name(), &self.inner, inputs, Inner::score_all).await
     }
 }

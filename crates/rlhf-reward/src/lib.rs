@@ -10,6 +10,7 @@
 //! - [`rules`]: regex, exact-answer and length-target rewards, and task functions registered by
 //!   name in a [`RuleRegistry`].
 //! - [`reward_model`]: a Hugging Face sequence-classification reward model on the CPU.
+//! - [`follow_up`]: follow-up likelihood under a causal LM as reward.
 //! - [`judge`]: an LLM judge over the OpenAI chat-completions API, pointwise or pairwise with
 //!   position-bias calibration, with deadlines and retries.
 //! - [`ensemble`]: a weighted combination of scorers.
@@ -23,6 +24,7 @@ pub mod ensemble;
 pub mod error;
 pub mod follow_up;
 pub mod judge;
+mod local_model;
 pub mod reward_model;
 pub mod rules;
 pub mod scorer;

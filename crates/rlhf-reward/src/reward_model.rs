@@ -6,14 +6,15 @@
 //! score is read at each row's last real token.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rlhf_core::ChatMessage;
-use rlhf_model::{AnyModel, DeviceSpec, HeadKind, PaddingSide, Precision, TokenBatch, Tokenizer};
+use rlhf_model::HeadKind;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RewardError, ScoreError, ensure_finite};
+use crate::local_model::{LocalModel, device_and_precision, score_blocking};
 use crate::scorer::{Score, ScoreInput, Scorer};
 
 /// Default number of sequences per forward pass.
@@ -80,7 +81,7 @@ impl RewardModelConfig {
                 "must be at least 1",
             ));
         }
-        self.precision_spec(at)?;
+        device_and_precision(&self.device, &self.precision, at)?;
         if !self.path.join("config.json").is_file() {
             return Err(RewardError::config(
                 format!("{at}path"),
@@ -91,29 +92,12 @@ impl RewardModelConfig {
     }
 }
 
-impl RewardModelConfig {
-    /// The parsed device, checked against this build.
-    fn device_spec(&self, at: &str) -> Result<DeviceSpec, RewardError> {
-        DeviceSpec::from_setting(&self.device)
-            .map_err(|e| RewardError::config(format!("{at}device"), e))
-    }
-
-    /// The parsed precision, checked against the device.
-    fn precision_spec(&self, at: &str) -> Result<Precision, RewardError> {
-        Precision::for_device(&self.precision, self.device_spec(at)?)
-            .map_err(|e| RewardError::config(format!("{at}precision"), e))
-    }
-}
-
 /// What the blocking worker needs.
 struct Inner {
-    model: Mutex<AnyModel>,
-    tokenizer: Tokenizer,
-    pad_id: u32,
+    model: LocalModel,
     label: usize,
     num_labels: usize,
     batch_size: usize,
-    max_tokens: usize,
     provenance: String,
 }
 
@@ -131,12 +115,14 @@ impl RewardModelScorer {
     /// [`load`](Self::load), naming fields under `at` in errors.
     pub fn load_at(config: &RewardModelConfig, at: &str) -> Result<Self, RewardError> {
         config.validate(at)?;
-        let model = AnyModel::load(
+        let model = LocalModel::load(
             &config.path,
-            config.device_spec(at)?,
-            config.precision_spec(at)?,
+            &config.device,
+            &config.precision,
+            config.max_tokens,
+            at,
         )?;
-        if model.config().architecture.head() != HeadKind::SequenceClassification {
+        if model.config.architecture.head() != HeadKind::SequenceClassification {
             return Err(RewardError::config(
                 format!("{at}path"),
                 format!(
@@ -145,7 +131,7 @@ impl RewardModelScorer {
                 ),
             ));
         }
-        let num_labels = model.config().num_labels;
+        let num_labels = model.config.num_labels;
         if config.label >= num_labels {
             return Err(RewardError::config(
                 format!("{at}label"),
@@ -155,25 +141,12 @@ impl RewardModelScorer {
                 ),
             ));
         }
-        let tokenizer = Tokenizer::from_dir(&config.path)?;
-        let pad_id = model
-            .config()
-            .pad_token_id
-            .or_else(|| tokenizer.pad_id())
-            .or_else(|| tokenizer.eos_id())
-            .unwrap_or(0);
-        let max_tokens = config
-            .max_tokens
-            .unwrap_or(model.config().max_position_embeddings);
         Ok(Self {
             inner: Arc::new(Inner {
-                model: Mutex::new(model),
-                tokenizer,
-                pad_id,
+                model,
                 label: config.label,
                 num_labels,
                 batch_size: config.batch_size,
-                max_tokens,
                 provenance: format!("reward_model:{}", config.path.display()),
             }),
         })
@@ -194,16 +167,18 @@ impl Inner {
     fn tokens(&self, input: &ScoreInput) -> Result<Vec<u32>, ScoreError> {
         let invalid = |m: String| ScoreError::invalid(self.name(), m);
         let ids = match &input.messages {
-            Some(messages) if self.tokenizer.has_chat_template() => {
+            Some(messages) if self.model.tokenizer.has_chat_template() => {
                 let mut conversation = messages.clone();
                 conversation.push(ChatMessage::new("assistant", input.completion.as_str()));
-                self.tokenizer
+                self.model
+                    .tokenizer
                     .encode_chat(&conversation, false)
                     .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?
             }
             _ => {
                 let text = format!("{}{}", input.prompt, input.completion);
-                self.tokenizer
+                self.model
+                    .tokenizer
                     .encode(&text, true)
                     .map_err(|e| invalid(e.to_string()))?
             }
@@ -211,11 +186,11 @@ impl Inner {
         if ids.is_empty() {
             return Err(invalid("the input has no tokens".into()));
         }
-        if ids.len() > self.max_tokens {
+        if ids.len() > self.model.max_tokens {
             return Err(invalid(format!(
                 "the input has {} tokens, more than max_tokens = {}",
                 ids.len(),
-                self.max_tokens
+                self.model.max_tokens
             )));
         }
         Ok(ids)
@@ -223,13 +198,8 @@ impl Inner {
 
     /// One forward pass over `seqs`: the scores of every label, row-major.
     fn forward(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>, String> {
-        let batch =
-            TokenBatch::pad(seqs, self.pad_id, PaddingSide::Right).map_err(|e| e.to_string())?;
-        let model = self
-            .model
-            .lock()
-            .map_err(|_| "the model lock is poisoned".to_string())?;
-        model.scores(&batch).map_err(|e| e.to_string())
+        let batch = self.model.pad(seqs)?;
+        self.model.run(|m| m.scores(&batch))
     }
 
     fn score_all(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
@@ -285,19 +255,6 @@ impl Scorer for RewardModelScorer {
     }
 
     async fn score(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
-        let inner = Arc::clone(&self.inner);
-        let owned = inputs.to_vec();
-        match tokio::task::spawn_blocking(move || inner.score_all(&owned)).await {
-            Ok(results) => results,
-            Err(e) => inputs
-                .iter()
-                .map(|_| {
-                    Err(ScoreError::internal(
-                        self.name(),
-                        format!("the scoring task failed: {e}"),
-                    ))
-                })
-                .collect(),
-        }
+        score_blocking(self.name(), &self.inner, inputs, Inner::score_all).await
     }
 }

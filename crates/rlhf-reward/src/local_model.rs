@@ -1,0 +1,111 @@
+//! What the scorers that read a local Hugging Face checkpoint share (the reward model, follow-up
+//! likelihood): the checkpoint loaded at start-up on the configured device and precision with
+//! its tokenizer and pad id, one forward pass at a time, and scoring on a blocking thread.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rlhf_model::{
+    AnyModel, DeviceSpec, ModelConfig, PaddingSide, Precision, TokenBatch, Tokenizer,
+};
+
+use crate::error::{RewardError, ScoreError};
+use crate::scorer::{Score, ScoreInput};
+
+/// Parses `device` and `precision` (checked against each other and this build), naming the
+/// fields under `at`.
+pub(crate) fn device_and_precision(
+    device: &str,
+    precision: &str,
+    at: &str,
+) -> Result<(DeviceSpec, Precision), RewardError> {
+    let device = DeviceSpec::from_setting(device)
+        .map_err(|e| RewardError::config(format!("{at}device"), e))?;
+    let precision = Precision::for_device(precision, device)
+        .map_err(|e| RewardError::config(format!("{at}precision"), e))?;
+    Ok((device, precision))
+}
+
+/// A loaded checkpoint.
+pub(crate) struct LocalModel {
+    model: Mutex<AnyModel>,
+    /// Its `config.json`.
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    /// Padding id: the model's, else the tokenizer's pad or end-of-sequence token, else 0.
+    pub pad_id: u32,
+    /// The longest input accepted: `max_tokens`, else the model's context.
+    pub max_tokens: usize,
+}
+
+impl LocalModel {
+    /// Loads the checkpoint at `path` (reads the weights).
+    pub(crate) fn load(
+        path: &Path,
+        device: &str,
+        precision: &str,
+        max_tokens: Option<usize>,
+        at: &str,
+    ) -> Result<Self, RewardError> {
+        let (device, precision) = device_and_precision(device, precision, at)?;
+        let model = AnyModel::load(path, device, precision)?;
+        let tokenizer = Tokenizer::from_dir(path)?;
+        let config = model.config().clone();
+        let pad_id = config
+            .pad_token_id
+            .or_else(|| tokenizer.pad_id())
+            .or_else(|| tokenizer.eos_id())
+            .unwrap_or(0);
+        Ok(Self {
+            max_tokens: max_tokens.unwrap_or(config.max_position_embeddings),
+            model: Mutex::new(model),
+            config,
+            tokenizer,
+            pad_id,
+        })
+    }
+
+    /// `seqs` padded on the right into one batch.
+    pub(crate) fn pad(&self, seqs: &[Vec<u32>]) -> Result<TokenBatch, String> {
+        TokenBatch::pad(seqs, self.pad_id, PaddingSide::Right).map_err(|e| e.to_string())
+    }
+
+    /// Runs `f` on the model, one caller at a time.
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&AnyModel) -> rlhf_model::Result<T>,
+    ) -> Result<T, String> {
+        let model = self
+            .model
+            .lock()
+            .map_err(|_| "the model lock is poisoned".to_string())?;
+        f(&model).map_err(|e| e.to_string())
+    }
+}
+
+/// One result per input, in input order.
+type Results = Vec<Result<Score, ScoreError>>;
+
+/// Runs `score_all` on a blocking thread (forward passes would stall the async runtime); if
+/// the task fails, every input gets an internal error naming `name`.
+pub(crate) async fn score_blocking<T: Send + Sync + 'static>(
+    name: &str,
+    inner: &Arc<T>,
+    inputs: &[ScoreInput],
+    score_all: fn(&T, &[ScoreInput]) -> Results,
+) -> Results {
+    let inner = Arc::clone(inner);
+    let owned = inputs.to_vec();
+    match tokio::task::spawn_blocking(move || score_all(&inner, &owned)).await {
+        Ok(results) => results,
+        Err(e) => inputs
+            .iter()
+            .map(|_| {
+                Err(ScoreError::internal(
+                    name,
+                    format!("the scoring task failed: {e}"),
+                ))
+            })
+            .collect(),
+    }
+}
