@@ -120,10 +120,7 @@ impl Evictions {
         }
         let text =
             serde_json::to_string(&listed).map_err(|e| CoordinatorError::Io(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(io)
+        crate::resume::write_atomic(path, &text)
     }
 
     /// Every evicted (role, name).

@@ -142,12 +142,8 @@ impl Live {
             "checkpoint_every" => next.checkpoint_every = n,
             other => return Err(not_live(other)),
         }
-        let path = self.out.join(FILE);
-        let tmp = self.out.join(format!("{FILE}.tmp"));
         let text = serde_json::to_string_pretty(&next).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::resume::write_atomic(&self.out.join(FILE), &text).map_err(|e| e.to_string())?;
         *s = next;
         Ok(next)
     }

@@ -77,9 +77,19 @@ pub fn log_lengths(out: &Path) -> Result<BTreeMap<String, u64>, CoordinatorError
 pub fn write(dir: &Path, state: &RunState) -> Result<(), CoordinatorError> {
     let path = dir.join(FILE);
     let text = serde_json::to_string_pretty(state).map_err(|e| io(&path, e))?;
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    write_atomic(&path, &text)
+}
+
+/// Replaces `path` with `text` atomically: written beside it (`<name>.tmp`), then renamed, so
+/// a reader (or a resume after a crash) sees the old file or the new one, never half of one.
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), CoordinatorError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.tmp"));
     std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// The checkpoint folders of `out` that may hold a `resume.json`.
