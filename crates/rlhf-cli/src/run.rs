@@ -304,9 +304,7 @@ async fn etcd_membership(f: &RunFile, sec: &Security) -> Result<Option<Arc<EtcdM
 /// Whether `address` (`host:port`, `http://` or `https://host:port`) accepts a connection
 /// within a second.
 async fn reachable(address: &str) -> bool {
-    let addr = address
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
+    let addr = rlhf_proto::security::authority(address);
     matches!(
         tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))

@@ -176,7 +176,7 @@ pub fn server(tls: Option<&Tls>, clients: Clients) -> Result<Server, SecurityErr
 }
 
 /// `host:port` (or `host`) of an address with or without an `http://` / `https://` scheme.
-fn authority(address: &str) -> &str {
+pub fn authority(address: &str) -> &str {
     address
         .strip_prefix("https://")
         .or_else(|| address.strip_prefix("http://"))
