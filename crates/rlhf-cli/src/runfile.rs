@@ -459,6 +459,16 @@ impl RunFile {
             .scorer
             .validate()
             .with_context(|| ctx("invalid [scorer]"))?;
+        if let Some(wait) = f.scorer.scorer.human_deadline_s()
+            && f.coordinator.score_deadline_s <= wait
+        {
+            bail!(
+                "{}: coordinator.score_deadline_s ({} s) must be longer than the human scorer's \
+                 deadline_s ({wait} s), or the coordinator gives up before the labels arrive",
+                path.display(),
+                f.coordinator.score_deadline_s
+            );
+        }
         f.rollout
             .validate()
             .with_context(|| ctx("invalid [rollout]"))?;

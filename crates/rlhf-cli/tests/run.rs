@@ -1428,3 +1428,155 @@ fn held_out_prompts_too_long_are_reported_once() {
         .count();
     assert_eq!(said, 1, "{stderr}");
 }
+
+/// A JSON POST over HTTP/1.1 (std only): the status and the body, or `None` when nothing
+/// answers at `addr` yet.
+fn http_post(addr: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// A run whose scorer routes every prompt's best-vs-worst pair to people: a labelling bot on
+/// the HTTP page prefers the shorter completion; every training prompt is asked once (the
+/// held-out evaluations never), and the audit log shows the bot's choice as the prompt's best
+/// and its other sample as the worst.
+#[test]
+fn human_labels_from_the_labeling_page_decide_the_trained_pairs() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let page = format!("127.0.0.1:{}", free_port());
+    let labels = d.path().join("labels.jsonl");
+    let cfg = config(
+        d.path(),
+        "iterations = 2\nscore_deadline_s = 120.0",
+        "builtin = \"letters\"",
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "scorer = { type = \"rule\", name = \"letters\" }",
+        &format!(
+            "scorer = {{ type = \"human\", route = \"all\", label_margin = 1.0, deadline_s = 60.0, \
+             listen = \"{page}\", labels_file = \"{}\", base = {{ type = \"rule\", name = \"letters\" }} }}",
+            labels.display()
+        ),
+    );
+    // The coordinator must wait longer than the scorer waits for people.
+    std::fs::write(
+        &cfg,
+        text.replace("score_deadline_s = 120.0", "score_deadline_s = 60.0"),
+    )
+    .expect("write");
+    let (code, _, stderr) = rlhf(&["run", cfg.to_str().expect("utf-8"), "--quiet"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("coordinator.score_deadline_s (60 s) must be longer than the human scorer's deadline_s (60 s)"),
+        "{stderr}"
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args([
+            "run",
+            cfg.to_str().expect("utf-8"),
+            "--quiet",
+            "--iterations",
+            "2",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rlhf run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut answered = 0;
+    while run.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the run did not end");
+        let next = http_post(&page, "/api/next", &serde_json::json!({"labeler": "bot"}));
+        let Some((200, v)) = next else {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        };
+        let item = &v["item"];
+        if item.is_null() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        let len = |k: &str| item[k].as_str().map_or(0, |s| s.chars().count());
+        let choice = match len("a").cmp(&len("b")) {
+            std::cmp::Ordering::Less => "a",
+            std::cmp::Ordering::Greater => "b",
+            std::cmp::Ordering::Equal => "tie",
+        };
+        let body = serde_json::json!({"item": item["item"], "choice": choice, "labeler": "bot"});
+        let (status, reply) = http_post(&page, "/api/label", &body).expect("the page answers");
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["used"], true, "{reply}");
+        answered += 1;
+    }
+    let output = run.wait_with_output().expect("output");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 2 iterations x 8 prompts, each asked once; the held-out evaluations asked nothing.
+    assert_eq!(answered, 16);
+    let records: Vec<Value> = std::fs::read_to_string(&labels)
+        .expect("labels file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(records.len(), 16);
+    let out = d.path().join("out");
+    assert_eq!(check_ledger(&out), 2 * 8 * 4);
+    let audit = read_audit(out.join("samples.jsonl"))
+        .expect("audit")
+        .records;
+    let mut decided = 0;
+    for r in &records {
+        assert_eq!(r["late"], false);
+        let Some(preferred) = r["preferred"].as_object() else {
+            continue;
+        };
+        let group: Vec<_> = audit
+            .iter()
+            .filter(|a| {
+                Some(a.iteration) == r["iteration"].as_u64()
+                    && Some(a.prompt_id.as_str()) == r["prompt_id"].as_str()
+            })
+            .collect();
+        assert_eq!(group.len(), 4);
+        let index = |side: &Value| side["sample_id"]["sample_index"].as_u64();
+        let other = if index(&r["a"]) == preferred["sample_index"].as_u64() {
+            index(&r["b"])
+        } else {
+            index(&r["a"])
+        };
+        let reward = |i: Option<u64>| {
+            group
+                .iter()
+                .find(|a| Some(u64::from(a.sample_index)) == i)
+                .and_then(|a| a.reward)
+                .expect("a reward")
+        };
+        let (best, worst) = (reward(preferred["sample_index"].as_u64()), reward(other));
+        for a in &group {
+            let v = a.reward.expect("every sample scored");
+            assert!(v <= best && v >= worst, "{r}");
+        }
+        assert!(best > worst);
+        decided += 1;
+    }
+    assert!(decided > 8, "most pairs differ in length: {decided}");
+}

@@ -99,16 +99,18 @@ impl Producer {
         })
     }
 
-    /// Scores `completions` of `prompts` within the configured deadline.
+    /// Scores `completions` of `prompts` within the configured deadline (`evaluation`: the
+    /// held-out reward, which no scorer asks people about).
     async fn score(
         &self,
         prompts: &[PromptCtx],
         completions: &[v1::Completion],
+        evaluation: bool,
     ) -> Result<Vec<ScoreOutcome>, CoordinatorError> {
         let by_id: HashMap<&str, &PromptCtx> =
             prompts.iter().map(|p| (p.record.id.as_str(), p)).collect();
         let deadline = Duration::from_secs_f64(self.cfg.score_deadline_s);
-        score(&self.cluster, &by_id, completions, deadline).await
+        score(&self.cluster, &by_id, completions, deadline, evaluation).await
     }
 
     /// Generates and scores one iteration's `prompts` with policy `version`; `cursor` is where
@@ -130,7 +132,7 @@ impl Producer {
         let generation = generate(&self.cluster, Some(&self.ledger), &prompts, &plan).await?;
         let generate_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let scores = self.score(&prompts, &generation.completions).await?;
+        let scores = self.score(&prompts, &generation.completions, false).await?;
         let score_s = t.elapsed().as_secs_f64();
         {
             let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,7 +202,7 @@ impl Producer {
                  held-out reward"
             );
         }
-        let scores = self.score(prompts, &generation.completions).await?;
+        let scores = self.score(prompts, &generation.completions, true).await?;
         let values: Vec<f64> = scores
             .iter()
             .filter_map(|s| s.reward.as_ref().ok().copied())

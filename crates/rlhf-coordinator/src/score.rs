@@ -12,7 +12,7 @@ use crate::CoordinatorError;
 use crate::cluster::Cluster;
 use crate::generate::PromptCtx;
 
-/// Items per ScoreRequest message.
+/// Items per ScoreRequest message (more when one prompt has more samples).
 const SCORE_BATCH: usize = 64;
 
 /// Why a sample has no reward.
@@ -38,6 +38,7 @@ pub async fn score(
     prompts: &HashMap<&str, &PromptCtx>,
     completions: &[v1::Completion],
     deadline: Duration,
+    evaluation: bool,
 ) -> Result<Vec<ScoreOutcome>, CoordinatorError> {
     let items: Vec<v1::ScoreItem> = completions
         .iter()
@@ -56,6 +57,7 @@ pub async fn score(
                 metadata_json: p
                     .map(|p| serde_json::Value::Object(p.record.metadata.clone()).to_string())
                     .unwrap_or_default(),
+                evaluation,
             }
         })
         .collect();
@@ -92,8 +94,8 @@ async fn score_once(
     items: &[v1::ScoreItem],
 ) -> Result<Vec<ScoreOutcome>, String> {
     let mut client = cluster.reward(address).map_err(|e| e.to_string())?;
-    let requests: Vec<v1::ScoreRequest> = items
-        .chunks(SCORE_BATCH)
+    let requests: Vec<v1::ScoreRequest> = batches(items, SCORE_BATCH)
+        .into_iter()
         .map(|c| v1::ScoreRequest { items: c.to_vec() })
         .collect();
     let expected = requests.iter().map(|r| r.items.len()).collect::<Vec<_>>();
@@ -144,4 +146,93 @@ async fn score_once(
         return Err(format!("{} results for {} samples", out.len(), items.len()));
     }
     Ok(out)
+}
+
+/// Splits `items` into runs of at most `size` that never cut between two consecutive samples of
+/// the same prompt (scorers that compare a prompt's samples, pairwise judges and human labels,
+/// see all of them at once); a prompt with more than `size` samples is a batch of its own.
+fn batches(items: &[v1::ScoreItem], size: usize) -> Vec<&[v1::ScoreItem]> {
+    let prompt = |i: &v1::ScoreItem| i.id.as_ref().map(|id| (id.iteration, id.prompt_id.clone()));
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut k = 0;
+    while k < items.len() {
+        let mut end = k + 1;
+        while end < items.len() && prompt(&items[end]) == prompt(&items[k]) {
+            end += 1;
+        }
+        if end - start > size && k > start {
+            out.push(&items[start..k]);
+            start = k;
+        }
+        k = end;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(prompt: &str, index: u32) -> v1::ScoreItem {
+        v1::ScoreItem {
+            id: Some(v1::SampleId {
+                iteration: 1,
+                prompt_id: prompt.into(),
+                sample_index: index,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn shape(items: &[v1::ScoreItem], size: usize) -> Vec<Vec<String>> {
+        batches(items, size)
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|i| {
+                        let id =
+                            i.id.as_ref()
+                                .map(|id| (id.prompt_id.as_str(), id.sample_index));
+                        id.map(|(p, s)| format!("{p}{s}")).unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_keep_a_prompts_samples_together() {
+        let three: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|p| (0..3).map(move |s| item(p, s)))
+            .collect();
+        assert_eq!(
+            shape(&three, 4),
+            vec![
+                vec!["a0", "a1", "a2"],
+                vec!["b0", "b1", "b2"],
+                vec!["c0", "c1", "c2"]
+            ]
+        );
+        assert_eq!(
+            shape(&three, 6),
+            vec![
+                vec!["a0", "a1", "a2", "b0", "b1", "b2"],
+                vec!["c0", "c1", "c2"]
+            ]
+        );
+        assert_eq!(
+            shape(&three, 2).len(),
+            3,
+            "a prompt larger than a batch stays whole"
+        );
+        assert_eq!(shape(&three, 64).len(), 1);
+        assert!(batches(&[], 4).is_empty());
+        let total: usize = batches(&three, 4).iter().map(|b| b.len()).sum();
+        assert_eq!(total, 9);
+    }
 }

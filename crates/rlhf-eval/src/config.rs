@@ -436,6 +436,8 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 fn resolve_scorer(base: &Path, s: &mut ScorerConfig) {
     match s {
         ScorerConfig::RewardModel(c) => c.path = resolve(base, &c.path),
+        ScorerConfig::FollowUp(c) => c.path = resolve(base, &c.path),
+        ScorerConfig::Human(h) => resolve_scorer(base, &mut h.base),
         ScorerConfig::Ensemble(e) => {
             for m in &mut e.members {
                 resolve_scorer(base, &mut m.scorer);

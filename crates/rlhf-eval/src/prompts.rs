@@ -94,6 +94,7 @@ pub fn score_input(record: &PromptRecord, chat: bool, index: u32, completion: &s
         completion: completion.to_owned(),
         answer: record.answer.clone(),
         metadata: record.metadata.clone(),
+        evaluation: true,
     }
 }
 

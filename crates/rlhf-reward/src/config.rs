@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ensemble::{EnsembleConfig, EnsembleScorer};
 use crate::error::RewardError;
 use crate::follow_up::{FollowUpConfig, FollowUpScorer};
+use crate::human::{HumanConfig, HumanScorer};
 use crate::judge::{JudgeConfig, JudgeScorer};
 use crate::reward_model::{RewardModelConfig, RewardModelScorer};
 use crate::rules::{
@@ -46,6 +47,8 @@ pub enum ScorerConfig {
     Ensemble(EnsembleConfig),
     /// Follow-up likelihood under a causal LM ([`FollowUpScorer`]).
     FollowUp(FollowUpConfig),
+    /// People label a base scorer's uncertain pairs on a web page ([`HumanScorer`]).
+    Human(HumanConfig),
 }
 
 impl ScorerConfig {
@@ -60,6 +63,7 @@ impl ScorerConfig {
             ScorerConfig::Judge(_) => "judge",
             ScorerConfig::Ensemble(_) => "ensemble",
             ScorerConfig::FollowUp(_) => "follow_up",
+            ScorerConfig::Human(_) => "human",
         }
     }
 
@@ -89,6 +93,25 @@ impl ScorerConfig {
             ScorerConfig::Judge(c) => c.validate(at),
             ScorerConfig::Ensemble(c) => c.validate(at),
             ScorerConfig::FollowUp(c) => c.validate(at),
+            ScorerConfig::Human(c) => c.validate(at),
+        }
+    }
+
+    /// The longest `deadline_s` of a human scorer in this config (an ensemble's members and a
+    /// human scorer's base included): the coordinator's `score_deadline_s` must exceed it.
+    pub fn human_deadline_s(&self) -> Option<f64> {
+        match self {
+            ScorerConfig::Human(c) => Some(
+                c.base
+                    .human_deadline_s()
+                    .map_or(c.deadline_s, |d| d.max(c.deadline_s)),
+            ),
+            ScorerConfig::Ensemble(c) => c
+                .members
+                .iter()
+                .filter_map(|m| m.scorer.human_deadline_s())
+                .reduce(f64::max),
+            _ => None,
         }
     }
 
@@ -118,6 +141,10 @@ impl ScorerConfig {
             ScorerConfig::RewardModel(c) => Box::new(RewardModelScorer::load_at(c, at)?),
             ScorerConfig::Judge(c) => Box::new(JudgeScorer::from_config(c, at)?),
             ScorerConfig::FollowUp(c) => Box::new(FollowUpScorer::load_at(c, at)?),
+            ScorerConfig::Human(c) => {
+                let base = c.base.build_at(registry, &format!("{at}base."))?;
+                Box::new(HumanScorer::start(c, base, at)?)
+            }
             ScorerConfig::Ensemble(c) => {
                 let mut members = Vec::with_capacity(c.members.len());
                 for (k, m) in c.members.iter().enumerate() {

@@ -14,6 +14,8 @@
 //! - [`judge`]: an LLM judge over the OpenAI chat-completions API, pointwise or pairwise with
 //!   position-bias calibration, with deadlines and retries.
 //! - [`ensemble`]: a weighted combination of scorers.
+//! - [`human`]: people label a base scorer's uncertain pairs on a web page, with deadlines and
+//!   provenance per label.
 //! - [`config`]: the typed, strict [`ScorerConfig`] that validates and builds all of the above.
 //! - [`error`]: [`ScoreError`] (per sample) and [`RewardError`] (building).
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod ensemble;
 pub mod error;
 pub mod follow_up;
+pub mod human;
 pub mod judge;
 mod local_model;
 pub mod reward_model;
@@ -34,6 +37,7 @@ pub use config::ScorerConfig;
 pub use ensemble::{EnsembleConfig, EnsembleMember, EnsembleScorer, OnMissing};
 pub use error::{RewardError, ScoreError, ScoreErrorKind};
 pub use follow_up::{FollowUpConfig, FollowUpScorer};
+pub use human::{HumanConfig, HumanScorer, HumanStats, OnTimeout, Route};
 pub use judge::{Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict};
 pub use reward_model::{RewardModelConfig, RewardModelScorer};
 pub use rules::{

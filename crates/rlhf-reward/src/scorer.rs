@@ -33,6 +33,10 @@ pub struct ScoreInput {
     /// Any other per-prompt fields of the dataset row.
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// An evaluation sample (held-out reward, `rlhf eval`), never trained on: scorers that ask
+    /// people for labels leave it to their base scorer.
+    #[serde(default)]
+    pub evaluation: bool,
 }
 
 impl ScoreInput {
@@ -53,6 +57,7 @@ impl ScoreInput {
             completion: completion.into(),
             answer: None,
             metadata: Map::new(),
+            evaluation: false,
         }
     }
 

@@ -79,10 +79,56 @@ fn input(item: v1::ScoreItem) -> Result<ScoreInput, Status> {
         completion: item.completion,
         answer: item.answer,
         metadata,
+        evaluation: item.evaluation,
     })
 }
 
 type ScoreStream = ReceiverStream<Result<v1::ScoreResponse, Status>>;
+
+/// Batches of one Score call scored at once.
+const CONCURRENT_BATCHES: usize = 8;
+
+/// Scores one request: a result per item, in order (a value, or an error with its kind).
+async fn respond(
+    msg: v1::ScoreRequest,
+    scorer: &dyn Scorer,
+    provenance: &str,
+) -> Result<v1::ScoreResponse, Status> {
+    let ids: Vec<Option<v1::SampleId>> = msg.items.iter().map(|i| i.id.clone()).collect();
+    let inputs = msg
+        .items
+        .into_iter()
+        .map(input)
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes = scorer.score(&inputs).await;
+    let results = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| match outcome {
+            Ok(s) => v1::ScoreResult {
+                id,
+                value: Some(s.value),
+                components: s.components.into_iter().collect(),
+                error: String::new(),
+                provenance: if s.provenance.is_empty() {
+                    provenance.to_owned()
+                } else {
+                    s.provenance
+                },
+                error_kind: String::new(),
+            },
+            Err(e) => v1::ScoreResult {
+                id,
+                value: None,
+                components: Default::default(),
+                error: e.to_string(),
+                provenance: provenance.to_owned(),
+                error_kind: e.kind().as_str().to_string(),
+            },
+        })
+        .collect();
+    Ok(v1::ScoreResponse { results })
+}
 
 #[tonic::async_trait]
 impl Reward for RewardService {
@@ -93,61 +139,22 @@ impl Reward for RewardService {
         &self,
         request: Request<Streaming<v1::ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStream>, Status> {
-        let mut incoming = request.into_inner();
+        let incoming = request.into_inner();
         let scorer = self.scorer.clone();
         let provenance = self.name.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let ids: Vec<Option<v1::SampleId>> =
-                    msg.items.iter().map(|i| i.id.clone()).collect();
-                let inputs = match msg
-                    .items
-                    .into_iter()
-                    .map(input)
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let outcomes = scorer.score(&inputs).await;
-                let results = ids
-                    .into_iter()
-                    .zip(outcomes)
-                    .map(|(id, outcome)| match outcome {
-                        Ok(s) => v1::ScoreResult {
-                            id,
-                            value: Some(s.value),
-                            components: s.components.into_iter().collect(),
-                            error: String::new(),
-                            provenance: if s.provenance.is_empty() {
-                                provenance.clone()
-                            } else {
-                                s.provenance
-                            },
-                            error_kind: String::new(),
-                        },
-                        Err(e) => v1::ScoreResult {
-                            id,
-                            value: None,
-                            components: Default::default(),
-                            error: e.to_string(),
-                            provenance: provenance.clone(),
-                            error_kind: e.kind().as_str().to_string(),
-                        },
-                    })
-                    .collect();
-                if tx.send(Ok(v1::ScoreResponse { results })).await.is_err() {
+            // Batches are scored concurrently (a judge or a person may take long over one), and
+            // answered in order.
+            let mut responses = incoming
+                .map(move |msg| {
+                    let (scorer, provenance) = (scorer.clone(), provenance.clone());
+                    async move { respond(msg?, scorer.as_ref(), &provenance).await }
+                })
+                .buffered(CONCURRENT_BATCHES);
+            while let Some(response) = responses.next().await {
+                let failed = response.is_err();
+                if tx.send(response).await.is_err() || failed {
                     return;
                 }
             }
