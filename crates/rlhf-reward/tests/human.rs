@@ -235,6 +235,13 @@ async fn uncertain_pairs_go_to_people_and_their_labels_become_rewards() -> TestR
     assert!(r["answered_at"].as_f64() >= r["asked_at"].as_f64());
     let stats = scorer.human_stats();
     assert_eq!((stats.asked, stats.labelled, stats.open), (1, 1, 0));
+    // A retried call (the coordinator retries after a transport error) is answered at once.
+    let retried = scorer.score(&inputs).await;
+    assert_eq!(retried.iter().map(value).collect::<Vec<_>>(), values);
+    assert_eq!(
+        (scorer.human_stats().asked, scorer.human_stats().reused),
+        (1, 1)
+    );
 
     // A restarted scorer reads the file back and answers the same pair without asking.
     drop(scorer);
