@@ -448,6 +448,16 @@ impl RunFile {
         }
         rlhf_model::Precision::from_setting(&f.model.precision)
             .map_err(|e| anyhow::anyhow!("{}: model.precision: {e}", path.display()))?;
+        // A judge that is the policy reads the policy's checkpoint unless told otherwise.
+        let policy_path = f.model.path.clone();
+        f.scorer.scorer.for_each_mut(&mut |s| {
+            if let rlhf_reward::ScorerConfig::LmJudge(j) = s
+                && j.policy
+                && j.path.as_os_str().is_empty()
+            {
+                j.path = policy_path.clone();
+            }
+        });
         let ctx = |what: &str| format!("{}: {what}", path.display());
         f.learner
             .validate()

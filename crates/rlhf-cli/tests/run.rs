@@ -1580,3 +1580,77 @@ fn human_labels_from_the_labeling_page_decide_the_trained_pairs() {
     }
     assert!(decided > 8, "most pairs differ in length: {decided}");
 }
+
+/// Self-rewarding: the scorer is the policy itself as a judge (`lm_judge` with `policy =
+/// true`, its checkpoint taken from `[model].path`); every sample is judged by the version
+/// that generated it, fetched from the learner.
+#[test]
+fn the_policy_judges_its_own_samples_at_their_version() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        d.path(),
+        "iterations = 3\ncheckpoint_every = 1",
+        "builtin = \"letters\"",
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "scorer = { type = \"rule\", name = \"letters\" }",
+        "scorer = { type = \"lm_judge\", policy = true, mode = \"pointwise\" }",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let s = run_ok(&cfg, &[]);
+    assert_eq!(s["iterations"], 3, "{s}");
+    let out = d.path().join("out");
+    assert_eq!(check_ledger(&out), 3 * 8 * 4);
+    let audit = read_audit(out.join("samples.jsonl"))
+        .expect("audit")
+        .records;
+    let mut versions = std::collections::BTreeSet::new();
+    for a in &audit {
+        let judged_by = a.scores.get("lm_judge:policy.policy_version").copied();
+        assert_eq!(judged_by, Some(a.policy_version.0 as f64), "{a:?}");
+        versions.insert(a.policy_version.0);
+        let reward = a.reward.expect("every sample judged");
+        assert!((1.0..=5.0).contains(&reward), "{reward}");
+    }
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+
+    // The judge of iteration 1 had version 1's weights (saved as checkpoints/iter-00001): the
+    // same judge loaded from that checkpoint gives the recorded rewards, the initial one does
+    // not.
+    let judge = |path: &Path| {
+        let cfg: rlhf_reward::ScorerConfig = serde_json::from_value(serde_json::json!({
+            "type": "lm_judge", "path": path, "mode": "pointwise"
+        }))
+        .expect("judge config");
+        cfg.build(&rlhf_reward::RuleRegistry::new()).expect("judge")
+    };
+    let second: Vec<_> = audit.iter().filter(|a| a.iteration == 1).take(4).collect();
+    let inputs: Vec<rlhf_reward::ScoreInput> = second
+        .iter()
+        .map(|a| {
+            rlhf_reward::ScoreInput::new(
+                a.prompt_id.as_str(),
+                a.prompt.as_str(),
+                a.completion.as_str(),
+            )
+            .with_messages(vec![rlhf_core::ChatMessage::new("user", a.prompt.as_str())])
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let score = |path: &Path| -> Vec<f64> {
+        let judge = judge(path);
+        runtime
+            .block_on(judge.score(&inputs))
+            .into_iter()
+            .map(|r| r.expect("scored").value)
+            .collect()
+    };
+    let recorded: Vec<f64> = second.iter().map(|a| a.reward.expect("reward")).collect();
+    let v1 = score(&out.join("checkpoints/iter-00001"));
+    let v0 = score(&fixture());
+    for ((r, a), b) in recorded.iter().zip(&v1).zip(&v0) {
+        assert!((r - a).abs() < 1e-5, "{recorded:?} vs version 1's {v1:?}");
+        assert!((r - b).abs() > 1e-5, "{recorded:?} vs version 0's {v0:?}");
+    }
+}

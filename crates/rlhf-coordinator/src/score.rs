@@ -38,6 +38,7 @@ pub async fn score(
     prompts: &HashMap<&str, &PromptCtx>,
     completions: &[v1::Completion],
     deadline: Duration,
+    policy: &v1::PolicyRef,
     evaluation: bool,
 ) -> Result<Vec<ScoreOutcome>, CoordinatorError> {
     let items: Vec<v1::ScoreItem> = completions
@@ -68,7 +69,8 @@ pub async fn score(
         let scorers = cluster.members(Role::Scorer).await?;
         let scorer = &scorers[(attempt as usize - 1) % scorers.len()];
         let left = deadline.saturating_sub(start.elapsed());
-        let result = tokio::time::timeout(left, score_once(cluster, &scorer.address, &items)).await;
+        let result =
+            tokio::time::timeout(left, score_once(cluster, &scorer.address, &items, policy)).await;
         let err = match result {
             Ok(Ok(out)) => return Ok(out),
             Ok(Err(e)) => e,
@@ -92,11 +94,15 @@ async fn score_once(
     cluster: &Cluster,
     address: &str,
     items: &[v1::ScoreItem],
+    policy: &v1::PolicyRef,
 ) -> Result<Vec<ScoreOutcome>, String> {
     let mut client = cluster.reward(address).map_err(|e| e.to_string())?;
     let requests: Vec<v1::ScoreRequest> = batches(items, SCORE_BATCH)
         .into_iter()
-        .map(|c| v1::ScoreRequest { items: c.to_vec() })
+        .map(|c| v1::ScoreRequest {
+            items: c.to_vec(),
+            policy: Some(policy.clone()),
+        })
         .collect();
     let expected = requests.iter().map(|r| r.items.len()).collect::<Vec<_>>();
     let mut stream = client

@@ -437,6 +437,7 @@ fn resolve_scorer(base: &Path, s: &mut ScorerConfig) {
     match s {
         ScorerConfig::RewardModel(c) => c.path = resolve(base, &c.path),
         ScorerConfig::FollowUp(c) => c.path = resolve(base, &c.path),
+        ScorerConfig::LmJudge(c) => c.path = resolve(base, &c.path),
         ScorerConfig::Human(h) => resolve_scorer(base, &mut h.base),
         ScorerConfig::Ensemble(e) => {
             for m in &mut e.members {

@@ -95,6 +95,7 @@ pub fn score_input(record: &PromptRecord, chat: bool, index: u32, completion: &s
         answer: record.answer.clone(),
         metadata: record.metadata.clone(),
         evaluation: true,
+        policy: None,
     }
 }
 

@@ -122,6 +122,39 @@ impl AnyModel {
         }
     }
 
+    /// A model of `config` from safetensors bytes (a weight stream from the learner) onto
+    /// `device`, its weights stored in `precision`; `origin` names the source in errors.
+    pub fn from_safetensors_bytes(
+        config: ModelConfig,
+        bytes: &[u8],
+        origin: &Path,
+        device: DeviceSpec,
+        precision: Precision,
+    ) -> crate::Result<Self> {
+        device.check_supported().map_err(ModelError::Input)?;
+        precision.check_device(device).map_err(ModelError::Input)?;
+        match device {
+            DeviceSpec::Cpu => Ok(AnyModel::Cpu(
+                Transformer::from_safetensors_bytes(config, bytes, origin, &Default::default())?
+                    .cast_weights(precision)?,
+            )),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(n) => Ok(AnyModel::Cuda(
+                Transformer::from_safetensors_bytes(
+                    config,
+                    bytes,
+                    origin,
+                    &burn::backend::cuda::CudaDevice::new(n),
+                )?
+                .cast_weights(precision)?,
+            )),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(ModelError::Input(format!(
+                "device `{device}`: this binary was built without CUDA support"
+            ))),
+        }
+    }
+
     /// Runs `f` on the model, whatever its backend.
     pub fn run<F: OnModel>(&self, f: F) -> F::Output {
         match self {

@@ -16,6 +16,7 @@ pub mod certs;
 mod convert;
 pub mod security;
 pub mod trace;
+pub mod weights;
 
 pub use convert::*;
 

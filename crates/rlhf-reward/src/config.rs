@@ -20,12 +20,14 @@ use crate::error::RewardError;
 use crate::follow_up::{FollowUpConfig, FollowUpScorer};
 use crate::human::{HumanConfig, HumanScorer};
 use crate::judge::{JudgeConfig, JudgeScorer};
+use crate::lm_judge::{LmJudgeConfig, LmJudgeScorer};
 use crate::reward_model::{RewardModelConfig, RewardModelScorer};
 use crate::rules::{
     ExactAnswerConfig, ExactAnswerScorer, LengthTargetConfig, LengthTargetScorer, RegexConfig,
     RegexScorer, RuleConfig, RuleRegistry, RuleScorer,
 };
 use crate::scorer::{CheckedScorer, Scorer};
+use rlhf_proto::security::Tls;
 
 /// A scorer, as configured. The `type` field picks the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,9 @@ pub enum ScorerConfig {
     FollowUp(FollowUpConfig),
     /// People label a base scorer's uncertain pairs on a web page ([`HumanScorer`]).
     Human(HumanConfig),
+    /// A local causal LM, or the policy itself, as judge through its next-token probabilities
+    /// ([`LmJudgeScorer`]).
+    LmJudge(LmJudgeConfig),
 }
 
 impl ScorerConfig {
@@ -64,6 +69,7 @@ impl ScorerConfig {
             ScorerConfig::Ensemble(_) => "ensemble",
             ScorerConfig::FollowUp(_) => "follow_up",
             ScorerConfig::Human(_) => "human",
+            ScorerConfig::LmJudge(_) => "lm_judge",
         }
     }
 
@@ -94,6 +100,22 @@ impl ScorerConfig {
             ScorerConfig::Ensemble(c) => c.validate(at),
             ScorerConfig::FollowUp(c) => c.validate(at),
             ScorerConfig::Human(c) => c.validate(at),
+            ScorerConfig::LmJudge(c) => c.validate(at),
+        }
+    }
+
+    /// Calls `f` on this config and every config inside it (an ensemble's members, a human
+    /// scorer's base), parents first.
+    pub fn for_each_mut(&mut self, f: &mut dyn FnMut(&mut ScorerConfig)) {
+        f(self);
+        match self {
+            ScorerConfig::Ensemble(c) => {
+                for m in &mut c.members {
+                    m.scorer.for_each_mut(f);
+                }
+            }
+            ScorerConfig::Human(c) => c.base.for_each_mut(f),
+            _ => {}
         }
     }
 
@@ -119,11 +141,28 @@ impl ScorerConfig {
     /// reward models, reads judge API keys. The result is a [`CheckedScorer`]: it rejects and
     /// counts non-finite values, and reports counts through [`Scorer::stats`].
     pub fn build(&self, registry: &RuleRegistry) -> Result<Box<dyn Scorer>, RewardError> {
-        self.validate()?;
-        Ok(Box::new(CheckedScorer::new(self.build_at(registry, "")?)))
+        self.build_with(registry, None)
     }
 
-    fn build_at(&self, registry: &RuleRegistry, at: &str) -> Result<Box<dyn Scorer>, RewardError> {
+    /// [`build`](Self::build) in a cluster whose roles talk TLS: scorers that call other roles
+    /// (an `lm_judge` with `policy = true` fetches weights from the learner) use `tls`.
+    pub fn build_with(
+        &self,
+        registry: &RuleRegistry,
+        tls: Option<&Tls>,
+    ) -> Result<Box<dyn Scorer>, RewardError> {
+        self.validate()?;
+        Ok(Box::new(CheckedScorer::new(
+            self.build_at(registry, tls, "")?,
+        )))
+    }
+
+    fn build_at(
+        &self,
+        registry: &RuleRegistry,
+        tls: Option<&Tls>,
+        at: &str,
+    ) -> Result<Box<dyn Scorer>, RewardError> {
         let prefixed = |e: RewardError| match e {
             RewardError::Config { field, message } => RewardError::Config {
                 field: format!("{at}{field}"),
@@ -141,16 +180,17 @@ impl ScorerConfig {
             ScorerConfig::RewardModel(c) => Box::new(RewardModelScorer::load_at(c, at)?),
             ScorerConfig::Judge(c) => Box::new(JudgeScorer::from_config(c, at)?),
             ScorerConfig::FollowUp(c) => Box::new(FollowUpScorer::load_at(c, at)?),
+            ScorerConfig::LmJudge(c) => Box::new(LmJudgeScorer::load_at(c, tls, at)?),
             ScorerConfig::Human(c) => {
-                let base = c.base.build_at(registry, &format!("{at}base."))?;
+                let base = c.base.build_at(registry, tls, &format!("{at}base."))?;
                 Box::new(HumanScorer::start(c, base, at)?)
             }
             ScorerConfig::Ensemble(c) => {
                 let mut members = Vec::with_capacity(c.members.len());
                 for (k, m) in c.members.iter().enumerate() {
-                    let scorer = m
-                        .scorer
-                        .build_at(registry, &format!("{at}members[{k}].scorer."))?;
+                    let scorer =
+                        m.scorer
+                            .build_at(registry, tls, &format!("{at}members[{k}].scorer."))?;
                     members.push((m.effective_name(), m.weight, scorer));
                 }
                 Box::new(

@@ -231,24 +231,6 @@ impl Inner {
         Ok((ids, start))
     }
 
-    /// Mean log-prob of each row's follow-up tokens, batch by batch.
-    fn follow_up_logprobs(&self, rows: &[&Row]) -> Result<Vec<f64>, String> {
-        let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
-        let batch = self.model.pad(&seqs)?;
-        let flat = self.model.run(|m| m.token_logprobs(&batch))?;
-        let width = batch.len - 1;
-        Ok(rows
-            .iter()
-            .enumerate()
-            .map(|(b, r)| {
-                // Position t holds log p(ids[t+1] | ids[..=t]): the follow-up's tokens
-                // ids[start..] are positions start-1 .. len-2.
-                let span = &flat[b * width + r.start - 1..b * width + r.ids.len() - 1];
-                span.iter().map(|&x| f64::from(x)).sum::<f64>() / span.len() as f64
-            })
-            .collect())
-    }
-
     fn score_all(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
         let mut results: Vec<Result<Score, ScoreError>> = inputs
             .iter()
@@ -279,27 +261,19 @@ impl Inner {
             }
             rows.extend(made);
         }
-        // Similar lengths together: less padding.
-        let mut order: Vec<&Row> = rows.iter().collect();
-        order.sort_by_key(|r| r.ids.len());
+        let spans: Vec<(Vec<u32>, usize)> = rows.iter().map(|r| (r.ids.clone(), r.start)).collect();
+        let read = self.model.span_logprobs(&spans, self.batch_size);
         // Per input: (sum, count) of positive and of negative means.
         let mut sums = vec![[(0.0f64, 0usize); 2]; inputs.len()];
         let mut failed: Vec<Option<String>> = vec![None; inputs.len()];
-        for chunk in order.chunks(self.batch_size) {
-            match self.follow_up_logprobs(chunk) {
-                Ok(means) => {
-                    for (r, m) in chunk.iter().zip(means) {
-                        let slot = &mut sums[r.input][usize::from(!r.positive)];
-                        slot.0 += m;
-                        slot.1 += 1;
-                    }
+        for (r, sum) in rows.iter().zip(read) {
+            match sum {
+                Ok(sum) => {
+                    let slot = &mut sums[r.input][usize::from(!r.positive)];
+                    slot.0 += sum / (r.ids.len() - r.start) as f64;
+                    slot.1 += 1;
                 }
-                Err(message) => {
-                    tracing::error!(%message, rows = chunk.len(), "follow-up forward failed");
-                    for r in chunk {
-                        failed[r.input] = Some(message.clone());
-                    }
-                }
+                Err(message) => failed[r.input] = Some(message),
             }
         }
         for (i, [(pos, np), (neg, nn)]) in sums.into_iter().enumerate() {

@@ -13,6 +13,8 @@
 //! - [`follow_up`]: follow-up likelihood under a causal LM as reward.
 //! - [`judge`]: an LLM judge over the OpenAI chat-completions API, pointwise or pairwise with
 //!   position-bias calibration, with deadlines and retries.
+//! - [`lm_judge`]: a local causal LM, or the policy being trained (self-rewarding), as judge
+//!   through its next-token probabilities, pointwise or as a pairwise preference model.
 //! - [`ensemble`]: a weighted combination of scorers.
 //! - [`human`]: people label a base scorer's uncertain pairs on a web page, with deadlines and
 //!   provenance per label.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod follow_up;
 pub mod human;
 pub mod judge;
+pub mod lm_judge;
 mod local_model;
 pub mod reward_model;
 pub mod rules;
@@ -39,10 +42,11 @@ pub use error::{RewardError, ScoreError, ScoreErrorKind};
 pub use follow_up::{FollowUpConfig, FollowUpScorer};
 pub use human::{HumanConfig, HumanScorer, HumanStats, OnTimeout, Route};
 pub use judge::{Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict};
+pub use lm_judge::{LmJudgeConfig, LmJudgeScorer};
 pub use reward_model::{RewardModelConfig, RewardModelScorer};
 pub use rules::{
     ExactAnswerConfig, ExactAnswerScorer, Extract, LengthTargetConfig, LengthTargetScorer,
     LengthUnit, RegexConfig, RegexMode, RegexScorer, RuleConfig, RuleFn, RuleRegistry, RuleScorer,
 };
-pub use scorer::{CheckedScorer, Score, ScoreInput, ScoreStats, Scorer};
+pub use scorer::{CheckedScorer, PolicyRef, Score, ScoreInput, ScoreStats, Scorer};
 pub use service::{RewardService, ScorerServiceConfig, builtin_rules, run};

@@ -29,6 +29,9 @@ pub(crate) fn device_and_precision(
 /// A loaded checkpoint.
 pub(crate) struct LocalModel {
     model: Mutex<AnyModel>,
+    /// Where the weights live and how they are stored (for weights loaded later).
+    pub device: DeviceSpec,
+    pub precision: Precision,
     /// Its `config.json`.
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
@@ -59,6 +62,8 @@ impl LocalModel {
         Ok(Self {
             max_tokens: max_tokens.unwrap_or(config.max_position_embeddings),
             model: Mutex::new(model),
+            device,
+            precision,
             config,
             tokenizer,
             pad_id,
@@ -80,6 +85,56 @@ impl LocalModel {
             .lock()
             .map_err(|_| "the model lock is poisoned".to_string())?;
         f(&model).map_err(|e| e.to_string())
+    }
+}
+
+impl LocalModel {
+    /// Swaps in other weights of the same architecture (a newer policy version).
+    pub(crate) fn replace(&self, model: AnyModel) -> Result<(), String> {
+        let mut held = self
+            .model
+            .lock()
+            .map_err(|_| "the model lock is poisoned".to_string())?;
+        *held = model;
+        Ok(())
+    }
+
+    /// For each row `(ids, start)` (0 < start < ids.len()), the sum of the log-probs of its
+    /// tokens `ids[start..]` given what precedes them. Rows are read in batches of
+    /// `batch_size`, similar lengths together; a failed batch gives each of its rows the error.
+    pub(crate) fn span_logprobs(
+        &self,
+        rows: &[(Vec<u32>, usize)],
+        batch_size: usize,
+    ) -> Vec<Result<f64, String>> {
+        let mut out: Vec<Result<f64, String>> = vec![Err("not read".into()); rows.len()];
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&k| rows[k].0.len());
+        for chunk in order.chunks(batch_size.max(1)) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&k| rows[k].0.clone()).collect();
+            let read = self.pad(&seqs).and_then(|batch| {
+                let flat = self.run(|m| m.token_logprobs(&batch))?;
+                Ok((flat, batch.len - 1))
+            });
+            match read {
+                Ok((flat, width)) => {
+                    for (b, &k) in chunk.iter().enumerate() {
+                        let (ids, start) = &rows[k];
+                        // Position t holds log p(ids[t+1] | ids[..=t]): tokens ids[start..] are
+                        // positions start-1 .. len-2.
+                        let span = &flat[b * width + start - 1..b * width + ids.len() - 1];
+                        out[k] = Ok(span.iter().map(|&x| f64::from(x)).sum());
+                    }
+                }
+                Err(message) => {
+                    tracing::error!(%message, rows = chunk.len(), "forward pass failed");
+                    for &k in chunk {
+                        out[k] = Err(message.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -37,6 +37,21 @@ pub struct ScoreInput {
     /// people for labels leave it to their base scorer.
     #[serde(default)]
     pub evaluation: bool,
+    /// The policy that generated the completion, when the coordinator says (scorers that judge
+    /// with the current policy fetch its weights).
+    #[serde(default)]
+    pub policy: Option<PolicyRef>,
+}
+
+/// A policy version and where its weights can be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// The policy version.
+    pub version: u64,
+    /// The learner incarnation it belongs to (0: any).
+    pub incarnation: u64,
+    /// The learner's address.
+    pub weights_from: String,
 }
 
 impl ScoreInput {
@@ -58,6 +73,7 @@ impl ScoreInput {
             answer: None,
             metadata: Map::new(),
             evaluation: false,
+            policy: None,
         }
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::scorer::PolicyRef;
 use crate::{RewardError, RuleRegistry, ScoreInput, Scorer, ScorerConfig};
 
 /// Settings of a scorer service.
@@ -53,7 +54,7 @@ impl RewardService {
     }
 }
 
-fn input(item: v1::ScoreItem) -> Result<ScoreInput, Status> {
+fn input(item: v1::ScoreItem, policy: Option<&PolicyRef>) -> Result<ScoreInput, Status> {
     let id = rlhf_proto::required(item.id.as_ref(), "items.id")?;
     let metadata = if item.metadata_json.is_empty() {
         serde_json::Map::new()
@@ -80,6 +81,7 @@ fn input(item: v1::ScoreItem) -> Result<ScoreInput, Status> {
         answer: item.answer,
         metadata,
         evaluation: item.evaluation,
+        policy: policy.cloned(),
     })
 }
 
@@ -95,10 +97,15 @@ async fn respond(
     provenance: &str,
 ) -> Result<v1::ScoreResponse, Status> {
     let ids: Vec<Option<v1::SampleId>> = msg.items.iter().map(|i| i.id.clone()).collect();
+    let policy = msg.policy.map(|p| PolicyRef {
+        version: p.version,
+        incarnation: p.incarnation,
+        weights_from: p.weights_from,
+    });
     let inputs = msg
         .items
         .into_iter()
-        .map(input)
+        .map(|i| input(i, policy.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes = scorer.score(&inputs).await;
     let results = ids
@@ -194,7 +201,7 @@ pub async fn run(
         field: "listen".into(),
         message: e.to_string(),
     })?;
-    let scorer = config.scorer.build(registry)?;
+    let scorer = config.scorer.build_with(registry, tls.as_ref())?;
     let svc = v1::reward_server::RewardServer::new(RewardService::new(config.name.clone(), scorer))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

@@ -5,14 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use futures::StreamExt;
 use rlhf_core::mix;
 use rlhf_core::{ErrorKind, status};
 use rlhf_model::{ModelConfig, SamplingParams, Tokenizer, Transformer};
 use rlhf_proto::security::Tls;
-use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::{self, rollout_server::Rollout};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -114,63 +111,14 @@ impl<B: Backend> RolloutService<B> {
             ));
         }
         let start = Instant::now();
-        let channel = rlhf_proto::security::endpoint(from, self.tls.as_ref())
-            .map_err(|e| {
-                status(
-                    ErrorKind::InvalidArgument,
-                    format!("learner at {from}: {e}"),
-                )
-            })?
-            .connect()
-            .await
-            .map_err(|e| status(ErrorKind::Unavailable, format!("learner at {from}: {e}")))?;
-        let mut client = LearnerClient::new(rlhf_proto::trace::traced(channel))
-            .max_decoding_message_size(self.config.max_message_bytes)
-            .max_encoding_message_size(self.config.max_message_bytes);
-        let mut stream = client
-            .fetch_weights(v1::FetchWeightsRequest {
-                version,
-                incarnation,
-            })
-            .await?
-            .into_inner();
-        let mut assembler = rlhf_proto::ChunkAssembler::default();
-        let mut payload = None;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            match assembler.push(chunk) {
-                Ok(Some(done)) => {
-                    payload = Some(done);
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(status(
-                        ErrorKind::Aborted,
-                        format!("weights v{version}: {e}"),
-                    ));
-                }
-            }
-        }
-        let Some((got, bytes, sha)) = payload else {
-            return Err(status(
-                ErrorKind::Aborted,
-                format!("weights v{version}: stream ended early"),
-            ));
-        };
-        if got != version {
-            return Err(status(
-                ErrorKind::Aborted,
-                format!("asked for weights v{version}, received v{got}"),
-            ));
-        }
-        let digest = hex(&Sha256::digest(&bytes));
-        if digest != sha {
-            return Err(status(
-                ErrorKind::Aborted,
-                format!("weights v{version}: SHA-256 mismatch ({digest} vs {sha})"),
-            ));
-        }
+        let bytes = rlhf_proto::weights::fetch(
+            from,
+            version,
+            incarnation,
+            self.tls.as_ref(),
+            self.config.max_message_bytes,
+        )
+        .await?;
         let base = self.base.clone();
         let device = self.device.clone();
         // Weights arrive in the learner's precision (read into f32) and are kept in the worker's
@@ -229,10 +177,6 @@ impl<B: Backend> RolloutService<B> {
         }
         Ok(ids)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sampling(req: &v1::GenerateRequest, stop: &[u32]) -> Result<SamplingParams, Status> {

@@ -180,19 +180,7 @@ impl JudgeConfig {
                 "must be at least 1",
             ));
         }
-        if let Some(template) = &self.template {
-            let needed: &[&str] = match self.mode {
-                JudgeMode::Pointwise => &prompt::POINTWISE_PLACEHOLDERS,
-                JudgeMode::Pairwise => &prompt::PAIRWISE_PLACEHOLDERS,
-            };
-            if let Some(missing) = needed.iter().find(|p| !template.contains(**p)) {
-                return Err(RewardError::config(
-                    field("template"),
-                    format!("a {:?} template must contain {missing}", self.mode).to_lowercase(),
-                ));
-            }
-        }
-        Ok(())
+        prompt::check_template(self.template.as_deref(), self.mode, &field("template"))
     }
 }
 
@@ -326,43 +314,14 @@ impl JudgeScorer {
             }
         }))
         .await;
-        // Per sample: its comparisons (from its own side), or the first error.
-        let mut seen: Vec<Result<Vec<Comparison>, ScoreError>> = vec![Ok(Vec::new()); inputs.len()];
-        let mut record = |i: usize, c: &Result<Comparison, ScoreError>, flip: bool| {
-            if let Ok(list) = &mut seen[i] {
-                match c {
-                    Ok(c) => list.push(if flip { c.flipped() } else { *c }),
-                    Err(e) => seen[i] = Err(e.clone()),
-                }
-            }
-        };
-        for (m, c) in matchups.iter().zip(&judged) {
-            match *m {
-                Matchup::Samples(i, j) => {
-                    record(i, c, false);
-                    record(j, c, true);
-                }
-                Matchup::Reference(i) => record(i, c, false),
-            }
-        }
-        for i in alone {
-            seen[i] = Err(ScoreError::invalid(
-                self.name(),
-                format!(
-                    "pairwise judging needs another sample of prompt `{}` in the batch, or an `answer` to compare with",
-                    inputs[i].sample_id.prompt_id
-                ),
-            ));
-        }
-        seen.into_iter()
-            .map(|r| {
-                let summary = PairwiseSummary::of(&r?);
-                Ok(Score::new(summary.win_rate_a, &self.provenance)
-                    .with_component("win_rate", summary.win_rate_a)
-                    .with_component("position_agreement", summary.position_agreement)
-                    .with_component("comparisons", summary.n as f64))
-            })
-            .collect()
+        pairwise::win_rate_scores(
+            inputs,
+            &matchups,
+            &judged,
+            &alone,
+            self.name(),
+            &self.provenance,
+        )
     }
 }
 

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::prompt::Position;
-use crate::scorer::ScoreInput;
+use crate::error::ScoreError;
+use crate::scorer::{Score, ScoreInput};
 
 /// Which of two completions is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +92,13 @@ impl Comparison {
             Verdict::B => Verdict::A,
             Verdict::Tie => Verdict::Tie,
         };
-        Self::calibrate(flip(self.a_first), flip(self.b_first))
+        Self {
+            prob_a: 1.0 - self.prob_a,
+            verdict: flip(self.verdict),
+            a_first: flip(self.a_first),
+            b_first: flip(self.b_first),
+            position_agreement: self.position_agreement,
+        }
     }
 }
 
@@ -176,6 +183,57 @@ pub fn matchups(inputs: &[ScoreInput]) -> (Vec<Matchup>, Vec<usize>) {
         }
     }
     (out, alone)
+}
+
+/// Each sample's score from the comparisons of `matchups` (`judged`, in the same order): its
+/// mean calibrated win probability (components `win_rate`, `position_agreement`,
+/// `comparisons`). A sample of an `alone` prompt, or in a comparison that failed, gets the
+/// error.
+pub(crate) fn win_rate_scores(
+    inputs: &[ScoreInput],
+    matchups: &[Matchup],
+    judged: &[Result<Comparison, ScoreError>],
+    alone: &[usize],
+    name: &str,
+    provenance: &str,
+) -> Vec<Result<Score, ScoreError>> {
+    // Per sample: its comparisons (from its own side), or the first error.
+    let mut seen: Vec<Result<Vec<Comparison>, ScoreError>> = vec![Ok(Vec::new()); inputs.len()];
+    let mut record = |i: usize, c: &Result<Comparison, ScoreError>, flip: bool| {
+        if let Ok(list) = &mut seen[i] {
+            match c {
+                Ok(c) => list.push(if flip { c.flipped() } else { *c }),
+                Err(e) => seen[i] = Err(e.clone()),
+            }
+        }
+    };
+    for (m, c) in matchups.iter().zip(judged) {
+        match *m {
+            Matchup::Samples(i, j) => {
+                record(i, c, false);
+                record(j, c, true);
+            }
+            Matchup::Reference(i) => record(i, c, false),
+        }
+    }
+    for &i in alone {
+        seen[i] = Err(ScoreError::invalid(
+            name,
+            format!(
+                "pairwise judging needs another sample of prompt `{}` in the batch, or an `answer` to compare with",
+                inputs[i].sample_id.prompt_id
+            ),
+        ));
+    }
+    seen.into_iter()
+        .map(|r| {
+            let summary = PairwiseSummary::of(&r?);
+            Ok(Score::new(summary.win_rate_a, provenance)
+                .with_component("win_rate", summary.win_rate_a)
+                .with_component("position_agreement", summary.position_agreement)
+                .with_component("comparisons", summary.n as f64))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -46,6 +46,28 @@ pub const POINTWISE_PLACEHOLDERS: [&str; 2] = ["{prompt}", "{completion}"];
 /// The placeholders a pairwise template must contain.
 pub const PAIRWISE_PLACEHOLDERS: [&str; 3] = ["{prompt}", "{a}", "{b}"];
 
+/// Checks that a custom `template` (at `field`) has the placeholders `mode` needs.
+pub fn check_template(
+    template: Option<&str>,
+    mode: super::JudgeMode,
+    field: &str,
+) -> Result<(), crate::RewardError> {
+    let Some(template) = template else {
+        return Ok(());
+    };
+    let needed: &[&str] = match mode {
+        super::JudgeMode::Pointwise => &POINTWISE_PLACEHOLDERS,
+        super::JudgeMode::Pairwise => &PAIRWISE_PLACEHOLDERS,
+    };
+    match needed.iter().find(|p| !template.contains(**p)) {
+        Some(missing) => Err(crate::RewardError::config(
+            field,
+            format!("a {mode:?} template must contain {missing}").to_lowercase(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The question as the judge should read it: the chat messages as a transcript when there
 /// are several, the single message's text, or the rendered prompt.
 pub fn question(input: &ScoreInput) -> String {
