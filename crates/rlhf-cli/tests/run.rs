@@ -1654,3 +1654,65 @@ fn the_policy_judges_its_own_samples_at_their_version() {
         assert!((r - b).abs() > 1e-5, "{recorded:?} vs version 0's {v0:?}");
     }
 }
+
+/// SPPO on a general preference model: a local LM judges each pair of a prompt's samples in
+/// both orders; every sample's reward is its win rate against the others, and SPPO regresses
+/// each sample's log-ratio onto it. A scorer whose values are not win probabilities stops the
+/// run naming the objective.
+#[test]
+fn sppo_trains_on_pairwise_win_rates() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = config(d.path(), "iterations = 2", "builtin = \"letters\"", "");
+    let judge = format!(
+        "scorer = {{ type = \"lm_judge\", path = \"{}\", mode = \"pairwise\" }}",
+        fixture().display()
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace("scorer = { type = \"rule\", name = \"letters\" }", &judge),
+    )
+    .expect("write");
+    let s = run_ok(&cfg, &["--objective", r#"{"name": "sppo", "beta": 0.1}"#]);
+    let out = d.path().join("out");
+    assert_eq!(check_ledger(&out), 2 * 8 * 4);
+    assert_eq!(s["samples_trained"], 2 * 8 * 4);
+    let audit = read_audit(out.join("samples.jsonl"))
+        .expect("audit")
+        .records;
+    let mut per_prompt: std::collections::BTreeMap<(u64, String), f64> = Default::default();
+    for a in &audit {
+        let p = a.reward.expect("every sample judged");
+        assert!((0.0..=1.0).contains(&p), "{p}");
+        *per_prompt
+            .entry((a.iteration, a.prompt_id.clone()))
+            .or_default() += p;
+    }
+    // Four samples, six comparisons whose two sides add to 1: each prompt's win rates sum to 2.
+    for (k, sum) in per_prompt {
+        assert!((sum - 2.0).abs() < 1e-9, "{k:?}: {sum}");
+    }
+    let metrics = read_metrics(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .records;
+    assert!(
+        metrics.iter().all(|m| m.loss.is_some_and(f64::is_finite)),
+        "{metrics:?}"
+    );
+
+    // The letters rule scores fractions; a regex count is not a probability.
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        &judge,
+        "scorer = { type = \"regex\", pattern = \"[a-z]\", mode = \"count\" }",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let (code, _, stderr) = rlhf(&[
+        "run",
+        cfg.to_str().expect("utf-8"),
+        "--quiet",
+        "--objective",
+        "sppo",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("sppo needs win probabilities"), "{stderr}");
+}

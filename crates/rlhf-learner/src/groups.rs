@@ -1,5 +1,5 @@
-//! Critic-free policy-gradient updates (GRPO, Dr. GRPO, RLOO, REINFORCE++) on groups: all scored
-//! samples of one prompt, with the log-probs their sampler recorded.
+//! Critic-free policy-gradient updates (GRPO, Dr. GRPO, RLOO, REINFORCE++) and SPPO on groups:
+//! all scored samples of one prompt, with the log-probs their sampler recorded.
 //!
 //! Token layout: row `r` holds sample `r`'s completion tokens from column 0, right-padded to the
 //! longest completion of the step (`mask` marks real tokens). Log-probs of three policies enter

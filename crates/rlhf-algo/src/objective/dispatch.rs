@@ -15,6 +15,7 @@ use crate::pairwise::{
 };
 use crate::policy::{
     GroupBatch, RolloutBatch, dr_grpo_loss, grpo_loss, ppo_loss, reinforce_pp_loss, rloo_loss,
+    sppo_loss,
 };
 use crate::reward_model::{
     RatingBatch, RewardPairBatch, bradley_terry_loss, multi_objective_regression_loss,
@@ -113,6 +114,7 @@ pub fn compute_loss<B: Backend>(
         (O::DrGrpo(c), I::Groups(b)) => wrap(dr_grpo_loss(b, c)?, Stats::Policy),
         (O::Rloo(c), I::Groups(b)) => wrap(rloo_loss(b, c)?, Stats::Policy),
         (O::ReinforcePp(c), I::Groups(b)) => wrap(reinforce_pp_loss(b, c)?, Stats::Policy),
+        (O::Sppo(c), I::Groups(b)) => wrap(sppo_loss(b, c)?, Stats::Policy),
         (O::BradleyTerry(c), I::RewardPairs(b)) => wrap(bradley_terry_loss(b, c)?, Stats::Reward),
         (O::ArmoRegression(_), I::Ratings(b)) => {
             wrap(multi_objective_regression_loss(b)?, Stats::Reward)

@@ -24,7 +24,7 @@ use crate::pairwise::{
     SoftDpoConfig,
 };
 use crate::policy::{
-    DrGrpoConfig, GrpoConfig, KlControl, PpoConfig, ReinforcePpConfig, RlooConfig,
+    DrGrpoConfig, GrpoConfig, KlControl, PpoConfig, ReinforcePpConfig, RlooConfig, SppoConfig,
 };
 use crate::reward_model::BradleyTerryConfig;
 
@@ -93,6 +93,8 @@ pub enum Objective {
     Rloo(RlooConfig),
     /// [`crate::policy::reinforce_pp_loss`].
     ReinforcePp(ReinforcePpConfig),
+    /// [`crate::policy::sppo_loss`].
+    Sppo(SppoConfig),
     /// [`crate::reward_model::bradley_terry_loss`].
     BradleyTerry(BradleyTerryConfig),
     /// [`crate::reward_model::multi_objective_regression_loss`].
@@ -106,7 +108,7 @@ pub struct ArmoRegressionConfig {}
 
 impl Objective {
     /// Every config name, in declaration order.
-    pub const NAMES: [&'static str; 21] = [
+    pub const NAMES: [&'static str; 22] = [
         "dpo",
         "ipo",
         "cdpo",
@@ -126,6 +128,7 @@ impl Objective {
         "dr_grpo",
         "rloo",
         "reinforce_pp",
+        "sppo",
         "bradley_terry",
         "armo_regression",
     ];
@@ -152,6 +155,7 @@ impl Objective {
             Objective::DrGrpo(_) => "dr_grpo",
             Objective::Rloo(_) => "rloo",
             Objective::ReinforcePp(_) => "reinforce_pp",
+            Objective::Sppo(_) => "sppo",
             Objective::BradleyTerry(_) => "bradley_terry",
             Objective::ArmoRegression(_) => "armo_regression",
         }
@@ -176,7 +180,8 @@ impl Objective {
             Objective::Grpo(_)
             | Objective::DrGrpo(_)
             | Objective::Rloo(_)
-            | Objective::ReinforcePp(_) => UnitKind::Groups,
+            | Objective::ReinforcePp(_)
+            | Objective::Sppo(_) => UnitKind::Groups,
             Objective::Ppo(_) => UnitKind::Rollouts,
             Objective::ArmoRegression(_) => UnitKind::Ratings,
         }
@@ -187,7 +192,7 @@ impl Objective {
     /// reward still need them to build the rewards; that is the caller's side.)
     pub fn needs_reference(&self) -> bool {
         match self {
-            Objective::Simpo(_) | Objective::Pro(_) => false,
+            Objective::Simpo(_) | Objective::Pro(_) | Objective::Sppo(_) => false,
             Objective::BradleyTerry(_) | Objective::ArmoRegression(_) => false,
             Objective::Ppo(c) => c.kl_coef > 0.0 || c.kl_reward != KlControl::Fixed { coef: 0.0 },
             Objective::Rloo(c) => c.kl_coef > 0.0,
@@ -220,6 +225,7 @@ impl Objective {
             Objective::DrGrpo(c) => c.validate(),
             Objective::Rloo(c) => c.validate(),
             Objective::ReinforcePp(c) => c.validate(),
+            Objective::Sppo(c) => c.validate(),
             Objective::BradleyTerry(c) => c.validate(),
             Objective::ArmoRegression(_) => Ok(()),
         }

@@ -109,6 +109,7 @@ fn validate_names_the_bad_field() -> TestResult {
         ),
         (r#"{"name": "ppo", "clip_ratio": 1.0}"#, "ppo.clip_ratio"),
         (r#"{"name": "grpo", "std_eps": 0}"#, "grpo.std_eps"),
+        (r#"{"name": "sppo", "beta": 0}"#, "sppo.beta"),
         (
             r#"{"name": "dr_grpo", "max_tokens": 0}"#,
             "dr_grpo.max_tokens",

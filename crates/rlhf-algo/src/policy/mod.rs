@@ -30,7 +30,8 @@ pub use advantages::{
 pub use kl_control::{AdaptiveKlController, KlControl, KlController};
 pub use objectives::{
     DrGrpoConfig, GroupBatch, GrpoConfig, PpoConfig, ReinforcePpConfig, RlooConfig, RolloutBatch,
-    ValueBatch, dr_grpo_loss, grpo_loss, ppo_loss, reinforce_pp_loss, rloo_loss,
+    SppoConfig, ValueBatch, dr_grpo_loss, grpo_loss, ppo_loss, reinforce_pp_loss, rloo_loss,
+    sppo_loss,
 };
 pub use terms::{
     ImportanceStats, KlEstimator, SurrogateConfig, clipped_surrogate, clipped_value_loss,

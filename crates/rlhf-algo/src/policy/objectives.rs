@@ -1,5 +1,6 @@
 //! Complete policy-gradient objectives: PPO (with a critic) and the critic-free GRPO,
-//! Dr. GRPO, RLOO and REINFORCE++ (advantages from scored groups of samples).
+//! Dr. GRPO, RLOO and REINFORCE++ (advantages from scored groups of samples), and SPPO (win
+//! probabilities of scored groups).
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -13,7 +14,9 @@ use super::kl_control::KlControl;
 use super::terms::{KlEstimator, SurrogateConfig, clipped_surrogate, clipped_value_loss};
 use super::{TokenBatch, check_tokens};
 use crate::error::{AlgoError, Result};
-use crate::ops::{TokenReduction, check_non_negative, check_range, checked_loss, from_host};
+use crate::ops::{
+    TokenReduction, check_non_negative, check_positive, check_range, checked_loss, from_host,
+};
 use crate::output::{LossOutput, PolicyStats};
 
 /// PPO's clip ε (Schulman et al. 2017).
@@ -28,6 +31,8 @@ pub const DEFAULT_GRPO_KL_COEF: f64 = 0.04;
 pub const DEFAULT_REINFORCE_PP_KL_COEF: f64 = 0.01;
 /// PPO's KL-in-reward coefficient β (TRL `PPOConfig.kl_coef`).
 pub const DEFAULT_PPO_KL_REWARD_COEF: f64 = 0.05;
+/// SPPO's β = 1/η (the authors' `scripts/pipeline.sh`: 0.001).
+pub const DEFAULT_SPPO_BETA: f64 = 0.001;
 /// Truncated-IS cap for stale samples (Yao et al. 2025 use C = 2).
 pub const DEFAULT_IMPORTANCE_CAP: f64 = 2.0;
 
@@ -315,6 +320,29 @@ impl RlooConfig {
     }
 }
 
+/// Config of [`sppo_loss`] (`name = "sppo"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SppoConfig {
+    /// β = 1/η (> 0): the log-ratio a win probability of 1 is pushed to is `1/(2β)`.
+    pub beta: f64,
+}
+
+impl Default for SppoConfig {
+    fn default() -> Self {
+        Self {
+            beta: DEFAULT_SPPO_BETA,
+        }
+    }
+}
+
+impl SppoConfig {
+    /// Checks the hyperparameters; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        check_positive("sppo.beta", self.beta)
+    }
+}
+
 /// Config of [`reinforce_pp_loss`] (`name = "reinforce_pp"`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -492,4 +520,72 @@ pub fn reinforce_pp_loss<B: Backend>(
     )?;
     let adv = from_host::<B, 2>(out.advantages, dims, &batch.tokens.logp.device());
     clipped_surrogate("reinforce_pp", &batch.tokens, adv, &config.surrogate())
+}
+
+/// SPPO (Wu et al. 2024, *Self-Play Preference Optimization for Language Model Alignment*):
+/// each sample's sequence log-ratio to the policy at the start of the update
+/// (`old_logp`, π_t; on-policy: the detached current log-probs) regressed onto
+/// `(P̂ − ½)/β`, where the sample's reward `P̂` is its estimated probability of beating the
+/// policy (a win rate in [0, 1], e.g. from a pairwise judge); the mean squared error over
+/// samples. Group structure is not used. No importance correction for stale samples.
+pub fn sppo_loss<B: Backend>(
+    batch: &GroupBatch<B>,
+    config: &SppoConfig,
+) -> Result<LossOutput<B, PolicyStats>> {
+    config.validate()?;
+    check_group_rows(batch)?;
+    if let Some((k, p)) = batch
+        .rewards
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !(0.0..=1.0).contains(*p))
+    {
+        return Err(AlgoError::invalid(
+            "rewards",
+            format!(
+                "sppo needs win probabilities in [0, 1] (a pairwise scorer's win rates); \
+                 row {k} has {p}"
+            ),
+        ));
+    }
+    let host = check_tokens(&batch.tokens)?;
+    let [rows, width] = host.dims;
+    let device = batch.tokens.logp.device();
+    let old = from_host::<B, 2>(host.old.clone(), host.dims, &device);
+    let mask = batch.tokens.mask.clone();
+    let log_ratio = ((batch.tokens.logp.clone() - old) * mask)
+        .sum_dim(1)
+        .reshape([rows]);
+    let targets: Vec<f32> = batch
+        .rewards
+        .iter()
+        .map(|p| ((f64::from(*p) - 0.5) / config.beta) as f32)
+        .collect();
+    let target = from_host::<B, 1>(targets.clone(), [rows], &device);
+    let loss = (log_ratio - target).powi_scalar(2).mean();
+    let value = checked_loss("sppo", &loss)?;
+    // Token statistics against π_old, over valid tokens.
+    let (mut ratio, mut kl, mut valid) = (0.0f64, 0.0f64, 0.0f64);
+    for t in 0..rows * width {
+        if host.mask[t] > 0.0 {
+            let log_r = f64::from(host.logp[t] - host.old[t]);
+            ratio += log_r.exp();
+            kl += (-log_r).exp() - 1.0 + log_r;
+            valid += 1.0;
+        }
+    }
+    let stats = PolicyStats {
+        loss: value,
+        policy_loss: value,
+        clip_fraction: 0.0,
+        approx_kl: (kl / valid) as f32,
+        ratio_mean: (ratio / valid) as f32,
+        kl_reference: None,
+        value_loss: None,
+        value_clip_fraction: None,
+        entropy: None,
+        importance_weight: None,
+        advantage_mean: targets.iter().sum::<f32>() / rows as f32,
+    };
+    Ok(LossOutput { loss, stats })
 }

@@ -380,3 +380,52 @@ fn ppo_adds_the_value_loss() -> TestResult {
     close("total", out.stats.loss, -0.134956369 + 0.5 * 0.098, TOL)?;
     Ok(())
 }
+
+// Hand-computed: sequence log-ratios to π_old over the mask are 0.0, -0.1 and 0.3; win
+// probabilities 1, ½, 0 with β = ½ give targets 1, 0, -1; squared errors 1, 0.01, 1.69.
+#[test]
+fn sppo_regresses_log_ratios_onto_win_probabilities() -> TestResult {
+    let cfg = SppoConfig { beta: 0.5 };
+    let batch = |x: Tensor<B, 2>| GroupBatch {
+        tokens: tokens(x),
+        rewards: vec![1.0, 0.5, 0.0],
+        group_size: 3,
+    };
+    let x = tn(&LOGP, D).require_grad();
+    let out = sppo_loss(&batch(x.clone()), &cfg)?;
+    close("loss", out.stats.loss, 2.7 / 3.0, TOL)?;
+    close("target mean", out.stats.advantage_mean, 0.0, TOL)?;
+    let (a, b, c) = (-2.0 / 3.0, -0.2 / 3.0, 2.6 / 3.0);
+    let want = [a, a, a, a, a, b, b, b, 0.0, 0.0, c, c, 0.0, 0.0, 0.0];
+    all_close("grad", &grad(&x, &out.loss)?, &want, TOL)?;
+    check_gradient(&LOGP, D, 1e-3, 3e-3, |x| {
+        Ok(sppo_loss(&batch(x), &cfg)?.loss)
+    })?;
+    // On-policy (no old log-probs): the log-ratios are 0, the loss is the mean squared target.
+    let on_policy = GroupBatch {
+        tokens: TokenBatch::new(tn(&LOGP, D), tn(&MASK, D)),
+        rewards: vec![1.0, 0.5, 0.0],
+        group_size: 3,
+    };
+    close(
+        "on-policy",
+        sppo_loss(&on_policy, &cfg)?.stats.loss,
+        2.0 / 3.0,
+        TOL,
+    )?;
+    // Rewards that are not win probabilities are refused.
+    let bad = GroupBatch {
+        rewards: vec![1.0, 1.5, 0.0],
+        ..batch(tn(&LOGP, D))
+    };
+    match sppo_loss(&bad, &cfg) {
+        Err(AlgoError::InvalidInput {
+            input: "rewards",
+            reason,
+        }) => {
+            anyhow::ensure!(reason.contains("row 1 has 1.5"), "{reason}")
+        }
+        other => anyhow::bail!("expected a rewards error, got {other:?}"),
+    }
+    Ok(())
+}
