@@ -6,7 +6,12 @@
 //!   egalitarian per-sample form of MaxMin alignment over per-group rewards;
 //! - `uncertainty_weighted`: `mean − λ · variance` of the `weightᵢ · valueᵢ` (population
 //!   variance), uncertainty-weighted optimisation from the same paper, `λ` =
-//!   `uncertainty_coef`.
+//!   `uncertainty_coef`;
+//! - `max_min`: MaxMin-RLHF (Chakraborty et al. 2024, *MaxMin-RLHF: Alignment with Diverse
+//!   Human Preferences*) over members that are per-group reward models: in each scoring request
+//!   the member (group) whose weighted mean over the request's samples is lowest is chosen, and
+//!   every sample gets that member's `weightᵢ · valueᵢ` — the policy is improved for the group
+//!   it serves worst. A sample the chosen member could not score gets its error.
 //!
 //! By default a sample that any member cannot score has no ensemble score (the error names the
 //! member); with `on_missing = "skip"` the present members are used (a weighted sum rescaled by
@@ -44,6 +49,8 @@ pub enum Aggregate {
     WorstCase,
     /// `mean − λ · variance` of the `weightᵢ · valueᵢ`.
     UncertaintyWeighted,
+    /// The member with the lowest batch mean of `weightᵢ · valueᵢ`, for every sample.
+    MaxMin,
 }
 
 /// One member of an ensemble.
@@ -77,7 +84,7 @@ pub struct EnsembleConfig {
     /// Error (default) or skip when a member has no score.
     #[serde(default)]
     pub on_missing: OnMissing,
-    /// `weighted_sum` (default), `worst_case` or `uncertainty_weighted`.
+    /// `weighted_sum` (default), `worst_case`, `uncertainty_weighted` or `max_min`.
     #[serde(default)]
     pub aggregate: Aggregate,
     /// λ of `uncertainty_weighted` (required there, ≥ 0; refused elsewhere).
@@ -143,10 +150,12 @@ impl EnsembleConfig {
                     format!("must be finite and at least 0, got {l}"),
                 ))
             }
-            (Aggregate::WeightedSum | Aggregate::WorstCase, Some(_)) => Err(RewardError::config(
-                format!("{at}uncertainty_coef"),
-                "only used with aggregate = \"uncertainty_weighted\"",
-            )),
+            (Aggregate::WeightedSum | Aggregate::WorstCase | Aggregate::MaxMin, Some(_)) => {
+                Err(RewardError::config(
+                    format!("{at}uncertainty_coef"),
+                    "only used with aggregate = \"uncertainty_weighted\"",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -200,7 +209,13 @@ impl EnsembleScorer {
         self.members.iter().map(|m| m.name.as_str()).collect()
     }
 
-    fn combine(&self, results: Vec<Result<Score, ScoreError>>) -> Result<Score, ScoreError> {
+    /// One sample's score from its members' results; `chosen`: the member `max_min` chose for
+    /// the batch.
+    fn combine(
+        &self,
+        results: Vec<Result<Score, ScoreError>>,
+        chosen: Option<usize>,
+    ) -> Result<Score, ScoreError> {
         let missing = |m: &Member, e: ScoreError| ScoreError::Member {
             member: m.name.clone(),
             source: Box::new(e),
@@ -213,10 +228,14 @@ impl EnsembleScorer {
         let mut present = 0usize;
         let mut provenance = Vec::new();
         let mut score = Score::new(0.0, "");
-        for (m, r) in self.members.iter().zip(results) {
+        let mut max_min = None;
+        for (k, (m, r)) in self.members.iter().zip(results).enumerate() {
             total_weight += m.weight;
             match r {
                 Ok(s) => {
+                    if chosen == Some(k) {
+                        max_min = Some(m.weight * s.value);
+                    }
                     value += m.weight * s.value;
                     weighted.push(m.weight * s.value);
                     present_weight += m.weight;
@@ -228,7 +247,7 @@ impl EnsembleScorer {
                     provenance.push(format!("{}={}", m.name, s.provenance));
                 }
                 Err(e) => {
-                    if self.on_missing == OnMissing::Error {
+                    if self.on_missing == OnMissing::Error || chosen == Some(k) {
                         return Err(missing(m, e));
                     }
                     first_error.get_or_insert_with(|| missing(m, e));
@@ -260,11 +279,17 @@ impl EnsembleScorer {
                     .insert("ensemble_variance".into(), variance);
                 mean - self.uncertainty_coef * variance
             }
+            Aggregate::MaxMin => {
+                let k = chosen.unwrap_or(0);
+                score.components.insert("max_min_member".into(), k as f64);
+                max_min.unwrap_or(f64::NAN)
+            }
         };
         let how = match self.aggregate {
             Aggregate::WeightedSum => "ensemble",
             Aggregate::WorstCase => "ensemble_min",
             Aggregate::UncertaintyWeighted => "ensemble_uwo",
+            Aggregate::MaxMin => "ensemble_maxmin",
         };
         score.provenance = format!("{how}({})", provenance.join(", "));
         Ok(score)
@@ -279,6 +304,7 @@ impl Scorer for EnsembleScorer {
 
     async fn score(&self, inputs: &[ScoreInput]) -> Vec<Result<Score, ScoreError>> {
         let per_member = join_all(self.members.iter().map(|m| m.scorer.score(inputs))).await;
+        let chosen = (self.aggregate == Aggregate::MaxMin).then(|| self.worst_served(&per_member));
         let mut columns: Vec<_> = per_member.into_iter().map(Vec::into_iter).collect();
         (0..inputs.len())
             .map(|_| {
@@ -291,8 +317,33 @@ impl Scorer for EnsembleScorer {
                         })
                     })
                     .collect();
-                self.combine(row)
+                self.combine(row, chosen)
             })
             .collect()
+    }
+}
+
+impl EnsembleScorer {
+    /// The member (with a positive weight) whose mean `weight · value` over the samples it
+    /// scored is lowest; ties go to the first.
+    fn worst_served(&self, per_member: &[Vec<Result<Score, ScoreError>>]) -> usize {
+        let mut worst = (0, f64::INFINITY);
+        for (k, (m, results)) in self.members.iter().zip(per_member).enumerate() {
+            if m.weight <= 0.0 {
+                continue;
+            }
+            let values: Vec<f64> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|s| m.weight * s.value))
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            if mean < worst.1 {
+                worst = (k, mean);
+            }
+        }
+        worst.0
     }
 }

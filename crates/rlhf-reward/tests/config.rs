@@ -402,6 +402,25 @@ async fn conservative_ensembles_take_the_minimum_or_penalise_disagreement() -> a
     // Only the members present: [-1, 0], mean -0.5, variance 0.25.
     let s2 = out[2].as_ref().map_err(Clone::clone)?;
     assert!((s2.value - (-0.5 - 2.0 * 0.25)).abs() < 1e-12, "{s2:?}");
+    // MaxMin: batch means of the weighted members are -1/3, 2/3 and 0.25 (two samples):
+    // the first member serves this batch worst, and every sample gets its value.
+    let max_min = aggregated("max_min", None, 2.0)?.build(&registry()?)?;
+    let out = max_min.score(&inputs).await;
+    assert_eq!(values(out.clone()), [Ok(1.0), Ok(-1.0), Ok(-1.0)]);
+    let s0 = out[0].as_ref().map_err(Clone::clone)?;
+    assert_eq!(s0.components["max_min_member"], 0.0);
+    assert!(
+        s0.provenance.starts_with("ensemble_maxmin("),
+        "{}",
+        s0.provenance
+    );
+    // On the first sample alone the third member (0.25) is the worst served.
+    let first = max_min.score(&inputs[..1]).await;
+    assert_eq!(values(first.clone()), [Ok(0.25)]);
+    assert_eq!(
+        first[0].as_ref().map(|s| s.components["max_min_member"]),
+        Ok(2.0)
+    );
     // λ = 0 is the plain mean.
     let mean = aggregated("uncertainty_weighted", Some(0.0), 1.0)?.build(&registry()?)?;
     assert_eq!(values(mean.score(&inputs[..1]).await), [Ok(0.75)]);
@@ -415,6 +434,7 @@ async fn conservative_ensembles_take_the_minimum_or_penalise_disagreement() -> a
             "at least 0, got -1",
         ),
         (aggregated("worst_case", Some(1.0), 1.0)?, "only used with"),
+        (aggregated("max_min", Some(1.0), 1.0)?, "only used with"),
     ] {
         let err = config_error(&config);
         assert!(err.contains(says), "{err}");
