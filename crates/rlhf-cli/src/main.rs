@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod eval;
 mod inspect;
+mod labels;
 mod memory;
 mod offline;
 mod rm;
@@ -70,6 +71,8 @@ enum Command {
     Sft(sft::SftArgs),
     /// Train a Bradley–Terry reward model on preference pairs.
     Rm(rm::RmArgs),
+    /// A human scorer's labels file as preference pairs (for `rlhf rm` and `rlhf eval`).
+    Labels(labels::LabelsArgs),
     /// Memory estimates of a checkpoint's training step and generation call, from config.json.
     Memory(memory::MemoryArgs),
     /// Make a development CA and a certificate for mutual TLS between the roles
@@ -101,6 +104,7 @@ impl Command {
             Command::Eval(_) => "eval",
             Command::Sft(_) => "sft",
             Command::Rm(_) => "rm",
+            Command::Labels(_) => "labels",
             Command::Memory(_) => "memory",
             Command::Certs(_) => "certs",
             Command::Bench(_) => "bench",
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Rm(args) => rm::run(args),
+        Command::Labels(args) => labels::run(args),
         Command::Memory(args) => memory::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -1579,6 +1579,56 @@ fn human_labels_from_the_labeling_page_decide_the_trained_pairs() {
         decided += 1;
     }
     assert!(decided > 8, "most pairs differ in length: {decided}");
+
+    // The labels as preference pairs, then a reward model trained on them.
+    let pairs = d.path().join("pairs.jsonl");
+    let (code, stdout, stderr) = rlhf(&[
+        "labels",
+        labels.to_str().expect("utf-8"),
+        "--out",
+        pairs.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).expect("JSON summary");
+    assert_eq!(summary["pairs"], decided, "{summary}");
+    assert_eq!(summary["ties"], 16 - decided, "{summary}");
+    let written: Vec<Value> = std::fs::read_to_string(&pairs)
+        .expect("pairs")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    for p in &written {
+        let len = |k: &str| p[k].as_str().map_or(0, |s| s.chars().count());
+        assert!(
+            len("chosen") < len("rejected"),
+            "the bot preferred the shorter: {p}"
+        );
+        assert_eq!(p["labeler"], "bot");
+        assert!(p["messages"].is_array() || p["prompt"].is_string(), "{p}");
+    }
+    let rm = d.path().join("rm.toml");
+    std::fs::write(
+        &rm,
+        format!(
+            "[model]\npath = \"{}\"\n\n[rm]\ndata = \"{}\"\noutput_dir = \"{}\"\nbatch_size = 4\nepochs = 1\nheldout_fraction = 0.0\n",
+            fixture().display(),
+            pairs.display(),
+            d.path().join("rm").display()
+        ),
+    )
+    .expect("write rm config");
+    let (code, _, stderr) = rlhf(&["rm", rm.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(d.path().join("rm/config.json").exists());
+    // The labels file itself is never the output.
+    let (code, _, stderr) = rlhf(&[
+        "labels",
+        labels.to_str().expect("utf-8"),
+        "--out",
+        labels.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is the labels file itself"), "{stderr}");
 }
 
 /// Self-rewarding: the scorer is the policy itself as a judge (`lm_judge` with `policy =

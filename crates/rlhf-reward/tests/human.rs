@@ -413,3 +413,36 @@ async fn bad_configs_and_files_are_named() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn labels_export_as_preference_pairs_the_last_label_winning() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let side = |i: u32, text: &str| json!({"sample_id": {"iteration": 1, "prompt_id": "p", "sample_index": i}, "completion": text, "base": 0.0});
+    let record = |key: &str, choice: &str, preferred: Value, late: bool| {
+        json!({"item": 1, "key": key, "iteration": 1, "prompt_id": "p", "prompt": "Say hi",
+            "a": side(0, "hi"), "b": side(1, "bye"), "choice": choice, "preferred": preferred,
+            "labeler": "ann", "asked_at": 0.0, "answered_at": 1.0, "late": late})
+    };
+    let a = json!({"iteration": 1, "prompt_id": "p", "sample_index": 0});
+    let b = json!({"iteration": 1, "prompt_id": "p", "sample_index": 1});
+    let lines = [
+        record("k1", "a", a.clone(), false),
+        record("k1", "b", b, true), // k1 labelled again: this one counts
+        record("k2", "tie", Value::Null, false),
+        record("k3", "a", a, false),
+    ];
+    let path = dir.path().join("labels.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&path, text.join("\n") + "\n")?;
+    let (pairs, export) = rlhf_reward::human::preference_pairs(&path)?;
+    assert_eq!((export.pairs, export.ties, export.superseded), (2, 1, 1));
+    assert_eq!(pairs[0]["id"], "k1");
+    assert_eq!(
+        (&pairs[0]["chosen"], &pairs[0]["rejected"]),
+        (&json!("bye"), &json!("hi"))
+    );
+    assert_eq!(pairs[0]["late"], true);
+    assert_eq!(pairs[1]["chosen"], "hi");
+    assert_eq!(pairs[1]["prompt"], "Say hi");
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rlhf_core::SampleId;
+use rlhf_core::{ChatMessage, SampleId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -67,6 +67,9 @@ pub(super) struct Ask {
     pub iteration: u64,
     pub prompt_id: String,
     pub prompt: String,
+    /// The prompt's chat messages, when the dataset has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
     pub a: Side,
     pub b: Side,
 }
@@ -100,6 +103,7 @@ impl Ask {
             iteration: input.sample_id.iteration,
             prompt_id: input.sample_id.prompt_id.clone(),
             prompt: input.prompt.clone(),
+            messages: input.messages.clone(),
             a,
             b,
         }
@@ -204,22 +208,17 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Reads the labels already in `path` (a torn last line, from a crash mid-write, is skipped
+/// The records of a labels file's text (a torn last line, from a crash mid-write, is skipped
 /// with a warning; any other bad line is an error naming it).
-fn read_known(path: &Path, file: &mut File) -> Result<HashMap<String, Label>, String> {
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut known = HashMap::new();
+fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, String> {
+    let mut records = Vec::new();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     for (n, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<Record>(line) {
-            Ok(r) => {
-                known.insert(r.ask.key, r.label);
-            }
+            Ok(r) => records.push(r),
             Err(e) if n + 1 == lines.len() && !line.ends_with('\n') => {
                 tracing::warn!(file = %path.display(), line = n + 1, error = %e,
                     "skipping the labels file's unfinished last line");
@@ -227,6 +226,76 @@ fn read_known(path: &Path, file: &mut File) -> Result<HashMap<String, Label>, St
             Err(e) => return Err(format!("{}:{}: {e}", path.display(), n + 1)),
         }
     }
+    Ok(records)
+}
+
+/// What [`preference_pairs`] made of a labels file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Export {
+    /// Pairs written (one per labelled pair; the last label of a pair wins).
+    pub pairs: usize,
+    /// Labels that said neither is better (no pair).
+    pub ties: usize,
+    /// Earlier labels of a pair labelled again.
+    pub superseded: usize,
+}
+
+/// The labels of the labels file at `path` as preference pairs, one JSON object per pair in
+/// the format `rlhf rm` and `rlhf eval`'s ranking read: `id` (the pair's key), `prompt` or
+/// `messages`, `chosen`, `rejected`, plus `labeler`, `iteration`, `prompt_id`, `late`.
+pub fn preference_pairs(path: &Path) -> Result<(Vec<serde_json::Value>, Export), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let records = parse_records(path, &text)?;
+    let mut export = Export::default();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (k, r) in records.iter().enumerate() {
+        if last.insert(r.ask.key.as_str(), k).is_some() {
+            export.superseded += 1;
+        }
+    }
+    let mut pairs = Vec::new();
+    for (k, r) in records.iter().enumerate() {
+        if last.get(r.ask.key.as_str()) != Some(&k) {
+            continue;
+        }
+        let Some(preferred) = &r.label.preferred else {
+            export.ties += 1;
+            continue;
+        };
+        let (chosen, rejected) = if *preferred == r.ask.a.sample_id {
+            (&r.ask.a, &r.ask.b)
+        } else {
+            (&r.ask.b, &r.ask.a)
+        };
+        let mut pair = serde_json::json!({
+            "id": r.ask.key,
+            "chosen": chosen.completion,
+            "rejected": rejected.completion,
+            "labeler": r.label.labeler,
+            "iteration": r.ask.iteration,
+            "prompt_id": r.ask.prompt_id,
+            "late": r.late,
+        });
+        match &r.ask.messages {
+            Some(m) if !m.is_empty() => pair["messages"] = serde_json::json!(m),
+            _ => pair["prompt"] = serde_json::json!(r.ask.prompt),
+        }
+        pairs.push(pair);
+    }
+    export.pairs = pairs.len();
+    Ok((pairs, export))
+}
+
+/// Reads the labels already in `path` (see [`parse_records`]), then makes sure the next label
+/// starts on a line of its own.
+fn read_known(path: &Path, file: &mut File) -> Result<HashMap<String, Label>, String> {
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let known = parse_records(path, &text)?
+        .into_iter()
+        .map(|r| (r.ask.key, r.label))
+        .collect();
     if !text.is_empty() && !text.ends_with('\n') {
         file.write_all(b"\n")
             .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -39,7 +39,7 @@ use crate::config::ScorerConfig;
 use crate::error::{RewardError, ScoreError};
 use crate::scorer::{Score, ScoreInput, Scorer};
 use desk::{Ask, Desk, Label, Side};
-pub use desk::{Choice, HumanStats};
+pub use desk::{Choice, Export, HumanStats, preference_pairs};
 
 /// Default address of the labeling page.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8090";
