@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{RewardError, ScoreError};
 use crate::judge::pairwise::{self, Comparison, Matchup, Verdict};
 use crate::judge::{JudgeMode, prompt};
-use crate::local_model::{LocalModel, device_and_precision, score_blocking};
+use crate::local_model::{LocalModel, check_checkpoint, score_blocking};
 use crate::scorer::{PolicyRef, Score, ScoreInput, Scorer};
 
 /// The default pointwise prompt (ours, after the additive 5-point rubric of Self-Rewarding
@@ -127,7 +127,6 @@ impl LmJudgeConfig {
                 "must be at least 1",
             ));
         }
-        device_and_precision(&self.device, &self.precision, at)?;
         if self.path.as_os_str().is_empty() {
             return Err(RewardError::config(
                 format!("{at}path"),
@@ -135,13 +134,7 @@ impl LmJudgeConfig {
                  [model].path)",
             ));
         }
-        if !self.path.join("config.json").is_file() {
-            return Err(RewardError::config(
-                format!("{at}path"),
-                format!("{} has no config.json", self.path.display()),
-            ));
-        }
-        Ok(())
+        check_checkpoint(&self.path, &self.device, &self.precision, at)
     }
 }
 

@@ -26,6 +26,24 @@ pub(crate) fn device_and_precision(
     Ok((device, precision))
 }
 
+/// Checks a scorer's checkpoint settings without loading it: `device` and `precision`, and a
+/// `config.json` in `path`; errors name the fields under `at`.
+pub(crate) fn check_checkpoint(
+    path: &Path,
+    device: &str,
+    precision: &str,
+    at: &str,
+) -> Result<(), RewardError> {
+    device_and_precision(device, precision, at)?;
+    if !path.join("config.json").is_file() {
+        return Err(RewardError::config(
+            format!("{at}path"),
+            format!("{} has no config.json", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// A loaded checkpoint.
 pub(crate) struct LocalModel {
     model: Mutex<AnyModel>,

@@ -14,7 +14,7 @@ use rlhf_model::HeadKind;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RewardError, ScoreError, ensure_finite};
-use crate::local_model::{LocalModel, device_and_precision, score_blocking};
+use crate::local_model::{LocalModel, check_checkpoint, score_blocking};
 use crate::scorer::{Score, ScoreInput, Scorer};
 
 /// Default number of sequences per forward pass.
@@ -81,14 +81,7 @@ impl RewardModelConfig {
                 "must be at least 1",
             ));
         }
-        device_and_precision(&self.device, &self.precision, at)?;
-        if !self.path.join("config.json").is_file() {
-            return Err(RewardError::config(
-                format!("{at}path"),
-                format!("{} has no config.json", self.path.display()),
-            ));
-        }
-        Ok(())
+        check_checkpoint(&self.path, &self.device, &self.precision, at)
     }
 }
 

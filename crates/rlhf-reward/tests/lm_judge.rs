@@ -3,24 +3,13 @@
 //! way (one unpadded forward pass per candidate answer), at batch sizes that pad and that do
 //! not; bad configs named.
 
-use std::path::PathBuf;
-
 use rlhf_core::ChatMessage;
-use rlhf_model::{Cpu, PaddingSide, TokenBatch, Tokenizer, Transformer};
+use rlhf_model::{Cpu, Tokenizer, Transformer};
 use rlhf_reward::{RuleRegistry, ScoreInput, ScorerConfig};
 use serde_json::json;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny/tiny-qwen2")
-}
-
-/// Summed log-prob of every token of `ids` given its prefix (one sequence, no padding).
-fn total_logprob(model: &Transformer<Cpu>, ids: &[u32]) -> anyhow::Result<f64> {
-    let batch = TokenBatch::pad(&[ids.to_vec()], 0, PaddingSide::Right)?;
-    let lp = model.token_logprobs(&batch)?.into_data().convert::<f32>();
-    let values = lp.into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(values.iter().map(|&x| f64::from(x)).sum())
-}
+mod common;
+use common::{fixture, total_logprob};
 
 /// The judge's probabilities of `answers` after the user message `user` and `lead`,
 /// normalised over the answers.
