@@ -339,6 +339,19 @@ async fn route_all_with_a_full_desk_and_a_token() -> TestResult {
         (stats["busy"].as_u64(), stats["labelled"].as_u64()),
         (Some(1), Some(1))
     );
+    // Prometheus counters need no token (counts only).
+    page.token = None;
+    let (status, metrics) = page.call("/metrics", None).await?;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().unwrap_or_default();
+    for line in [
+        "rlhf_human_asked_total 1",
+        "rlhf_human_busy_total 1",
+        "rlhf_human_labelled_total 1",
+        "rlhf_human_open 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing: {text}");
+    }
     Ok(())
 }
 

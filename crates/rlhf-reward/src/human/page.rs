@@ -7,6 +7,7 @@
 //!   the answer (`{"recorded": true, "used": bool}`; `used` is false when it came after the
 //!   scoring call stopped waiting). 404 for an unknown item, 409 when already labelled.
 //! - `GET /api/pending`: every open comparison; `GET /api/stats`: the counters.
+//! - `GET /metrics`: the counters in the Prometheus text format (counts only, no texts).
 //!
 //! With a token configured every `/api/` call needs `Authorization: Bearer <token>`.
 
@@ -32,6 +33,7 @@ pub(super) fn router(desk: Arc<Desk>) -> Router {
         .route("/api/label", post(label))
         .route("/api/pending", get(pending))
         .route("/api/stats", get(stats))
+        .route("/metrics", get(metrics))
         .with_state(desk)
 }
 
@@ -146,6 +148,46 @@ async fn pending(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Result<Re
 async fn stats(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Result<Response, Fail> {
     check(&desk, &headers)?;
     Ok(axum::Json(desk.stats()).into_response())
+}
+
+async fn metrics(State(desk): State<Arc<Desk>>) -> Response {
+    let s = desk.stats();
+    let mut text = String::new();
+    for (name, help, value) in [
+        ("asked", "comparisons put on the labeling page", s.asked),
+        (
+            "labelled",
+            "labels that arrived in time and were used",
+            s.labelled,
+        ),
+        ("reused", "pairs answered from an earlier label", s.reused),
+        (
+            "timed_out",
+            "comparisons whose scoring call stopped waiting",
+            s.timed_out,
+        ),
+        (
+            "busy",
+            "uncertain pairs not asked because max_open were open",
+            s.busy,
+        ),
+        (
+            "late",
+            "labels that arrived after their call stopped waiting",
+            s.late,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP rlhf_human_{name}_total Human scorer: {help}.\n\
+             # TYPE rlhf_human_{name}_total counter\nrlhf_human_{name}_total {value}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP rlhf_human_open Human scorer: comparisons open now.\n\
+         # TYPE rlhf_human_open gauge\nrlhf_human_open {}\n",
+        s.open
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The page: plain HTML and script, no external resources. Texts are set with `textContent`
