@@ -59,6 +59,7 @@ fn the_chart_lints_and_renders_valid_kubernetes_objects() {
         "default values",
         "ci/gpu-values.yaml",
         "ci/external-etcd-values.yaml",
+        "ci/human-labels-values.yaml",
     ] {
         assert!(out.contains(set), "{set} not checked: {out}");
     }
@@ -86,8 +87,34 @@ fn the_example_values_give_run_files_rlhf_accepts() {
     assert!(made.status.success(), "{made:?}");
     std::fs::write(secrets.join("tokens"), "viewer 0123456789abcdef0123\n").expect("tokens");
     let secret_dir = format!("{}/", secrets.display());
-    for set in ["ci/gpu-values.yaml", "ci/external-etcd-values.yaml"] {
+    for set in [
+        "ci/gpu-values.yaml",
+        "ci/external-etcd-values.yaml",
+        "ci/human-labels-values.yaml",
+    ] {
         let objects = render_file(&repo().join("helm/rlhf").join(set));
+        if set.contains("human") {
+            // The labels outlive the scorer pod: its extra volume is mounted where the run
+            // file keeps them.
+            let scorer = objects
+                .iter()
+                .find(|o| o["kind"] == "Job" && name_of(o).ends_with("-scorer"))
+                .expect("the scorer Job");
+            let pod = &scorer["spec"]["template"]["spec"];
+            assert!(
+                pod["volumes"].as_array().is_some_and(|v| v.iter().any(|v| {
+                    v["name"] == "labels"
+                        && v["persistentVolumeClaim"]["claimName"] == "human-labels"
+                })),
+                "{pod}"
+            );
+            assert!(
+                pod["containers"][0]["volumeMounts"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["mountPath"] == "/labels")),
+                "{pod}"
+            );
+        }
         let run = config_map(&objects)["data"]["run.toml"]
             .as_str()
             .expect("run.toml")

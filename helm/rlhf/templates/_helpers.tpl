@@ -203,4 +203,7 @@ affinity:
     - name: output
       mountPath: /data
     {{- end }}
+    {{- with $values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
