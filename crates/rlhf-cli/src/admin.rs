@@ -186,7 +186,8 @@ pub fn evict(args: EvictArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    /// `key=value`, one or more: iterations, eval_every, checkpoint_every.
+    /// `key=value`, one or more: iterations, eval_every, checkpoint_every, lr (the policy's
+    /// learning rate from the next update on).
     #[arg(required = true)]
     settings: Vec<String>,
     #[command(flatten)]
@@ -199,7 +200,7 @@ pub fn set(args: SetArgs) -> Result<()> {
     let mut pairs = Vec::new();
     for s in &args.settings {
         let Some((k, v)) = s.split_once('=') else {
-            bail!("`{s}`: expected key=value (iterations, eval_every, checkpoint_every)");
+            bail!("`{s}`: expected key=value (iterations, eval_every, checkpoint_every, lr)");
         };
         pairs.push((k.trim().to_string(), v.trim().to_string()));
     }

@@ -1339,8 +1339,9 @@ fn live_settings_extend_a_run_and_survive_a_resume() {
     for (pairs, says) in [
         (
             vec!["temperature=0.5"],
-            "live settings: iterations, eval_every, checkpoint_every",
+            "live settings: iterations, eval_every, checkpoint_every, lr",
         ),
+        (vec!["lr=0"], "lr: `0` is not a positive number"),
         (
             vec!["iterations=many"],
             "iterations: `many` is not a whole number",
@@ -1352,11 +1353,12 @@ fn live_settings_extend_a_run_and_survive_a_resume() {
         assert_ne!(code, 0, "{pairs:?}");
         assert!(stderr.contains(says), "{pairs:?}: {stderr}");
     }
-    let (code, stdout, stderr) = set(&["iterations=50", "eval_every=25"]);
+    let (code, stdout, stderr) = set(&["iterations=50", "eval_every=25", "lr=0.004"]);
     assert_eq!(code, 0, "{stderr}");
     let settings: Value = serde_json::from_str(&stdout).expect("settings JSON");
     assert_eq!(settings["iterations"], 50, "{settings}");
     assert_eq!(settings["eval_every"], 25, "{settings}");
+    assert_eq!(settings["lr"], 0.004, "{settings}");
     let s = status_until(&["--coordinator", &at], |_| true);
     assert_eq!(s["iterations_total"], 50);
     let (code, _, stderr) = rlhf(&["unpause", "--coordinator", &at]);
@@ -1388,12 +1390,20 @@ fn live_settings_extend_a_run_and_survive_a_resume() {
         .map(|m| m.iteration)
         .collect();
     assert_eq!(evaluated, [24, 49]);
+    // The learning rate: the run file's (0.005) until the pause, the live one after it, also
+    // after the resume (a fresh learner process).
+    for m in &metrics {
+        let lr = m.extra.get("lr").copied();
+        let want = if m.iteration < done { 0.005 } else { 0.004 };
+        assert_eq!(lr, Some(want), "iteration {}", m.iteration);
+    }
     check_ledger(&out);
     let kept: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("settings.json")).expect("settings.json"),
     )
     .expect("JSON");
     assert_eq!(kept["iterations"], 50);
+    assert_eq!(kept["lr"], 0.004);
     // A fresh run in the same folder starts from the run file again.
     let fresh = run_ok(&cfg, &[]);
     assert_eq!(fresh["iterations"], 40, "{fresh}");

@@ -353,6 +353,7 @@ impl Consumer {
                     p.iteration,
                     incarnation,
                     built.units,
+                    self.live.get().lr,
                 )
                 .await?,
             )
@@ -456,6 +457,7 @@ impl Consumer {
             m.extra.insert("rejected_reward".into(), tm.rejected_reward);
             m.extra.insert("accuracy".into(), tm.accuracy);
             m.extra.insert("grad_norm".into(), tm.grad_norm);
+            m.extra.insert("lr".into(), tm.lr);
             m.extra.insert(
                 "rejected_nonfinite".into(),
                 f64::from(tm.rejected_nonfinite),

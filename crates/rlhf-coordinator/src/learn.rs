@@ -185,7 +185,8 @@ fn merge(into: &mut UnitReport, r: &UnitReport) {
     into.units += r.units;
 }
 
-/// Sends units to the learner; returns the new version and its metrics.
+/// Sends units to the learner (with the live learning rate `lr`, when one was set); returns
+/// the new version and its metrics.
 #[tracing::instrument(name = "train", skip_all, fields(iteration = iteration))]
 pub async fn train(
     cluster: &Cluster,
@@ -193,6 +194,7 @@ pub async fn train(
     iteration: u64,
     incarnation: u64,
     units: Vec<v1::TrainingUnit>,
+    lr: Option<f64>,
 ) -> Result<(u64, v1::TrainMetrics), CoordinatorError> {
     let mut client = cluster.learner(learner)?;
     let mut requests = vec![];
@@ -202,6 +204,7 @@ pub async fn train(
             iteration,
             units: units.by_ref().take(TRAIN_BATCH).collect(),
             incarnation,
+            lr,
         });
     }
     let mut events = client

@@ -137,8 +137,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunSummary, CoordinatorError> {
     config.validate(&data, deps.unit_kind)?;
-    live::resolve(&mut config)?;
-    let live = live::Live::new(&config);
+    let settings = live::resolve(&mut config)?;
+    let live = live::Live::new(settings, &config.output_dir);
     let start = Instant::now();
     let status = SharedStatus::default();
     status.update(|s| {

@@ -15,10 +15,10 @@ use crate::config::CoordinatorConfig;
 pub const FILE: &str = "settings.json";
 
 /// The settings that can change while a run goes on.
-pub const KEYS: &[&str] = &["iterations", "eval_every", "checkpoint_every"];
+pub const KEYS: &[&str] = &["iterations", "eval_every", "checkpoint_every", "lr"];
 
 /// Values of the live settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Iterations the run makes in all.
@@ -27,6 +27,10 @@ pub struct Settings {
     pub eval_every: u64,
     /// A checkpoint every N iterations (0: only the final one).
     pub checkpoint_every: u64,
+    /// The policy's learning rate, sent with every update once set (none: the learner's
+    /// `learner.lr`).
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 impl Settings {
@@ -36,6 +40,7 @@ impl Settings {
             iterations: config.iterations,
             eval_every: config.eval_every,
             checkpoint_every: config.checkpoint_every,
+            lr: None,
         }
     }
 
@@ -59,28 +64,30 @@ pub fn load(out: &Path) -> Result<Option<Settings>, CoordinatorError> {
     }
 }
 
-/// `config` with the live settings of its output folder applied when it resumes; a fresh run
-/// forgets them.
-pub fn resolve(config: &mut CoordinatorConfig) -> Result<(), CoordinatorError> {
+/// `config` with the live settings of its output folder applied when it resumes (a fresh run
+/// forgets them); returns the settings in effect.
+pub fn resolve(config: &mut CoordinatorConfig) -> Result<Settings, CoordinatorError> {
     if !config.resume {
         return match std::fs::remove_file(config.output_dir.join(FILE)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(Settings::of(config)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::of(config)),
             Err(e) => Err(CoordinatorError::Io(format!("{FILE}: {e}"))),
         };
     }
-    if let Some(s) = load(&config.output_dir)? {
-        if s != Settings::of(config) {
-            tracing::info!(
-                iterations = s.iterations,
-                eval_every = s.eval_every,
-                checkpoint_every = s.checkpoint_every,
-                "live settings of the run ({FILE}) replace the run file's"
-            );
-        }
-        s.apply(config);
+    let Some(s) = load(&config.output_dir)? else {
+        return Ok(Settings::of(config));
+    };
+    if s != Settings::of(config) {
+        tracing::info!(
+            iterations = s.iterations,
+            eval_every = s.eval_every,
+            checkpoint_every = s.checkpoint_every,
+            lr = ?s.lr,
+            "live settings of the run ({FILE}) replace the run file's"
+        );
     }
-    Ok(())
+    s.apply(config);
+    Ok(s)
 }
 
 fn not_live(key: &str) -> String {
@@ -98,10 +105,11 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(config: &CoordinatorConfig) -> Self {
+    /// The live settings `settings` (what [`resolve`] returned) of the run writing to `out`.
+    pub fn new(settings: Settings, out: &Path) -> Self {
         Self {
-            settings: Arc::new(Mutex::new(Settings::of(config))),
-            out: config.output_dir.clone(),
+            settings: Arc::new(Mutex::new(settings)),
+            out: out.to_path_buf(),
         }
     }
 
@@ -114,7 +122,8 @@ impl Live {
         *self.lock()
     }
 
-    /// Sets `key` to `value` (a whole number) and keeps the result in `settings.json`; `done`
+    /// Sets `key` to `value` (a whole number; `lr` a positive number) and keeps the result in
+    /// `settings.json`; `done`
     /// is how many iterations the run has completed (`iterations` must stay above it: ending
     /// the run sooner is `stop`). Errors say what is wrong, naming the key.
     pub fn set(&self, key: &str, value: &str, done: u64) -> Result<Settings, String> {
@@ -122,12 +131,22 @@ impl Live {
         if !KEYS.contains(&key) {
             return Err(not_live(key));
         }
+        let mut s = self.lock();
+        let mut next = *s;
+        if key == "lr" {
+            let lr: f64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|lr: &f64| lr.is_finite() && *lr > 0.0)
+                .ok_or_else(|| format!("lr: `{value}` is not a positive number"))?;
+            next.lr = Some(lr);
+            return self.keep(&mut s, next);
+        }
         let n: u64 = value
             .trim()
             .parse()
             .map_err(|_| format!("{key}: `{value}` is not a whole number"))?;
-        let mut s = self.lock();
-        let mut next = *s;
         match key {
             "iterations" => {
                 if n <= done {
@@ -142,6 +161,11 @@ impl Live {
             "checkpoint_every" => next.checkpoint_every = n,
             other => return Err(not_live(other)),
         }
+        self.keep(&mut s, next)
+    }
+
+    /// Writes `next` to `settings.json`, then makes it the settings in effect.
+    fn keep(&self, s: &mut Settings, next: Settings) -> Result<Settings, String> {
         let text = serde_json::to_string_pretty(&next).map_err(|e| e.to_string())?;
         crate::resume::write_atomic(&self.out.join(FILE), &text).map_err(|e| e.to_string())?;
         *s = next;

@@ -255,6 +255,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         let guard = self.training.lock().await;
         let mut incoming = request.into_inner();
         let mut units = Vec::new();
+        let mut lr = None;
         let (tx, rx) = mpsc::channel(16);
         let incarnation = self.incarnation.load(Ordering::SeqCst);
         while let Some(msg) = incoming.next().await {
@@ -268,6 +269,15 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                         msg.incarnation
                     ),
                 ));
+            }
+            if let Some(r) = msg.lr {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(status(
+                        ErrorKind::InvalidArgument,
+                        format!("lr: {r} is not a positive number"),
+                    ));
+                }
+                lr = Some(r);
             }
             for u in &msg.units {
                 units.push(unit(u, self.max_len)?);
@@ -289,9 +299,16 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
         drop(guard);
         // Training holds the state lock on a blocking thread; a second Train waits for it.
         let outcome = tokio::task::spawn_blocking(
-            move || -> Result<(u64, crate::UpdateMetrics, Published), LearnerError> {
+            move || -> Result<(u64, crate::UpdateMetrics, Published, f64), LearnerError> {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(lr) = lr
+                    && lr != st.settings.lr
+                {
+                    tracing::info!(from = st.settings.lr, to = lr, "learning rate changed");
+                    st.settings.lr = lr;
+                }
                 let metrics = st.update(&units)?;
+                let lr = st.settings.lr;
                 let published = publish(&st.policy.valid())?;
                 let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
                 p.0 = st.version;
@@ -299,7 +316,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 if refresh > 0 && p.1.is_multiple_of(refresh) {
                     st.refresh_reference()?;
                 }
-                Ok((p.0, metrics, published))
+                Ok((p.0, metrics, published, lr))
             },
         )
         .await
@@ -312,7 +329,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
             }
             other => status(ErrorKind::Internal, other.to_string()),
         })?;
-        let (version, m, published) = outcome;
+        let (version, m, published, lr) = outcome;
         {
             let mut v = versions.write().await;
             v.insert(version, published);
@@ -337,6 +354,7 @@ impl<B: AutodiffBackend> Learner for LearnerService<B> {
                 rejected_nonfinite: m.rejected_nonfinite,
                 grad_norm: m.grad_norm,
                 extra: m.extra.into_iter().collect(),
+                lr,
             }),
         };
         let _ = tx

@@ -44,11 +44,21 @@ async fn train(
     learner: &mut v1::learner_client::LearnerClient<tonic::transport::Channel>,
     units: Vec<v1::TrainingUnit>,
 ) -> Result<v1::TrainDone, tonic::Status> {
+    train_at(learner, units, None).await
+}
+
+/// [`train`] with a learning rate sent along (`TrainRequest.lr`).
+async fn train_at(
+    learner: &mut v1::learner_client::LearnerClient<tonic::transport::Channel>,
+    units: Vec<v1::TrainingUnit>,
+    lr: Option<f64>,
+) -> Result<v1::TrainDone, tonic::Status> {
     use futures::StreamExt;
     let req = v1::TrainRequest {
         iteration: 0,
         units,
         incarnation: 0,
+        lr,
     };
     let mut events = learner
         .train(futures::stream::iter(vec![req]))
@@ -176,8 +186,81 @@ async fn bad_units_and_oversized_messages_are_refused_and_the_learner_lives() ->
             .into_inner();
         assert_eq!(status.policy_version, 0, "{what}: trained");
     }
+    for lr in [-1.0, 0.0, f64::NAN] {
+        let e = match train_at(&mut learner, vec![good()], Some(lr)).await {
+            Ok(d) => anyhow::bail!("lr {lr}: trained (version {})", d.policy_version),
+            Err(e) => e,
+        };
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "lr {lr}: {e:?}");
+        assert!(e.message().contains("lr:"), "{}", e.message());
+    }
     // The same learner trains a good unit.
     assert_eq!(train(&mut learner, vec![good()]).await?.policy_version, 1);
+    shutdown.cancel();
+    Ok(())
+}
+
+/// A learning rate sent with an update (an operator's `rlhf set lr=...`) applies from that
+/// update on: at 1e-30 no published weight moves by more than 1e-20, also for the next update
+/// sent without one; back at 0.01 they move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learning_rate_sent_with_an_update_applies_from_then_on() -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let mut config = LearnerConfig::new(fixture());
+    config.weight_decay = 0.0;
+    tokio::spawn(rlhf_learner::run(config, listener, shutdown.clone(), None));
+    let mut learner = loop {
+        match v1::learner_client::LearnerClient::connect(addr.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let unit = || {
+        pair(
+            seq(vec![1, 2, 3], vec![4, 5]),
+            seq(vec![1, 2, 3], vec![6, 7]),
+        )
+    };
+    let weights = |version: u64| {
+        let addr = addr.clone();
+        async move {
+            rlhf_proto::weights::fetch(&addr, version, 0, None, 64 << 20)
+                .await
+                .map_err(|s| anyhow::anyhow!("{s:?}"))
+        }
+    };
+    // The largest change of any weight between two published versions.
+    let moved = |a: &[u8], b: &[u8]| -> anyhow::Result<f32> {
+        let origin = std::path::Path::new("<test>");
+        let mut a = rlhf_model::weights::WeightStore::from_bytes(a, origin)?;
+        let mut b = rlhf_model::weights::WeightStore::from_bytes(b, origin)?;
+        let mut most = 0.0f32;
+        for name in a.remaining() {
+            let shape = a.shape(&name).map(<[usize]>::to_vec).unwrap_or_default();
+            let (x, y) = (a.take(&name, &shape)?, b.take(&name, &shape)?);
+            for (p, q) in x.data.iter().zip(&y.data) {
+                most = most.max((p - q).abs());
+            }
+        }
+        Ok(most)
+    };
+    let v0 = weights(0).await?;
+    let version = train_at(&mut learner, vec![unit()], Some(1e-30)).await?;
+    assert_eq!(version.policy_version, 1);
+    let tiny = moved(&v0, &weights(1).await?)?;
+    assert!(tiny < 1e-20, "a 1e-30 step moved a weight by {tiny}");
+    assert_eq!(train(&mut learner, vec![unit()]).await?.policy_version, 2);
+    let still = moved(&v0, &weights(2).await?)?;
+    assert!(
+        still < 1e-20,
+        "the rate did not stay at 1e-30: moved {still}"
+    );
+    let version = train_at(&mut learner, vec![unit()], Some(0.01)).await?;
+    assert_eq!(version.policy_version, 3);
+    let big = moved(&v0, &weights(3).await?)?;
+    assert!(big > 1e-3, "a 0.01 step moved the weights by only {big}");
     shutdown.cancel();
     Ok(())
 }

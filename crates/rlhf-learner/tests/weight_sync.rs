@@ -92,6 +92,7 @@ async fn train(
         iteration: 0,
         units,
         incarnation,
+        lr: None,
     };
     let mut events = learner
         .train(futures::stream::iter(vec![req]))
