@@ -135,7 +135,8 @@ fn parsed(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
-/// The status as one JSON object (`last_metrics` and `last_timings` parsed, not strings).
+/// The status as one JSON object (`last_metrics`, `last_timings` and `settings` parsed, not
+/// strings).
 fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
     json!({
         "state": s.state,
@@ -146,6 +147,7 @@ fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
         "samples_rejected": s.samples_rejected,
         "last_metrics": parsed(&s.last_metrics_json),
         "last_timings": parsed(&s.last_timings_json),
+        "settings": parsed(&s.settings_json),
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "error": s.error,
     })

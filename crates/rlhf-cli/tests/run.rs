@@ -1361,6 +1361,8 @@ fn live_settings_extend_a_run_and_survive_a_resume() {
     assert_eq!(settings["lr"], 0.004, "{settings}");
     let s = status_until(&["--coordinator", &at], |_| true);
     assert_eq!(s["iterations_total"], 50);
+    assert_eq!(s["settings"]["lr"], 0.004, "{s}");
+    assert_eq!(s["settings"]["eval_every"], 25, "{s}");
     let (code, _, stderr) = rlhf(&["unpause", "--coordinator", &at]);
     assert_eq!(code, 0, "{stderr}");
     // Killed after the run file's end (40), before the new one (50).

@@ -41,6 +41,7 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         self.auth.check(&request, Access::Viewer)?;
         let mut s = self.status.get();
+        s.settings_json = serde_json::to_string(&self.live.get()).unwrap_or_default();
         for role in [Role::Rollout, Role::Scorer, Role::Learner] {
             for m in self.membership.members(role).await.unwrap_or_default() {
                 s.members.push(v1::MemberStatus {
