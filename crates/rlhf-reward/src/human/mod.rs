@@ -399,6 +399,18 @@ impl Scorer for HumanScorer {
                 answer,
             });
         }
+        let waiting = pending
+            .iter()
+            .filter(|p| matches!(p.answer, Answer::Later(..)))
+            .count();
+        if waiting > 0 {
+            tracing::info!(
+                waiting,
+                page = %format!("http://{}/", self.addr),
+                deadline_s = self.deadline.as_secs_f64(),
+                "waiting for human labels"
+            );
+        }
         let until = Instant::now() + self.deadline;
         for p in pending {
             let label = match p.answer {
