@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rlhf_reward::{JudgeConfig, JudgeMode, ScorerConfig};
+use rlhf_reward::{JudgeConfig, JudgeMode, LmJudgeConfig, ScorerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
@@ -225,6 +225,10 @@ pub struct JudgeSection {
     /// judged in both orders).
     #[serde(default)]
     pub llm: Option<JudgeConfig>,
+    /// A local causal LM as judge (rlhf-reward's `lm_judge` config without `type`; `mode` is
+    /// ignored: pairwise, both orders; `policy` is refused).
+    #[serde(default)]
+    pub local: Option<LmJudgeConfig>,
 }
 
 /// Ranking accuracy on preference pairs.
@@ -383,6 +387,9 @@ impl EvalConfig {
         for s in &mut self.scorers {
             resolve_scorer(base, &mut s.scorer);
         }
+        if let Some(l) = self.judge.as_mut().and_then(|j| j.local.as_mut()) {
+            l.path = resolve(base, &l.path);
+        }
     }
 
     /// The scorer names, in order.
@@ -415,6 +422,13 @@ impl EvalConfig {
     /// The LLM judge's config, set to compare in both orders.
     pub fn llm_judge(&self) -> Option<JudgeConfig> {
         let mut c = self.judge.as_ref()?.llm.clone()?;
+        c.mode = JudgeMode::Pairwise;
+        Some(c)
+    }
+
+    /// The local judge's config, set to compare pairs.
+    pub fn local_judge(&self) -> Option<LmJudgeConfig> {
+        let mut c = self.judge.as_ref()?.local.clone()?;
         c.mode = JudgeMode::Pairwise;
         Some(c)
     }

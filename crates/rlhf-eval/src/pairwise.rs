@@ -13,7 +13,7 @@
 use futures::future::join_all;
 use rlhf_data::PromptRecord;
 use rlhf_reward::judge::prompt::question;
-use rlhf_reward::{Comparison, JudgeScorer, PairwiseSummary, Verdict};
+use rlhf_reward::{Comparison, PairJudge, PairwiseSummary, Verdict};
 use serde_json::json;
 
 use crate::cache::{Cache, Kind, key_of};
@@ -131,7 +131,7 @@ const JUDGE_BATCH: usize = 32;
 /// Judges sample `k` of A against sample `k` of B for every prompt, through the cache.
 #[allow(clippy::too_many_arguments)]
 pub async fn judge(
-    judge: &JudgeScorer,
+    judge: &dyn PairJudge,
     judge_fingerprint: &str,
     records: &[PromptRecord],
     chat: bool,

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use rlhf_data::PromptRecord;
-use rlhf_reward::{JudgeScorer, RewardError};
+use rlhf_reward::{JudgeScorer, LmJudgeScorer, PairJudge, RewardError};
 use serde_json::{Value, json};
 
-use crate::cache::{Cache, key_of};
+use crate::cache::{Cache, fingerprint, key_of};
 use crate::config::EvalConfig;
 use crate::error::EvalError;
 use crate::report::{EvalReport, PolicyReport, Settings, WorkCounts};
@@ -54,14 +54,26 @@ pub async fn run_eval(
     };
     let group_of: Vec<Option<String>> = records.iter().map(|r| r.group.clone()).collect();
     let scorers = build_scorers(config)?;
-    let llm = match config.llm_judge() {
-        Some(c) => Some((
-            JudgeScorer::from_config(&c, "judge.llm.")?,
+    // Pair judges: (judge, cache fingerprint, win-rate label).
+    let mut judges: Vec<(Box<dyn PairJudge>, String, String)> = Vec::new();
+    if let Some(c) = config.llm_judge() {
+        judges.push((
+            Box::new(JudgeScorer::from_config(&c, "judge.llm.")?),
             key_of(&c),
             format!("llm:{}", c.model),
-        )),
-        None => None,
-    };
+        ));
+    }
+    if let Some(c) = config.local_judge() {
+        judges.push((
+            Box::new(LmJudgeScorer::load_at(&c, None, "judge.local.")?),
+            // The judge's checkpoint by content (or metadata, as `output.fingerprint` says).
+            key_of(&json!({
+                "local": c,
+                "weights": fingerprint(&c.path, config.output.fingerprint)?,
+            })),
+            format!("local:{}", c.path.display()),
+        ));
+    }
     let how = config.output.fingerprint;
     let device = (config.device()?, config.precision()?);
     let reference = match &config.reference {
@@ -214,10 +226,10 @@ pub async fn run_eval(
                     &boot,
                 ));
             }
-            if let Some((judge, fp, label)) = &llm {
+            for (judge, fp, label) in &judges {
                 progress(&format!("judging `{a}` against `{b}` with {label}"));
                 let grid = pairwise::judge(
-                    judge,
+                    judge.as_ref(),
                     fp,
                     &records,
                     chat,

@@ -146,6 +146,15 @@ impl EvalConfig {
         if let Some(c) = self.llm_judge() {
             c.validate("judge.llm.")?;
         }
+        if let Some(c) = self.local_judge() {
+            if c.policy {
+                return Err(EvalError::config(
+                    "judge.local.policy",
+                    "rlhf eval judges with a fixed checkpoint: give its `path`",
+                ));
+            }
+            c.validate("judge.local.")?;
+        }
         Ok(())
     }
 }

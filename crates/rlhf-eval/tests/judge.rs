@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use rlhf_eval::{JudgeSection, NamedScorer, run_eval};
-use rlhf_reward::{JudgeConfig, JudgeMode, ScorerConfig};
+use rlhf_reward::{JudgeConfig, JudgeMode, LmJudgeConfig, ScorerConfig};
 use serde_json::{Value, json};
 
 /// Answers every chat completion with a verdict for the first-shown answer.
@@ -70,6 +70,7 @@ async fn position_swap_cancels_a_first_position_judge() -> anyhow::Result<()> {
         pairs: Some(vec![["left".into(), "right".into()]]),
         scorers: Some(vec!["letters".into()]),
         llm: Some(judge(&url, JudgeMode::Pointwise)),
+        local: None,
     });
     config.output.dir = Some(dir.path().join("eval"));
     let report = run_eval(&config, |_| {}).await?;
@@ -110,5 +111,52 @@ async fn position_swap_cancels_a_first_position_judge() -> anyhow::Result<()> {
         again.win_rate("left", "right", "llm:position-biased"),
         Some(w)
     );
+    Ok(())
+}
+
+/// A local LM as pair judge (the tiny fixture, through its next-token probabilities): two
+/// identical policies give identical answers, and judging both orders puts every comparison at
+/// exactly ½ whatever the model's lean towards "A" or "B"; a rerun takes them from the cache. A
+/// local judge that would follow the policy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_lm_judge_compares_policies_in_both_orders() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixture = common::fixture();
+    let mut config = common::config(
+        vec![
+            common::policy("left", &fixture),
+            common::policy("right", &fixture),
+        ],
+        4,
+        2,
+    );
+    config.judge = Some(JudgeSection {
+        pairs: Some(vec![["left".into(), "right".into()]]),
+        scorers: Some(vec![]),
+        llm: None,
+        local: Some(LmJudgeConfig::new(&fixture, JudgeMode::Pointwise)),
+    });
+    config.output.dir = Some(dir.path().join("eval"));
+    let report = run_eval(&config, |_| {}).await?;
+    let label = format!("local:{}", fixture.display());
+    let w = report
+        .win_rate("left", "right", &label)
+        .ok_or_else(|| anyhow::anyhow!("no local judge win rate: {:?}", report.win_rates))?;
+    assert_eq!((w.compared, w.failed), (8, 0));
+    assert_eq!(w.win_rate_a, Some(0.5));
+    let again = run_eval(&config, |_| {}).await?;
+    assert_eq!((again.work.judged, again.work.cached_judgements), (0, 8));
+
+    let mut policy_judge = LmJudgeConfig::new(&fixture, JudgeMode::Pairwise);
+    policy_judge.policy = true;
+    if let Some(j) = config.judge.as_mut() {
+        j.local = Some(policy_judge);
+    }
+    let err = run_eval(&config, |_| {})
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("judge.local.policy"), "{err}");
     Ok(())
 }

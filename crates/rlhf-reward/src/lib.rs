@@ -41,7 +41,9 @@ pub use ensemble::{EnsembleConfig, EnsembleMember, EnsembleScorer, OnMissing};
 pub use error::{RewardError, ScoreError, ScoreErrorKind};
 pub use follow_up::{FollowUpConfig, FollowUpScorer};
 pub use human::{HumanConfig, HumanScorer, HumanStats, OnTimeout, Route};
-pub use judge::{Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict};
+pub use judge::{
+    Comparison, JudgeConfig, JudgeMode, JudgeScorer, PairwiseSummary, Verdict, pairwise::PairJudge,
+};
 pub use lm_judge::{LmJudgeConfig, LmJudgeScorer};
 pub use reward_model::{RewardModelConfig, RewardModelScorer};
 pub use rules::{

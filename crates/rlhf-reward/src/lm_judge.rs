@@ -276,6 +276,34 @@ impl Inner {
         "lm_judge"
     }
 
+    /// The calibrated comparison from the judge's choices with A shown first, then second.
+    fn comparison(
+        &self,
+        both: &[Result<(Vec<f64>, f64), String>],
+    ) -> Result<Comparison, ScoreError> {
+        let first = |k: usize| -> Result<f64, ScoreError> {
+            match both.get(k) {
+                Some(Ok((p, _))) => Ok(p[0]),
+                Some(Err(m)) => Err(ScoreError::invalid(self.name(), m.clone())),
+                None => Err(ScoreError::internal(
+                    self.name(),
+                    "a comparison order is missing",
+                )),
+            }
+        };
+        // P(A better) shown first, and shown second (then "B" names it).
+        let (ab, ba) = (first(0)?, 1.0 - first(1)?);
+        let prob_a = (ab + ba) / 2.0;
+        let (a_first, b_first) = (Verdict::from_prob_a(ab), Verdict::from_prob_a(ba));
+        Ok(Comparison {
+            prob_a,
+            verdict: Verdict::from_prob_a(prob_a),
+            a_first,
+            b_first,
+            position_agreement: a_first == b_first,
+        })
+    }
+
     /// The tokens of the judge's prompt for `user`, up to and including the answer's lead.
     fn prefix(&self, user: &str) -> Result<Vec<u32>, String> {
         let tokenizer = &self.model.tokenizer;
@@ -409,29 +437,8 @@ impl Inner {
                     questions.push(Ok(prompt::pairwise(&self.template, &q, b, a)));
                 }
                 let chosen = self.choose(&questions);
-                let judged: Vec<Result<Comparison, ScoreError>> = chosen
-                    .chunks(2)
-                    .map(|both| {
-                        let first = |k: usize| -> Result<f64, ScoreError> {
-                            both[k]
-                                .as_ref()
-                                .map(|(p, _)| p[0])
-                                .map_err(|m| ScoreError::invalid(self.name(), m.clone()))
-                        };
-                        // P(A better) shown first, and shown second (then "B" names it).
-                        let (ab, ba) = (first(0)?, 1.0 - first(1)?);
-                        let prob_a = (ab + ba) / 2.0;
-                        let (a_first, b_first) =
-                            (Verdict::from_prob_a(ab), Verdict::from_prob_a(ba));
-                        Ok(Comparison {
-                            prob_a,
-                            verdict: Verdict::from_prob_a(prob_a),
-                            a_first,
-                            b_first,
-                            position_agreement: a_first == b_first,
-                        })
-                    })
-                    .collect();
+                let judged: Vec<Result<Comparison, ScoreError>> =
+                    chosen.chunks(2).map(|both| self.comparison(both)).collect();
                 pairwise::win_rate_scores(
                     inputs,
                     &matchups,
@@ -445,6 +452,36 @@ impl Inner {
                 .collect()
             }
         }
+    }
+}
+
+#[async_trait]
+impl pairwise::PairJudge for LmJudgeScorer {
+    /// Judges with the weights loaded from `path` (no policy version comes with a pair).
+    async fn compare(&self, question: &str, a: &str, b: &str) -> Result<Comparison, ScoreError> {
+        if self.inner.mode != JudgeMode::Pairwise {
+            return Err(ScoreError::invalid(
+                self.name(),
+                "comparing pairs needs mode = \"pairwise\"",
+            ));
+        }
+        let inner = Arc::clone(&self.inner);
+        let questions = vec![
+            Ok(prompt::pairwise(&inner.template, question, a, b)),
+            Ok(prompt::pairwise(&inner.template, question, b, a)),
+        ];
+        let _turn = self.fetching.lock().await;
+        tokio::task::spawn_blocking(move || {
+            let both = inner.choose(&questions);
+            inner.comparison(&both)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ScoreError::internal(
+                "lm_judge",
+                format!("the judging task failed: {e}"),
+            ))
+        })
     }
 }
 

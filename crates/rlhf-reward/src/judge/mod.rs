@@ -326,6 +326,13 @@ impl JudgeScorer {
 }
 
 #[async_trait]
+impl pairwise::PairJudge for JudgeScorer {
+    async fn compare(&self, question: &str, a: &str, b: &str) -> Result<Comparison, ScoreError> {
+        JudgeScorer::compare(self, question, a, b).await
+    }
+}
+
+#[async_trait]
 impl Scorer for JudgeScorer {
     fn name(&self) -> &str {
         "judge"

@@ -8,11 +8,21 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::prompt::Position;
 use crate::error::ScoreError;
 use crate::scorer::{Score, ScoreInput};
+
+/// A judge of pairs: the LLM judge over HTTP ([`JudgeScorer`](crate::JudgeScorer)) or a local
+/// LM ([`LmJudgeScorer`](crate::LmJudgeScorer) in pairwise mode). `rlhf eval` computes win rates
+/// between policies with it.
+#[async_trait]
+pub trait PairJudge: Send + Sync {
+    /// Judges `a` against `b` for `question` in both orders and calibrates.
+    async fn compare(&self, question: &str, a: &str, b: &str) -> Result<Comparison, ScoreError>;
+}
 
 /// Which of two completions is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
