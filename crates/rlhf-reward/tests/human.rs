@@ -177,6 +177,19 @@ async fn uncertain_pairs_go_to_people_and_their_labels_become_rewards() -> TestR
         .await?;
     assert_eq!(other["item"], Value::Null, "{other}");
     assert_eq!(other["open"], 1);
+    // Ann passes on it: it is not handed to her again, and Bob gets it now.
+    let skip = json!({"item": item["item"], "labeler": "ann"});
+    assert_eq!(page.call("/api/skip", Some(skip)).await?.0, 200);
+    let (_, after) = page
+        .call("/api/next", Some(json!({"labeler": "ann"})))
+        .await?;
+    assert_eq!(after["item"], Value::Null, "{after}");
+    let (_, bob) = page
+        .call("/api/next", Some(json!({"labeler": "bob"})))
+        .await?;
+    assert_eq!(bob["item"]["item"], item["item"], "{bob}");
+    let unknown = json!({"item": 999, "labeler": "ann"});
+    assert_eq!(page.call("/api/skip", Some(unknown)).await?.0, 404);
 
     // Bad requests are refused, naming what is wrong.
     let (status, bad) = page.label(item, "left", "ann").await?;

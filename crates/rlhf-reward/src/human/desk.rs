@@ -155,6 +155,8 @@ struct Entry {
     ask: Ask,
     asked_at: f64,
     state: State,
+    /// Labellers who passed on it (never handed it again).
+    skipped_by: Vec<String>,
 }
 
 /// An open comparison as the page shows it.
@@ -384,6 +386,7 @@ impl Desk {
                 ask,
                 asked_at: now_s(),
                 state: State::Open { reply, claim: None },
+                skipped_by: Vec::new(),
             },
         );
         inner.stats.asked += 1;
@@ -409,6 +412,7 @@ impl Desk {
         let now = Instant::now();
         let claim = self.claim;
         let (id, entry) = inner.items.iter_mut().find(|(_, e)| match &e.state {
+            _ if e.skipped_by.iter().any(|s| s == labeler) => false,
             State::Open { claim: held, .. } => match held {
                 Some((who, since)) => who == labeler || now.duration_since(*since) > claim,
                 None => true,
@@ -419,6 +423,25 @@ impl Desk {
             *held = Some((labeler.to_owned(), now));
         }
         Some(shown(*id, entry))
+    }
+
+    /// `labeler` passes on item `id`: its hold ends and it is not handed to them again (others
+    /// still get it). False when there is no such open comparison.
+    pub fn skip(&self, id: u64, labeler: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.items.get_mut(&id) else {
+            return false;
+        };
+        let State::Open { claim, .. } = &mut entry.state else {
+            return false;
+        };
+        if claim.as_ref().is_some_and(|(who, _)| who == labeler) {
+            *claim = None;
+        }
+        if !entry.skipped_by.iter().any(|s| s == labeler) {
+            entry.skipped_by.push(labeler.to_owned());
+        }
+        true
     }
 
     /// Every open comparison, oldest first.

@@ -1,11 +1,13 @@
 //! The labeling page and its JSON API:
-//! - `GET /`: the page (labeller name, the prompt, completions A and B, three buttons; keys
-//!   `a`, `t`, `b`).
+//! - `GET /`: the page (labeller name, the prompt, completions A and B, buttons; keys `a`,
+//!   `t`, `b`, `s` to skip).
 //! - `POST /api/next` `{"labeler": "ann"}`: the oldest open comparison not held by someone
 //!   else, now held by `ann` for `claim_s` (`{"item": null}` when there is none).
 //! - `POST /api/label` `{"item": 7, "choice": "a" | "b" | "tie", "labeler": "ann"}`: records
 //!   the answer (`{"recorded": true, "used": bool}`; `used` is false when it came after the
 //!   scoring call stopped waiting). 404 for an unknown item, 409 when already labelled.
+//! - `POST /api/skip` `{"item": 7, "labeler": "ann"}`: `ann` passes on it (it is not handed
+//!   to `ann` again; others still get it).
 //! - `GET /api/pending`: every open comparison; `GET /api/stats`: the counters.
 //! - `GET /metrics`: the counters in the Prometheus text format (counts only, no texts).
 //!
@@ -31,6 +33,7 @@ pub(super) fn router(desk: Arc<Desk>) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/next", post(next))
         .route("/api/label", post(label))
+        .route("/api/skip", post(skip))
         .route("/api/pending", get(pending))
         .route("/api/stats", get(stats))
         .route("/metrics", get(metrics))
@@ -140,6 +143,31 @@ async fn label(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkipRequest {
+    item: u64,
+    labeler: String,
+}
+
+async fn skip(
+    State(desk): State<Arc<Desk>>,
+    headers: HeaderMap,
+    text: String,
+) -> Result<Response, Fail> {
+    check(&desk, &headers)?;
+    let req: SkipRequest = body(&text)?;
+    let who = labeler(&req.labeler)?;
+    if desk.skip(req.item, &who) {
+        Ok(axum::Json(json!({ "skipped": true })).into_response())
+    } else {
+        Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no open comparison {}", req.item),
+        ))
+    }
+}
+
 async fn pending(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Result<Response, Fail> {
     check(&desk, &headers)?;
     Ok(axum::Json(json!({ "items": desk.pending() })).into_response())
@@ -207,7 +235,7 @@ button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.5rem}
 <div id="task" hidden>
 <h2>Prompt</h2><pre id="prompt"></pre>
 <div class="pair"><div><h2>A</h2><pre id="a"></pre></div><div><h2>B</h2><pre id="b"></pre></div></div>
-<p><button id="ba">A is better (a)</button><button id="bt">Tie (t)</button><button id="bb">B is better (b)</button></p>
+<p><button id="ba">A is better (a)</button><button id="bt">Tie (t)</button><button id="bb">B is better (b)</button><button id="bs">Skip (s)</button></p>
 </div>
 <script>
 const token = new URLSearchParams(location.search).get("token");
@@ -244,12 +272,19 @@ async function answer(choice) {
   } catch (e) { say("error: " + e.message); }
   item = null; load();
 }
+async function skip() {
+  if (!item) return;
+  try { await api("api/skip", {item: item.item, labeler: who.value.trim()}); } catch (e) { say("error: " + e.message); }
+  item = null; load();
+}
+document.getElementById("bs").onclick = skip;
 document.getElementById("ba").onclick = () => answer("a");
 document.getElementById("bt").onclick = () => answer("tie");
 document.getElementById("bb").onclick = () => answer("b");
 document.addEventListener("keydown", e => {
   if (e.target === who) return;
   if (e.key === "a") answer("a"); else if (e.key === "t") answer("tie"); else if (e.key === "b") answer("b");
+  else if (e.key === "s") skip();
 });
 load();
 </script></body></html>
