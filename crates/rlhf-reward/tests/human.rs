@@ -430,6 +430,8 @@ async fn bad_configs_and_files_are_named() -> TestResult {
         text.ends_with('\n'),
         "new labels start on a line of their own"
     );
+    // ... and the file still opens after that restart (the torn part is gone, not a bad line).
+    drop(start(&cfg)?);
     cfg.labels_file = dir.path().join("bad.jsonl");
     std::fs::write(&cfg.labels_file, format!("not json\n{good}\n"))?;
     let err = start(&cfg).err().map(|e| e.to_string()).unwrap_or_default();

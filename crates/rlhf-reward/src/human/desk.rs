@@ -3,13 +3,12 @@
 //! records).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rlhf_core::{ChatMessage, SampleId};
+use rlhf_data::{DataError, JsonlWriter, read_jsonl};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -188,12 +187,11 @@ struct Inner {
     items: BTreeMap<u64, Entry>,
     known: HashMap<String, Label>,
     stats: HumanStats,
-    file: File,
+    log: JsonlWriter<Record>,
 }
 
 pub(super) struct Desk {
     inner: Mutex<Inner>,
-    path: PathBuf,
     token: Option<[u8; 32]>,
     max_open: usize,
     claim: Duration,
@@ -210,25 +208,19 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The records of a labels file's text (a torn last line, from a crash mid-write, is skipped
-/// with a warning; any other bad line is an error naming it).
-fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, String> {
-    let mut records = Vec::new();
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    for (n, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(line) {
-            Ok(r) => records.push(r),
-            Err(e) if n + 1 == lines.len() && !line.ends_with('\n') => {
-                tracing::warn!(file = %path.display(), line = n + 1, error = %e,
-                    "skipping the labels file's unfinished last line");
-            }
-            Err(e) => return Err(format!("{}:{}: {e}", path.display(), n + 1)),
-        }
-    }
-    Ok(records)
+/// The labels in the file at `path` (rlhf-data's JSONL reader: a crash's partial last line is
+/// skipped; any other bad line is an error naming the file and line).
+fn read_records(path: &Path) -> Result<Vec<Record>, String> {
+    read_jsonl::<Record>(path)
+        .map(|log| log.records)
+        .map_err(|e| match e {
+            DataError::Log {
+                path,
+                line,
+                message,
+            } => format!("{}:{line}: {message}", path.display()),
+            other => other.to_string(),
+        })
 }
 
 /// What [`preference_pairs`] made of a labels file.
@@ -246,8 +238,7 @@ pub struct Export {
 /// the format `rlhf rm` and `rlhf eval`'s ranking read: `id` (the pair's key), `prompt` or
 /// `messages`, `chosen`, `rejected`, plus `labeler`, `iteration`, `prompt_id`, `late`.
 pub fn preference_pairs(path: &Path) -> Result<(Vec<serde_json::Value>, Export), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let records = parse_records(path, &text)?;
+    let records = read_records(path)?;
     let mut export = Export::default();
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (k, r) in records.iter().enumerate() {
@@ -288,50 +279,32 @@ pub fn preference_pairs(path: &Path) -> Result<(Vec<serde_json::Value>, Export),
     Ok((pairs, export))
 }
 
-/// Reads the labels already in `path` (see [`parse_records`]), then makes sure the next label
-/// starts on a line of its own.
-fn read_known(path: &Path, file: &mut File) -> Result<HashMap<String, Label>, String> {
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let known = parse_records(path, &text)?
-        .into_iter()
-        .map(|r| (r.ask.key, r.label))
-        .collect();
-    if !text.is_empty() && !text.ends_with('\n') {
-        file.write_all(b"\n")
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(known)
-}
-
 impl Desk {
-    /// Opens (creating it and its folder if needed) and reads the labels file.
+    /// Opens (creating it and its folder if needed) and reads the labels file; a partial last
+    /// line left by a crash is cut off, with a warning, so the next label starts a line.
     pub fn open(
         path: &Path,
         token: Option<String>,
         max_open: usize,
         claim: Duration,
     ) -> Result<Desk, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = JsonlWriter::<Record>::open(path).map_err(|e| e.to_string())?;
+        if log.repaired_bytes() > 0 {
+            tracing::warn!(file = %path.display(), bytes = log.repaired_bytes(),
+                "cut off the labels file's unfinished last line");
         }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let known = read_known(path, &mut file)?;
+        let known = read_records(path)?
+            .into_iter()
+            .map(|r| (r.ask.key, r.label))
+            .collect();
         Ok(Desk {
             inner: Mutex::new(Inner {
                 next_id: 1,
                 items: BTreeMap::new(),
                 known,
                 stats: HumanStats::default(),
-                file,
+                log,
             }),
-            path: path.to_path_buf(),
             token: token.as_deref().map(digest),
             max_open,
             claim,
@@ -484,14 +457,11 @@ impl Desk {
             answered_at: now_s(),
             late: !open,
         };
-        let mut line = serde_json::to_string(&record)
-            .map_err(|e| Refused::Write(format!("{}: {e}", self.path.display())))?;
-        line.push('\n');
+        // One write, then fdatasync: on disk before the page is told.
         inner
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|()| inner.file.sync_data())
-            .map_err(|e| Refused::Write(format!("{}: {e}", self.path.display())))?;
+            .log
+            .append_batch(std::iter::once(&record))
+            .map_err(|e| Refused::Write(e.to_string()))?;
         let key = record.ask.key;
         inner.known.insert(key, label.clone());
         let Some(entry) = inner.items.get_mut(&id) else {
