@@ -2,7 +2,6 @@
 //! `messages`, `chosen`, `rejected`, ...), the data `rlhf rm` trains a reward model on and
 //! `rlhf eval`'s ranking reads.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -41,14 +40,8 @@ pub fn run(args: LabelsArgs) -> Result<()> {
         serde_json::to_writer(&mut text, p)?;
         text.push(b'\n');
     }
-    let tmp = args.out.with_extension("jsonl.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &args.out)
-    };
-    write().with_context(|| format!("writing {}", args.out.display()))?;
+    rlhf_model::weights::write_atomic(&args.out, &text)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "{}",
         json!({
