@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Builds the CUDA-enabled `rlhf` for a `device` session and packs it to travel: the device tool
-# carries at most 64 MiB of ignored paths, and the release binary with its line tables is
-# ~185 MB (35 MB stripped without CUDA). Output: gpu-bin/rlhf.gz and gpu-bin/rlhf-fusion.gz
-# (burn's operation fusion on), and a copy of ../shared/bench/gpu_peers.py (the `../shared`
-# beside the checkout does not travel to the device machine). The working tree (~9 MB) and
-# what is carried share a 64 MiB limit: carry `gpu-bin/rlhf.gz` and `gpu-bin/gpu_peers.py` in
-# one call and `gpu-bin/rlhf-fusion.gz` in another (what a call unpacked stays while the machine
-# is warm). scripts/gpu_session.sh unpacks them there.
+# carries at most 64 MiB (working tree ~10 MB plus what `carry` names). Output: gpu-bin/rlhf.xz
+# (`--features cuda`) and gpu-bin/rlhf-fusion.xz (`--features cuda-fusion`: burn's operation
+# fusion on), each stripped (~110 MB) and xz-packed (~16-19 MB), and a copy of
+# ../shared/bench/gpu_peers.py (the `../shared` beside the checkout does not travel). Carry
+# `gpu-bin` whole; scripts/gpu_session.sh unpacks the binaries there. On the 2-core dev machine
+# each variant takes 10-16 minutes to build from scratch (the feature sets share no burn crates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -16,7 +15,7 @@ for variant in cuda cuda-fusion; do
   name=rlhf
   [ "$variant" = cuda-fusion ] && name=rlhf-fusion
   strip -o "gpu-bin/$name" "$target/release/rlhf"
-  gzip -9 -f "gpu-bin/$name"
+  xz -9 -f "gpu-bin/$name"
 done
-cp ../shared/bench/gpu_peers.py gpu-bin/ 2>/dev/null || echo "no ../shared/bench/gpu_peers.py: the peers stage will be skipped" >&2
+cp ../shared/bench/gpu_peers.py gpu-bin/ 2>/dev/null || echo "no ../shared/bench/gpu_peers.py: the hf-generate and matmul stages will fail" >&2
 ls -la gpu-bin/

@@ -1,60 +1,118 @@
 #!/usr/bin/env bash
 # One prepared script for a `device` session (issue 5): burn-cuda and PyTorch side by side on
-# the same GPU, results under $OUT. Build and pack the binary here first:
-#   scripts/gpu_build.sh          # gpu-bin/rlhf.gz, small enough to carry
-# then run this script on the device machine with `gpu-bin` carried along.
+# the same GPU. Build and pack the binary here first:
+#   scripts/gpu_build.sh          # gpu-bin/rlhf.gz (and gpu_peers.py), small enough to carry
+# then on the device machine, with `gpu-bin` carried along:
+#   GPU_BUDGET_S=500 scripts/gpu_session.sh [stage ...]
 #
-# Stages (arguments; default: all but the fusion ones, in this order): peers (PyTorch matmul and
-# HF generate at the issue's shapes), torch-qwen (PyTorch's Qwen2.5-0.5B-shaped training step,
-# f32 and bf16 autocast), small, qwen-f32, qwen-bf16, qwen-bf16-ckpt (gradient checkpointing),
-# small-fusion and qwen-fusion-bf16 (burn's operation fusion on). One device command may run 10 minutes at most: split the stages over
-# calls, e.g. `peers torch-qwen small`, then `qwen-f32 qwen-bf16`, then the fusion ones (the
-# machine stays warm for a short while between calls).
+# The whole run stays inside GPU_BUDGET_S seconds (default 500; one device command may run 600):
+# each stage gets its own limit, cut to what is left, and a stage that would get under 25 s is
+# skipped. Results come back as $OUT/summary.txt and $OUT/results.tgz (every stage's stdout and
+# stderr, nvidia-smi, GPU memory over time), repacked after every stage so that a run stopped
+# from outside still returns what it finished. The device tool returns at most 8 files.
+#
+# Stages (default: the next questions after the 2026-11-30 session, docs/benchmarks.md:
+# torch-qwen qwen-bf16-train burn-matmul matmul autotune profile-gen):
+#   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
+#                     (scripts/torch_qwen_step.py, batch 8 x 256)
+#   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
+#   qwen-bf16-gen     ours, generation at batch 8 and 64, prompt 128, 256 new tokens, bf16
+#   hf-generate       Hugging Face generate at the same shapes (gpu_peers.py generate)
+#   qwen-f32-train    ours, --precision f32
+#   profile           ours, one bf16 training step with cubecl's per-kernel profiling on (every
+#                     launch synchronised and timed: slow, never mixed with the timed stages)
+#   profile-gen       ours, decoding (batch 64, 16 new tokens) with the per-kernel profiling on
+#   burn-matmul       ours, `rlhf bench matmul` bf16 at the model's shapes, autotune minimal and
+#                     balanced (what cubecl's matmul kernels reach; compare with `matmul`)
+#   autotune          ours, bf16 training and generation with CUBECL_AUTOTUNE_LEVEL=balanced
+#   matmul            PyTorch matmul ceiling (gpu_peers.py matmul)
+#   batch32           PyTorch's and our bf16 training step at batch 32 x 256 (how each scales)
+#   qwen-bf16-ckpt    ours, bf16 training with gradient checkpointing (memory vs step time)
+#   small             ours, a small model (JIT/autotune cost alone)
+#   qwen-fusion-bf16  ours with burn's fusion, training (gpu-bin/rlhf-fusion.xz)
+#   qwen-fusion-bf16-gen  the same, generation
+# Never set CUBECL_DEBUG_LOG for a timed stage: it turns on cubecl's kernel profiling, which
+# synchronises after every kernel launch.
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu-out}"
-mkdir -p "$OUT"
+work=/tmp/gpu-work
+mkdir -p "$OUT" "$work"
+budget="${GPU_BUDGET_S:-500}"
+t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(peers torch-qwen small qwen-f32 qwen-bf16)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train burn-matmul matmul autotune profile-gen)
+export PYTHONUNBUFFERED=1
+say() { echo "$*" | tee -a "$work/summary.txt"; }
+pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
+
 # burn-cuda loads CUDA at run time: point it at the CUDA 13 lib folder holding libnvrtc.so.
-nvrtc=$(find / -name 'libnvrtc.so*' -path '*13*' -not -path '*stubs*' 2>/dev/null | head -1)
+nvrtc=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*stubs*' 2>/dev/null | grep 13 | head -1)
 [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
-echo "nvrtc: ${nvrtc:-not found}" | tee -a "$OUT/env.txt"
-nvidia-smi >> "$OUT/env.txt" 2>&1
-export CUBECL_DEBUG_LOG="$OUT/cubecl.log"
-unpack() { [ -x "$1" ] || { [ -f "$1.gz" ] && gunzip -kf "$1.gz" && chmod +x "$1"; }; [ -x "$1" ] || echo "no $1: run scripts/gpu_build.sh and carry gpu-bin" | tee -a "$OUT/summary.txt"; }
-bin="${RLHF_BIN:-gpu-bin/rlhf}"
-fused=gpu-bin/rlhf-fusion
-unpack "$bin"
-# GPU memory in use, twice a second, next to the estimates `bench model` prints.
-nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 500 >> "$OUT/gpu_memory.csv" 2>&1 &
+say "nvrtc: ${nvrtc:-not found}; budget ${budget}s; stages: ${stages[*]}"
+nvidia-smi > "$work/nvidia-smi.txt" 2>&1
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,clocks.sm --format=csv -lms 500 > "$work/gpu_memory.csv" 2>&1 &
 smi=$!
-trap 'kill $smi 2>/dev/null' EXIT
-run() { local name=$1 limit=$2; shift 2; echo "== $name: $*" | tee -a "$OUT/summary.txt"; timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"; echo "rc=$?" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/$name.err" | tee -a "$OUT/summary.txt"; }
-# The issue's reference shapes: training batch 8 x 256; generation batch 8 and 64, prompt 128,
-# 256 new tokens.
-qwen=(bench model --device cuda:0 --size qwen0.5b --train-batch 8 --train-len 256 --gen-batch 8,64 --prompt-len 128 --new-tokens 256 --steps 3)
+trap 'kill $smi 2>/dev/null; pack' EXIT
+
+unpack() {
+  # xz, or Python's lzma where the image has no xz.
+  [ -x "$1" ] || { [ -f "$1.xz" ] && { xz -dkf "$1.xz" 2>/dev/null || python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1.xz" "$1"; } && chmod +x "$1"; }
+  [ -x "$1" ] || { [ -f "$1.gz" ] && gunzip -kf "$1.gz" && chmod +x "$1"; }
+  [ -x "$1" ] || say "no $1: run scripts/gpu_build.sh and carry gpu-bin"
+}
+bin="${RLHF_BIN:-gpu-bin/rlhf}"
+unpack "$bin"
+peers=gpu-bin/gpu_peers.py
+[ -f "$peers" ] || peers=../shared/bench/gpu_peers.py
+
+# run NAME LIMIT CMD...: stdout to NAME.out, stderr to NAME.err, the limit cut to the budget.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((budget - ($(date +%s) - t0) - 10))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 25 ]; then say "== $name: skipped, ${left}s of budget left"; return; fi
+  say "== $name (limit ${limit}s): $*"
+  local start=$(date +%s)
+  timeout "$limit" "$@" > "$work/$name.out" 2> "$work/$name.err"
+  say "rc=$? after $(($(date +%s) - start))s"
+  grep -h RESULT "$work/$name.out" "$work/$name.err" | tee -a "$work/summary.txt"
+  grep -hE '^(model|generate|train|weight sync|memory|matmul)' "$work/$name.err" | tail -12 | tee -a "$work/summary.txt"
+  grep -hiE 'error|panic' "$work/$name.err" | head -3 | tee -a "$work/summary.txt"
+  pack
+}
+
+# The issue's shapes: training batch 8 x 256; generation batch 8 and 64, prompt 128, 256 new.
+qwen=(bench model --device cuda:0 --size qwen0.5b)
+train=(--train-batch 8 --train-len 256 --steps 3 --no-generate)
+gen=(--gen-batch 8,64 --prompt-len 128 --new-tokens 256 --no-train)
+export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 for stage in "${stages[@]}"; do
   case "$stage" in
-    # PyTorch first: its numbers arrive even if burn stalls.
-    peers)
-      peers=gpu-bin/gpu_peers.py
-      [ -f "$peers" ] || peers=../shared/bench/gpu_peers.py
-      timeout 150 python3 "$peers" matmul generate > "$OUT/peers.txt" 2>&1
-      grep RESULT "$OUT/peers.txt" | tee -a "$OUT/summary.txt" ;;
-    torch-qwen)
-      timeout 120 python3 scripts/torch_qwen_step.py > "$OUT/torch-qwen.txt" 2>&1
-      grep RESULT "$OUT/torch-qwen.txt" | tee -a "$OUT/summary.txt" ;;
-    # Small: shows JIT/autotune cost without a 0.5B model in the way.
-    small) run small-cuda 90 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
-    qwen-f32) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-f32 150 "$bin" "${qwen[@]}" --precision f32 ;;
-    qwen-bf16) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-bf16 150 "$bin" "${qwen[@]}" --precision bf16 ;;
-    # Layer-level gradient checkpointing: memory (gpu_memory.csv) and step time against qwen-bf16.
-    qwen-bf16-ckpt) CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-bf16-ckpt 150 "$bin" bench model --device cuda:0 --size qwen0.5b --train-batch 8 --train-len 256 --gen-batch 1 --prompt-len 4 --new-tokens 2 --steps 3 --precision bf16 --checkpointing ;;
-    small-fusion) unpack "$fused"; run small-cuda-fusion 90 "$fused" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
-    qwen-fusion-bf16) unpack "$fused"; CUBECL_AUTOTUNE_LEVEL=minimal run qwen-cuda-fusion-bf16 150 "$fused" "${qwen[@]}" --precision bf16 ;;
-    *) echo "unknown stage $stage" | tee -a "$OUT/summary.txt" ;;
+    torch-qwen) run torch-qwen 90 python3 scripts/torch_qwen_step.py --steps 5 ;;
+    qwen-bf16-train) run qwen-bf16-train 180 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16 ;;
+    qwen-bf16-gen) run qwen-bf16-gen 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
+    hf-generate) run hf-generate 90 python3 "$peers" generate ;;
+    qwen-f32-train) run qwen-f32-train 120 "$bin" "${qwen[@]}" "${train[@]}" --precision f32 ;;
+    profile) CUBECL_DEBUG_LOG="$work/profile.log" CUBECL_DEBUG_OPTION=profile \
+      run profile 90 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16 ;;
+    profile-gen) CUBECL_DEBUG_LOG="$work/profile-gen.log" CUBECL_DEBUG_OPTION=profile \
+      run profile-gen 90 "$bin" "${qwen[@]}" --gen-batch 64 --prompt-len 128 --new-tokens 16 --no-train --precision bf16 ;;
+    burn-matmul)
+      CUBECL_AUTOTUNE_LEVEL=minimal run burn-matmul-minimal 90 "$bin" bench matmul --device cuda:0 --precision bf16
+      CUBECL_AUTOTUNE_LEVEL=balanced run burn-matmul-balanced 120 "$bin" bench matmul --device cuda:0 --precision bf16 ;;
+    autotune)
+      CUBECL_AUTOTUNE_LEVEL=balanced run qwen-bf16-train-balanced 180 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16
+      CUBECL_AUTOTUNE_LEVEL=balanced run qwen-bf16-gen-balanced 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
+    matmul) run matmul 60 python3 "$peers" matmul ;;
+    qwen-bf16-ckpt) run qwen-bf16-ckpt 150 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16 --checkpointing ;;
+    small) run small 90 "$bin" bench model --device cuda:0 --size small --train-batch 8 --train-len 256 --gen-batch 8 --prompt-len 32 --new-tokens 32 --steps 3 ;;
+    batch32)
+      run torch-qwen-b32 90 python3 scripts/torch_qwen_step.py --steps 5 --batch 32
+      run qwen-bf16-train-b32 150 "$bin" "${qwen[@]}" --train-batch 32 --train-len 256 --steps 3 --no-generate --precision bf16 ;;
+    qwen-fusion-bf16-gen) unpack gpu-bin/rlhf-fusion; run qwen-fusion-bf16-gen 150 gpu-bin/rlhf-fusion "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
+    qwen-fusion-bf16) unpack gpu-bin/rlhf-fusion; run qwen-fusion-bf16 180 gpu-bin/rlhf-fusion "${qwen[@]}" "${train[@]}" --precision bf16 ;;
+    *) say "unknown stage $stage" ;;
   esac
 done
-# cubecl's autotune results (kept under target/ of the device copy between calls of a session).
-cache=$(find target -maxdepth 4 -iname '*autotune*' 2>/dev/null | head -1)
-if [ -n "$cache" ]; then tar czf "$OUT/autotune-cache.tgz" "$cache"; fi
+say "done after $(($(date +%s) - t0))s"

@@ -26,6 +26,47 @@ pub enum BenchCommand {
     Model(ModelBenchArgs),
     /// The learner's DPO update (policy + reference log-probs, loss, backward, AdamW) in pairs/s.
     Dpo(DpoBenchArgs),
+    /// Matrix products at the model's shapes, in TFLOP/s: what the backend's matmul kernels reach.
+    Matmul(MatmulBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MatmulBenchArgs {
+    /// Shapes `MxKxN` (A is M × K, B is K × N); a trailing `t` gives B as an N × K matrix
+    /// transposed, as a tied head multiplies by the embedding matrix. Default: Qwen2.5-0.5B's
+    /// MLP and head at training (2048 rows) and decoding (64 rows) sizes, and a square 8192.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2048x896x4864,2048x4864x896,2048x896x151936t,64x896x4864,64x896x151936t,151936x896x64,8192x8192x8192"
+    )]
+    shapes: Vec<String>,
+    /// Timed products per shape (after two warm-up products: JIT compilation and autotuning).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Operand format: `f32` or `bf16` (needs a GPU).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+/// A `MxKxN[t]` shape of `bench matmul`.
+fn parse_shape(text: &str) -> Result<(usize, usize, usize, bool)> {
+    let (dims, transposed) = match text.strip_suffix('t') {
+        Some(d) => (d, true),
+        None => (text, false),
+    };
+    let parts: Vec<usize> = dims
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--shapes: `{text}` is not MxKxN[t] (e.g. 64x896x4864t)"))?;
+    match parts[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n, transposed)),
+        _ => bail!("--shapes: `{text}` is not MxKxN[t] with positive sizes (e.g. 64x896x4864t)"),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +135,12 @@ pub struct ModelBenchArgs {
     /// layer's input and no logits, recompute head and layers in the backward pass.
     #[arg(long)]
     checkpointing: bool,
+    /// Skip generation (time the training step only).
+    #[arg(long)]
+    no_generate: bool,
+    /// Skip training and weight sync (time generation only).
+    #[arg(long, conflicts_with = "no_generate")]
+    no_train: bool,
     /// Compute precision: `f32`, or `bf16` (f32 master weights cast at each use for training,
     /// bf16-stored weights for generation; needs a GPU).
     #[arg(long, default_value = "f32")]
@@ -143,7 +190,82 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             >(&args, &device))
         }
         BenchCommand::Dpo(args) => dpo_bench(&args),
+        BenchCommand::Matmul(args) => {
+            if args.iters == 0 {
+                bail!("--iters must be positive");
+            }
+            args.precision
+                .check_device(args.device)
+                .map_err(anyhow::Error::msg)?;
+            let shapes = args
+                .shapes
+                .iter()
+                .map(|s| parse_shape(s))
+                .collect::<Result<Vec<_>>>()?;
+            with_backend!(args.device, |device: B| matmul_bench::<B>(
+                &args, &shapes, &device
+            ))
+        }
     }
+}
+
+fn matmul_bench<B: Backend>(
+    args: &MatmulBenchArgs,
+    shapes: &[(usize, usize, usize, bool)],
+    device: &B::Device,
+) -> Result<()> {
+    use burn::tensor::Distribution;
+    let dtype = args.precision.dtype();
+    let mut results = vec![];
+    for &(m, k, n, transposed) in shapes {
+        let a = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+        let b = if transposed {
+            Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).cast(dtype)
+        } else {
+            Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), device).cast(dtype)
+        };
+        let product = || {
+            let rhs = if transposed {
+                b.clone().transpose()
+            } else {
+                b.clone()
+            };
+            a.clone().matmul(rhs)
+        };
+        // Reading one element back waits for the queued work (a GPU runs it asynchronously).
+        let wait = |t: Tensor<B, 2>| t.slice([0..1, 0..1]).into_data();
+        let warm = Instant::now();
+        for _ in 0..2 {
+            wait(product());
+        }
+        let warmup = warm.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut last = None;
+        for _ in 0..args.iters {
+            last = Some(product());
+        }
+        if let Some(t) = last {
+            wait(t);
+        }
+        let secs = start.elapsed().as_secs_f64() / args.iters as f64;
+        let tflops = 2.0 * (m * k * n) as f64 / secs / 1e12;
+        let shape = format!("{m}x{k}x{n}{}", if transposed { "t" } else { "" });
+        eprintln!(
+            "matmul {shape} ({}): {:.3} ms = {tflops:.2} TFLOP/s (warm-up {warmup:.2}s)",
+            args.precision,
+            secs * 1e3
+        );
+        results.push(
+            json!({"shape": shape, "m": m, "k": k, "n": n, "transposed": transposed,
+            "seconds": secs, "tflops": tflops, "warmup_seconds": warmup}),
+        );
+    }
+    println!(
+        "{}",
+        json!({"device": args.device.to_string(), "precision": args.precision.to_string(),
+            "backend": std::any::type_name::<B>(), "iters": args.iters, "matmul": results})
+    );
+    Ok(())
 }
 
 fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) -> Result<()> {
@@ -160,7 +282,12 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     // Generation (inference backend, no autodiff graph), from weights stored in the precision.
     let infer = model.valid().cast_weights(precision)?;
     let mut gen_results = vec![];
-    for &b in &args.gen_batch {
+    let gen_batches: &[usize] = if args.no_generate {
+        &[]
+    } else {
+        &args.gen_batch
+    };
+    for &b in gen_batches {
         let prompts: Vec<Vec<u32>> = (0..b)
             .map(|i| tokens(args.prompt_len, vocab, i as u64))
             .collect();
@@ -181,6 +308,10 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             },
         )?;
         let warmup = warm.elapsed().as_secs_f64();
+        eprintln!(
+            "generate: batch {b}, warm-up call of {} tokens took {warmup:.2}s",
+            args.new_tokens.min(8)
+        );
         let estimate = memory::generation(
             &model.config,
             b,
@@ -204,6 +335,20 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         report_memory(&estimate, growth);
     }
     drop(infer);
+    if args.no_train {
+        println!(
+            "{}",
+            json!({
+                "model": format!("{:?}", args.size).to_lowercase(),
+                "parameters": params,
+                "device": args.device.to_string(),
+                "precision": precision.to_string(),
+                "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
+                "generate": gen_results,
+            })
+        );
+        return Ok(());
+    }
 
     // Training: next-token NLL, backward, AdamW.
     let (bsz, len) = (args.train_batch, args.train_len);
@@ -233,11 +378,14 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         let grads = model.param_gradients(checkpoints, &mut grads)?;
         model = optim.step(1e-4, model, grads);
         wait_for(&model);
+        let secs = start.elapsed().as_secs_f64();
+        // One line per step: a run stopped at a time limit still tells how far it got.
+        eprintln!("train: step {step} took {secs:.3}s");
         if step > 0 {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(secs);
         } else {
             // The warm-up step: on a GPU it includes JIT compilation and autotuning.
-            first_step = start.elapsed().as_secs_f64();
+            first_step = secs;
         }
         if step == 1 {
             // The first timed step: AdamW's moments already exist, as the estimate assumes.
@@ -245,11 +393,17 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
+    // The median too: on a GPU the first timed step can still pay for autotuning and memory
+    // pool growth, which a mean over few steps carries.
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
     let tps = (bsz * len) as f64 / mean;
     // Model FLOPs of a training step: 6 · parameters · tokens (attention excluded).
     let tflops = 6.0 * params as f64 * tps / 1e12;
     eprintln!(
-        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s; first (warm-up) step {first_step:.2}s"
+        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s; median step {median:.3}s = {:.0} tokens/s; first (warm-up) step {first_step:.2}s",
+        (bsz * len) as f64 / median
     );
     report_memory(&estimate, growth);
 
@@ -284,7 +438,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             "precision": precision.to_string(),
             "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
             "generate": gen_results,
-            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
+            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "median_seconds_per_step": median, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
                 "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth},
             "weight_sync": {"payload_bytes": payload, "publish_seconds": publish_secs, "load_seconds": load_secs},
         })

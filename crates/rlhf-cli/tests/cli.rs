@@ -372,3 +372,61 @@ fn memory_estimates_a_checkpoint_from_its_config() {
     assert_ne!(code, 0);
     assert!(stderr.contains("config.json"), "{stderr}");
 }
+
+#[test]
+fn matmul_bench_times_each_shape_and_rejects_bad_ones() {
+    let (code, stdout, stderr) = rlhf(&[
+        "bench",
+        "matmul",
+        "--shapes",
+        "32x16x24,8x16x40t",
+        "--iters",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = json_of(&stdout);
+    let rows = out["matmul"].as_array().expect("matmul rows");
+    let shapes: Vec<&str> = rows.iter().filter_map(|r| r["shape"].as_str()).collect();
+    assert_eq!(shapes, ["32x16x24", "8x16x40t"]);
+    assert_eq!(rows[1]["transposed"], true);
+    for r in rows {
+        let tflops = r["tflops"].as_f64().expect("tflops");
+        assert!(tflops.is_finite() && tflops > 0.0, "{r}");
+    }
+    let (code, _, stderr) = rlhf(&["bench", "matmul", "--shapes", "32x16"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--shapes") && stderr.contains("32x16"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = rlhf(&["bench", "matmul", "--precision", "bf16"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("needs a GPU"), "{stderr}");
+}
+
+#[test]
+fn model_bench_can_time_generation_or_training_alone() {
+    let base = ["bench", "model", "--size", "tiny", "--steps", "1"];
+    let gen_only = [
+        &base[..],
+        &["--no-train", "--gen-batch", "2", "--new-tokens", "4"],
+    ]
+    .concat();
+    let (code, stdout, stderr) = rlhf(&gen_only);
+    assert_eq!(code, 0, "{stderr}");
+    let out = json_of(&stdout);
+    assert_eq!(out["generate"].as_array().map(Vec::len), Some(1));
+    assert!(out.get("train").is_none(), "{out}");
+    let train_only = [&base[..], &["--no-generate"]].concat();
+    let (code, stdout, stderr) = rlhf(&train_only);
+    assert_eq!(code, 0, "{stderr}");
+    let out = json_of(&stdout);
+    assert_eq!(out["generate"].as_array().map(Vec::len), Some(0));
+    assert!(
+        out["train"]["median_seconds_per_step"].as_f64().is_some(),
+        "{out}"
+    );
+    assert!(stderr.contains("train: step 1 took"), "{stderr}");
+    let (code, _, _) = rlhf(&[&base[..], &["--no-train", "--no-generate"]].concat());
+    assert_ne!(code, 0, "the two flags conflict");
+}
