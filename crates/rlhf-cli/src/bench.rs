@@ -335,18 +335,17 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         report_memory(&estimate, growth);
     }
     drop(infer);
+    let mut report = json!({
+        "model": format!("{:?}", args.size).to_lowercase(),
+        "parameters": params,
+        "device": args.device.to_string(),
+        "checkpointing": args.checkpointing,
+        "precision": precision.to_string(),
+        "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
+        "generate": gen_results,
+    });
     if args.no_train {
-        println!(
-            "{}",
-            json!({
-                "model": format!("{:?}", args.size).to_lowercase(),
-                "parameters": params,
-                "device": args.device.to_string(),
-                "precision": precision.to_string(),
-                "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
-                "generate": gen_results,
-            })
-        );
+        println!("{report}");
         return Ok(());
     }
 
@@ -428,21 +427,10 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         "weight sync: {} payload; publish (serialize + SHA-256) {publish_secs:.2}s, worker load {load_secs:.2}s",
         human(payload as u64)
     );
-    println!(
-        "{}",
-        json!({
-            "model": format!("{:?}", args.size).to_lowercase(),
-            "parameters": params,
-            "device": args.device.to_string(),
-            "checkpointing": args.checkpointing,
-            "precision": precision.to_string(),
-            "backend": std::any::type_name::<<B as AutodiffBackend>::InnerBackend>(),
-            "generate": gen_results,
-            "train": {"batch": bsz, "len": len, "seconds_per_step": mean, "median_seconds_per_step": median, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
-                "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth},
-            "weight_sync": {"payload_bytes": payload, "publish_seconds": publish_secs, "load_seconds": load_secs},
-        })
-    );
+    report["train"] = json!({"batch": bsz, "len": len, "seconds_per_step": mean, "median_seconds_per_step": median, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
+        "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth});
+    report["weight_sync"] = json!({"payload_bytes": payload, "publish_seconds": publish_secs, "load_seconds": load_secs});
+    println!("{report}");
     Ok(())
 }
 
