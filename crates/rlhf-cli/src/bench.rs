@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Subcommand, ValueEnum};
@@ -354,7 +353,8 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     let batch = TokenBatch::unpadded(tokens(bsz * len, vocab, 99), bsz, len)?;
     let mask =
         Tensor::<B, 2>::from_data(TensorData::new(target_mask(&batch), [bsz, len - 1]), device);
-    let mut optim = AdamWConfig::new().init::<B, Transformer<B>>();
+    // The learner's optimizer (burn's AdamW defaults, weight decay 1e-4).
+    let mut optim = rlhf_learner::adamw::FlatAdamW::<B>::new(1e-4);
     let mut model = model;
     let mut times = vec![];
     // The policy alone (the reference of DPO-style objectives would add its weights).
@@ -375,7 +375,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         let loss = masked_mean(lp, mask.clone()).mean().neg();
         let mut grads = loss.backward();
         let grads = model.param_gradients(checkpoints, &mut grads)?;
-        model = optim.step(1e-4, model, grads);
+        model = optim.step(1e-4, model, grads)?;
         wait_for(&model);
         let secs = start.elapsed().as_secs_f64();
         // One line per step: a run stopped at a time limit still tells how far it got.

@@ -6,6 +6,7 @@
 //! are kept serialized (safetensors, SHA-256) and streamed to rollout workers in chunks
 //! (`FetchWeights`): weights go learner → generators directly, never through the coordinator.
 
+pub mod adamw;
 mod clip;
 mod groups;
 mod parallel;

@@ -11,8 +11,6 @@
 //! whitening over all of the update's tokens.
 
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_algo::policy::{KlController, RolloutBatch, TokenBatch as PgTokens, ValueBatch, gae};
@@ -21,6 +19,7 @@ use rlhf_model::Transformer;
 use rlhf_model::load::host_vec;
 
 use crate::LearnerError;
+use crate::adamw::FlatAdamW;
 use crate::clip::clip_global_norm;
 use crate::groups::{completion_columns, masked_kl, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
@@ -29,7 +28,7 @@ use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 pub struct PpoState<B: AutodiffBackend> {
     /// The value model (one-output score head).
     pub critic: Transformer<B>,
-    pub(crate) optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    pub(crate) optim: FlatAdamW<B>,
     /// Learning rate of the critic.
     pub lr: f64,
     /// β of the KL penalty in the reward.
@@ -299,8 +298,8 @@ impl<B: AutodiffBackend> TrainState<B> {
         }
         self.policy = self
             .optim
-            .step(self.settings.lr, self.policy.clone(), policy_grads);
-        ppo.critic = ppo.optim.step(ppo.lr, ppo.critic.clone(), critic_grads);
+            .step(self.settings.lr, self.policy.clone(), policy_grads)?;
+        ppo.critic = ppo.optim.step(ppo.lr, ppo.critic.clone(), critic_grads)?;
         let mut extra: Vec<(String, f64)> = out
             .stats
             .metrics()

@@ -6,23 +6,19 @@
 //!   statistics (BCO's reward mean) and, per policy parameter in the module's visiting order,
 //!   AdamW's step count (or none for a parameter that never had a gradient);
 //! - `optimizer.safetensors`: AdamW's first and second moments, `m1.{i}` and `m2.{i}`, f32 in
-//!   burn's layout;
+//!   each parameter's shape (the same file as burn's own AdamW wrote before `adamw.rs`);
 //! - `reference/`: the reference policy, when `reference_refresh_every` replaces it during a run;
 //! - PPO: `critic-optimizer.safetensors` (the critic's AdamW; its weights are the checkpoint's
 //!   `critic/`) and the KL controller in `state.json`.
 //!
-//! burn keys optimizer state by parameter id, which a freshly loaded model does not share with
-//! the one that was saved; the visiting order of a model's parameters is fixed by its config,
-//! so state is stored by position and re-keyed on load. Loading checks that the count and every
+//! The optimizer (`adamw.rs`) knows parameters by their position in the model's visiting
+//! order, which a model's config fixes, so a freshly loaded model takes the saved state. Loading checks that the count and every
 //! shape agree. Restored exactly: resuming continues with the same bits as not stopping.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, Optimizer};
-use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use rlhf_algo::binary::RunningMean;
@@ -32,6 +28,7 @@ use rlhf_model::weights::{HostTensor, WeightStore, write_atomic, write_safetenso
 use serde::{Deserialize, Serialize};
 
 use crate::LearnerError;
+use crate::adamw::{FlatAdamW, Member, ParamState};
 use crate::trainer::{OptimSettings, TrainState};
 
 /// The folder, inside a checkpoint, that holds the training state.
@@ -70,128 +67,70 @@ struct CriticState {
     kl: KlController,
 }
 
-/// AdamW's state of every parameter, keyed by parameter id.
-type Records<B> =
-    <OptimizerAdaptor<AdamW, Transformer<B>, B> as Optimizer<Transformer<B>, B>>::Record;
-
 fn invalid(dir: &Path, what: impl std::fmt::Display) -> LearnerError {
     LearnerError::Config(format!("{}: {what}", dir.display()))
 }
 
-/// Collects each parameter's AdamW state in visiting order.
-struct Collect<'a, B: AutodiffBackend> {
-    records: &'a Records<B>,
-    steps: Vec<Option<usize>>,
+/// A model's float parameters in visiting order: their shapes, and the device they live on.
+struct Shapes<B: AutodiffBackend> {
     shapes: Vec<Vec<usize>>,
-    tensors: BTreeMap<String, HostTensor>,
-    error: Option<String>,
+    device: Option<burn::tensor::ops::Device<B::InnerBackend>>,
 }
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<HostTensor, String> {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(HostTensor { shape, data })
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Shapes<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let i = self.steps.len();
         self.shapes.push(param.shape().dims::<D>().to_vec());
-        let Some(record) = self.records.get(&param.id) else {
-            self.steps.push(None);
-            return;
-        };
-        let state = record.clone().into_state::<D>();
-        self.steps.push(Some(state.momentum.time));
-        for (name, t) in [
-            (format!("m1.{i}"), state.momentum.moment_1),
-            (format!("m2.{i}"), state.momentum.moment_2),
-        ] {
-            match host(t) {
-                Ok(h) => {
-                    self.tensors.insert(name, h);
-                }
-                Err(e) => self.error = Some(e),
-            }
+        if self.device.is_none() {
+            self.device = Some(param.val().inner().device());
         }
     }
 }
 
-/// Rebuilds the AdamW records for a model's (new) parameter ids.
-struct Restore<'a, B: AutodiffBackend> {
-    state: &'a OptimState,
-    store: &'a mut WeightStore,
-    index: usize,
-    records: Records<B>,
-    error: Option<String>,
+fn shapes<B: AutodiffBackend>(model: &Transformer<B>) -> Shapes<B> {
+    let mut v = Shapes::<B> {
+        shapes: vec![],
+        device: None,
+    };
+    model.visit(&mut v);
+    v
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let i = self.index;
-        self.index += 1;
-        if self.error.is_some() {
-            return;
-        }
-        let shape = param.shape().dims::<D>().to_vec();
-        if self.state.shapes.get(i) != Some(&shape) {
-            self.error = Some(format!(
-                "parameter {i} has shape {shape:?} here and {:?} in the saved state (another \
-                 model?)",
-                self.state.shapes.get(i)
-            ));
-            return;
-        }
-        let Some(Some(time)) = self.state.adam_steps.get(i).copied() else {
-            return;
-        };
-        let device = param.val().device();
-        let mut moment = |name: String| -> Result<Tensor<B::InnerBackend, D>, String> {
-            let h = self.store.take(&name, &shape).map_err(|e| e.to_string())?;
-            Ok(Tensor::from_data(TensorData::new(h.data, h.shape), &device))
-        };
-        let (m1, m2) = match (moment(format!("m1.{i}")), moment(format!("m2.{i}"))) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                self.error = Some(e);
-                return;
-            }
-        };
-        let state =
-            burn::optim::AdamWState::new(burn::optim::AdaptiveMomentumState::new(time, m1, m2));
-        self.records.insert(
-            param.id,
-            burn::optim::record::AdaptorRecord::from_state::<D>(state),
-        );
-    }
-}
-
-/// Writes `model`'s AdamW moments to `file` and returns its steps and shapes.
+/// Writes `model`'s AdamW moments to `file` (`m1.{i}`, `m2.{i}` in the parameter's shape) and
+/// returns its steps and shapes.
 fn save_optimizer<B: AutodiffBackend>(
     model: &Transformer<B>,
-    optim: &OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    optim: &FlatAdamW<B>,
     file: &Path,
 ) -> Result<OptimState, LearnerError> {
-    let records = optim.to_record();
-    let mut c = Collect::<B> {
-        records: &records,
-        steps: vec![],
-        shapes: vec![],
-        tensors: BTreeMap::new(),
-        error: None,
-    };
-    model.visit(&mut c);
-    if let Some(e) = c.error {
-        return Err(invalid(file, format!("reading the optimizer state: {e}")));
+    let shapes = shapes(model).shapes;
+    let mut steps = vec![None; shapes.len()];
+    let mut tensors = BTreeMap::new();
+    for p in optim.export() {
+        let i = p.member.index;
+        if i >= steps.len() {
+            return Err(invalid(
+                file,
+                format!(
+                    "optimizer state for parameter {i} of a model of {}",
+                    steps.len()
+                ),
+            ));
+        }
+        steps[i] = Some(optim.steps());
+        for (name, t) in [(format!("m1.{i}"), p.m), (format!("m2.{i}"), p.v)] {
+            let data = t
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| invalid(file, format!("reading the optimizer state: {e:?}")))?;
+            let shape = p.member.shape.clone();
+            tensors.insert(name, HostTensor { shape, data });
+        }
     }
-    write_safetensors(file, &c.tensors)?;
+    write_safetensors(file, &tensors)?;
     Ok(OptimState {
-        adam_steps: c.steps,
-        shapes: c.shapes,
+        adam_steps: steps,
+        shapes,
     })
 }
 
@@ -201,31 +140,61 @@ fn load_optimizer<B: AutodiffBackend>(
     state: &OptimState,
     file: &Path,
     settings: &OptimSettings,
-) -> Result<OptimizerAdaptor<AdamW, Transformer<B>, B>, LearnerError> {
+) -> Result<FlatAdamW<B>, LearnerError> {
     let bytes = std::fs::read(file).map_err(|e| invalid(file, e))?;
     let mut store = WeightStore::from_bytes(&bytes, file)?;
-    let mut r = Restore::<B> {
-        state,
-        store: &mut store,
-        index: 0,
-        records: Records::<B>::default(),
-        error: None,
-    };
-    model.visit(&mut r);
-    if let Some(e) = r.error {
-        return Err(invalid(file, e));
-    }
-    if r.index != state.shapes.len() {
+    let here = shapes(model);
+    if here.shapes.len() != state.shapes.len() {
         return Err(invalid(
             file,
             format!(
                 "{} parameters saved, the model has {} (another model?)",
                 state.shapes.len(),
-                r.index
+                here.shapes.len()
             ),
         ));
     }
-    Ok(crate::trainer::adamw(settings.weight_decay).load_record(r.records))
+    for (i, (shape, saved)) in here.shapes.iter().zip(&state.shapes).enumerate() {
+        if shape != saved {
+            return Err(invalid(
+                file,
+                format!(
+                    "parameter {i} has shape {shape:?} here and {saved:?} in the saved state \
+                     (another model?)"
+                ),
+            ));
+        }
+    }
+    let mut time = None;
+    let mut params = vec![];
+    for (i, step) in state.adam_steps.iter().enumerate() {
+        let Some(step) = *step else { continue };
+        match time {
+            Some(t) if t != step => {
+                return Err(invalid(
+                    file,
+                    format!("parameters saved at different step counts ({t} and {step})"),
+                ));
+            }
+            _ => time = Some(step),
+        }
+        let (Some(shape), Some(device)) = (state.shapes.get(i), here.device.as_ref()) else {
+            return Err(invalid(file, format!("no parameter {i} in the model")));
+        };
+        let mut moment = |name: String| -> Result<Tensor<B::InnerBackend, 1>, LearnerError> {
+            let h = store.take(&name, shape)?;
+            let n = h.data.len();
+            Ok(Tensor::from_data(TensorData::new(h.data, [n]), device))
+        };
+        let (m, v) = (moment(format!("m1.{i}"))?, moment(format!("m2.{i}"))?);
+        let member = Member {
+            index: i,
+            shape: shape.to_vec(),
+        };
+        params.push(ParamState { member, m, v });
+    }
+    FlatAdamW::import(settings.weight_decay, time.unwrap_or(0), params)
+        .map_err(|e| invalid(file, e))
 }
 
 impl<B: AutodiffBackend> TrainState<B> {

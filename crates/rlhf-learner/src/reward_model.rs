@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::TensorData;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -249,7 +249,7 @@ fn train_loop<B: AutodiffBackend, T>(
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            model = optim.step(s.lr, model, grads);
+            model = optim.step(s.lr, model, grads)?;
             if report.steps == 1 {
                 report.first_loss = value;
             }

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use rlhf_core::ChatMessage;
 use rlhf_model::load::host_vec;
@@ -115,7 +114,7 @@ pub fn train_sft<B: AutodiffBackend>(
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            policy = optim.step(s.lr, policy, grads);
+            policy = optim.step(s.lr, policy, grads)?;
             if report.steps == 1 {
                 report.first_loss = value;
             }

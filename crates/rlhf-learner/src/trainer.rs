@@ -5,8 +5,7 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rlhf_algo::binary::BinaryBatch;
@@ -19,6 +18,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, masked_sum};
 
 use crate::LearnerError;
+use crate::adamw::FlatAdamW;
 use crate::clip::clip_global_norm;
 use crate::groups::{completion_logprobs, samples};
 
@@ -100,7 +100,7 @@ pub struct UpdateMetrics {
 pub struct TrainState<B: AutodiffBackend> {
     pub policy: Transformer<B>,
     pub reference: Transformer<B::InnerBackend>,
-    pub(crate) optim: OptimizerAdaptor<AdamW, Transformer<B>, B>,
+    pub(crate) optim: FlatAdamW<B>,
     pub objective: Objective,
     pub(crate) objective_state: ObjectiveState,
     pub settings: OptimSettings,
@@ -120,12 +120,8 @@ pub struct TrainState<B: AutodiffBackend> {
 }
 
 /// A fresh AdamW for a model trained here (policy, PPO critic, reward model, SFT).
-pub(crate) fn adamw<B: AutodiffBackend>(
-    weight_decay: f32,
-) -> OptimizerAdaptor<AdamW, Transformer<B>, B> {
-    AdamWConfig::new()
-        .with_weight_decay(weight_decay)
-        .init::<B, Transformer<B>>()
+pub(crate) fn adamw<B: AutodiffBackend>(weight_decay: f32) -> FlatAdamW<B> {
+    FlatAdamW::new(weight_decay)
 }
 
 /// What one optimizer step (or data-parallel shard) feeds its objective, and what its backward
@@ -377,7 +373,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         // The optimizer takes the module by value; module clones share parameter storage.
         self.policy = self
             .optim
-            .step(self.settings.lr, self.policy.clone(), grads);
+            .step(self.settings.lr, self.policy.clone(), grads)?;
         self.sync_replicas();
         report.grad_norm = norm;
         Ok(Some(report))

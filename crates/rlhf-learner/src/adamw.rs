@@ -1,0 +1,437 @@
+//! AdamW over groups of parameters at once ("multi-tensor" AdamW): the same update as burn's
+//! `AdamW` (same constants, same operations in the same order on every element, so the same
+//! bits), but each group of parameters is concatenated into one flat tensor first. burn's
+//! optimizer runs about 15 element-wise kernels per parameter tensor: 290 tensors of a
+//! Qwen2.5-0.5B-shaped model made ~3 500 of the ~9 000 kernel launches of a training step on an
+//! H200, where launches, not arithmetic, set the step time (docs/benchmarks.md). Here the
+//! update costs two concatenations (one copy per tensor), ~15 kernels per group and free slices.
+//!
+//! Groups hold at most [`GROUP_ELEMENTS`] elements (a larger tensor is a group of its own), which
+//! bounds the extra memory of the flat copies and temporaries to a few of those per step.
+//! Parameters are identified by their position in the module's visiting order, which a model's
+//! config fixes, so the state can be saved and restored for a freshly loaded model
+//! (`resume.rs`).
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::LearnerError;
+
+/// burn's `AdamWConfig` defaults, which the learner has always used.
+const BETA_1: f32 = 0.9;
+const BETA_2: f32 = 0.999;
+const EPSILON: f32 = 1e-5;
+
+/// Most elements in one flat group (64 Mi f32 = 256 MiB).
+pub(crate) const GROUP_ELEMENTS: usize = 1 << 26;
+
+type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+
+/// A parameter that has optimizer state: its position in the visiting order and its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Member {
+    pub index: usize,
+    pub shape: Vec<usize>,
+}
+
+impl Member {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The moments of one group of parameters, flat, in member order.
+struct Group<B: Backend> {
+    members: Vec<Member>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+}
+
+/// One parameter's saved state (see [`FlatAdamW::export`] and [`FlatAdamW::import`]).
+pub(crate) struct ParamState<B: Backend> {
+    pub member: Member,
+    pub m: Tensor<B, 1>,
+    pub v: Tensor<B, 1>,
+}
+
+/// AdamW with decoupled weight decay over flat groups of parameters.
+pub struct FlatAdamW<B: AutodiffBackend> {
+    weight_decay: f32,
+    group_elements: usize,
+    /// Steps taken (burn's `time`): 0 before the first.
+    time: usize,
+    groups: Vec<Group<Inner<B>>>,
+}
+
+impl<B: AutodiffBackend> FlatAdamW<B> {
+    pub fn new(weight_decay: f32) -> Self {
+        Self::with_group_elements(weight_decay, GROUP_ELEMENTS)
+    }
+
+    pub(crate) fn with_group_elements(weight_decay: f32, group_elements: usize) -> Self {
+        Self {
+            weight_decay,
+            group_elements: group_elements.max(1),
+            time: 0,
+            groups: vec![],
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.time
+    }
+
+    /// One AdamW step of every parameter of `module` that has a gradient in `grads` (the others
+    /// are left as they are, as burn's optimizer leaves them). Fails when the parameters with
+    /// gradients are not those of the previous steps (their moments would not line up).
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, LearnerError> {
+        // The gradients leave `grads` as they are gathered, so each group's are freed once
+        // concatenated (burn's optimizer frees them one tensor at a time too).
+        let mut gather = Gather::<B> {
+            grads: &mut grads,
+            index: 0,
+            members: vec![],
+            grads_flat: vec![],
+            params_flat: vec![],
+        };
+        module.visit(&mut gather);
+        if gather.members.is_empty() {
+            return Ok(module);
+        }
+        let layout = group_layout(&gather.members, self.group_elements);
+        let first = self.groups.is_empty();
+        if !first {
+            let before: Vec<&Member> = self.groups.iter().flat_map(|g| &g.members).collect();
+            let now: Vec<&Member> = gather.members.iter().collect();
+            if before != now {
+                return Err(LearnerError::Invalid(format!(
+                    "optimizer: the parameters with gradients changed between steps ({} with \
+                     state, {} with gradients now)",
+                    before.len(),
+                    now.len()
+                )));
+            }
+        }
+        self.time += 1;
+        let time = self.time as i32;
+        let decay_rate = lr * self.weight_decay as f64;
+        let (factor_1, factor_2) = (1.0 - BETA_1, 1.0 - BETA_2);
+        let mut grads_flat = gather.grads_flat.into_iter();
+        let mut params_flat = gather.params_flat.into_iter();
+        let mut updated = Vec::with_capacity(gather.members.len());
+        let mut groups = Vec::with_capacity(layout.len());
+        for (g_index, members) in layout.into_iter().enumerate() {
+            let g = concat(grads_flat.by_ref().take(members.len()).collect());
+            let p = concat(params_flat.by_ref().take(members.len()).collect());
+            let (m, v) = if first {
+                (
+                    g.clone().mul_scalar(factor_1),
+                    g.square().mul_scalar(factor_2),
+                )
+            } else {
+                let old = &self.groups[g_index];
+                (
+                    old.m
+                        .clone()
+                        .mul_scalar(BETA_1)
+                        .add(g.clone().mul_scalar(factor_1)),
+                    old.v
+                        .clone()
+                        .mul_scalar(BETA_2)
+                        .add(g.square().mul_scalar(factor_2)),
+                )
+            };
+            let m_hat = m.clone().div_scalar(1f32 - BETA_1.powi(time));
+            let v_hat = v.clone().div_scalar(1f32 - BETA_2.powi(time));
+            let delta = m_hat.div(v_hat.sqrt().add_scalar(EPSILON));
+            let decayed = if decay_rate == 0.0 {
+                p
+            } else {
+                p.mul_scalar(1.0 - decay_rate)
+            };
+            let new = decayed - delta.mul_scalar(lr);
+            let mut offset = 0;
+            for member in &members {
+                let n = member.len();
+                updated.push(Some(new.clone().narrow(0, offset, n)));
+                offset += n;
+            }
+            groups.push(Group { members, m, v });
+        }
+        self.groups = groups;
+        let mut apply = Apply::<B> {
+            index: 0,
+            next: 0,
+            members: &gather.members,
+            updated,
+        };
+        Ok(module.map(&mut apply))
+    }
+
+    /// Each parameter's moments (flat), in visiting order; empty before the first step.
+    pub(crate) fn export(&self) -> Vec<ParamState<Inner<B>>> {
+        let mut out = vec![];
+        for group in &self.groups {
+            let mut offset = 0;
+            for member in &group.members {
+                let n = member.len();
+                out.push(ParamState {
+                    member: member.clone(),
+                    m: group.m.clone().narrow(0, offset, n),
+                    v: group.v.clone().narrow(0, offset, n),
+                });
+                offset += n;
+            }
+        }
+        out
+    }
+
+    /// An optimizer that continues from `time` steps with these moments (as [`Self::export`]
+    /// gave them, in visiting order).
+    pub(crate) fn import(
+        weight_decay: f32,
+        time: usize,
+        params: Vec<ParamState<Inner<B>>>,
+    ) -> Result<Self, String> {
+        let mut optim = Self::new(weight_decay);
+        if params.is_empty() {
+            return Ok(optim);
+        }
+        if time == 0 {
+            return Err("moments saved with a step count of 0".into());
+        }
+        for p in &params {
+            if p.m.dims()[0] != p.member.len() || p.v.dims()[0] != p.member.len() {
+                return Err(format!(
+                    "parameter {}: moments of {} / {} values for shape {:?}",
+                    p.member.index,
+                    p.m.dims()[0],
+                    p.v.dims()[0],
+                    p.member.shape
+                ));
+            }
+        }
+        let members: Vec<Member> = params.iter().map(|p| p.member.clone()).collect();
+        let layout = group_layout(&members, optim.group_elements);
+        let mut params = params.into_iter();
+        for members in layout {
+            let (ms, vs): (Vec<_>, Vec<_>) = params
+                .by_ref()
+                .take(members.len())
+                .map(|p| (p.m, p.v))
+                .unzip();
+            optim.groups.push(Group {
+                members,
+                m: concat(ms),
+                v: concat(vs),
+            });
+        }
+        optim.time = time;
+        Ok(optim)
+    }
+}
+
+/// Splits `members` (in order) into groups of at most `limit` elements; a member larger than
+/// the limit is a group of its own.
+fn group_layout(members: &[Member], limit: usize) -> Vec<Vec<Member>> {
+    let mut groups: Vec<Vec<Member>> = vec![];
+    let mut size = 0;
+    for member in members {
+        let n = member.len();
+        match groups.last_mut() {
+            Some(group) if size + n <= limit => group.push(member.clone()),
+            _ => {
+                groups.push(vec![member.clone()]);
+                size = 0;
+            }
+        }
+        size += n;
+    }
+    groups
+}
+
+/// One flat tensor of `parts` (no copy for a single part).
+fn concat<B: Backend>(mut parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Tensor::cat(parts, 0)
+    }
+}
+
+/// Collects, in visiting order, the parameters that have gradients: flat gradients and values.
+struct Gather<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    index: usize,
+    members: Vec<Member>,
+    grads_flat: Vec<Tensor<Inner<B>, 1>>,
+    params_flat: Vec<Tensor<Inner<B>, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let index = self.index;
+        self.index += 1;
+        if let Some(grad) = self.grads.remove::<Inner<B>, D>(param.id) {
+            let member = Member {
+                index,
+                shape: param.shape().dims::<D>().to_vec(),
+            };
+            let n = member.len();
+            self.grads_flat.push(grad.reshape([n]));
+            self.params_flat.push(param.val().inner().reshape([n]));
+            self.members.push(member);
+        }
+    }
+}
+
+/// Puts the updated values back into the parameters, keeping their ids.
+struct Apply<'a, B: AutodiffBackend> {
+    index: usize,
+    next: usize,
+    members: &'a [Member],
+    updated: Vec<Option<Tensor<Inner<B>, 1>>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Apply<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let index = self.index;
+        self.index += 1;
+        let Some(member) = self.members.get(self.next).filter(|m| m.index == index) else {
+            return param;
+        };
+        let Some(flat) = self.updated.get_mut(self.next).and_then(Option::take) else {
+            return param;
+        };
+        self.next += 1;
+        let dims: [usize; D] = std::array::from_fn(|d| member.shape[d]);
+        let (id, tensor, mapper) = param.consume();
+        let mut value = Tensor::from_inner(flat.reshape(dims));
+        if tensor.is_require_grad() {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::optim::{AdamWConfig, Optimizer};
+    use rlhf_model::{ModelConfig, Transformer};
+
+    type B = burn::backend::Autodiff<rlhf_model::Cpu>;
+
+    fn model() -> Transformer<B> {
+        let config = ModelConfig::synthetic(
+            rlhf_model::Architecture::Qwen2ForCausalLM,
+            96,
+            16,
+            2,
+            4,
+            2,
+            40,
+        );
+        Transformer::<B>::random(config, 3, &Default::default())
+    }
+
+    /// A loss that gives every parameter a gradient of its own.
+    fn grads(model: &Transformer<B>, salt: usize) -> GradientsParams {
+        let ids: Vec<u32> = (0..12).map(|i| ((i * 7 + salt * 5) % 96) as u32).collect();
+        let batch = rlhf_model::TokenBatch::unpadded(ids, 2, 6).expect("batch");
+        let lp = model.token_logprobs(&batch).expect("logprobs");
+        let loss = lp.powi_scalar(2).mean();
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
+    fn weights(model: &Transformer<B>) -> Vec<f32> {
+        struct All(Vec<f32>);
+        impl ModuleVisitor<B> for All {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+                self.0
+                    .extend(p.val().into_data().to_vec::<f32>().expect("f32"));
+            }
+        }
+        let mut all = All(vec![]);
+        model.visit(&mut all);
+        all.0
+    }
+
+    #[test]
+    fn same_bits_as_burns_adamw_in_any_grouping() {
+        let start = model();
+        let mut reference = start.clone();
+        let mut burn_optim = AdamWConfig::new()
+            .with_weight_decay(0.05)
+            .init::<B, Transformer<B>>();
+        // Whole model in one group, several groups, one tensor per group.
+        let mut flats: Vec<(FlatAdamW<B>, Transformer<B>)> = [GROUP_ELEMENTS, 700, 1]
+            .into_iter()
+            .map(|limit| (FlatAdamW::with_group_elements(0.05, limit), start.clone()))
+            .collect();
+        for step in 0..4 {
+            let lr = [1e-2, 5e-3, 1e-2, 2e-3][step];
+            let g = grads(&reference, step);
+            reference = burn_optim.step(lr, reference, g);
+            let expected = weights(&reference);
+            for (optim, model) in &mut flats {
+                let g = grads(model, step);
+                *model = optim.step(lr, model.clone(), g).expect("step");
+                assert_eq!(weights(model), expected, "step {step}");
+            }
+        }
+        assert_ne!(
+            weights(&start),
+            weights(&reference),
+            "the steps moved the weights"
+        );
+        // Still trainable: the updated parameters require gradients.
+        let (_, model) = &flats[1];
+        assert!(model.embed_tokens.weight.val().is_require_grad());
+    }
+
+    #[test]
+    fn export_then_import_continues_with_the_same_bits() {
+        let mut a = model();
+        let mut optim = FlatAdamW::<B>::with_group_elements(0.0, 500);
+        for step in 0..2 {
+            let g = grads(&a, step);
+            a = optim.step(1e-2, a, g).expect("step");
+        }
+        let mut resumed =
+            FlatAdamW::<B>::import(0.0, optim.steps(), optim.export()).expect("import");
+        let mut b = a.clone();
+        let g = grads(&a, 7);
+        a = optim.step(1e-2, a, g).expect("step");
+        let g = grads(&b, 7);
+        b = resumed.step(1e-2, b, g).expect("step");
+        assert_eq!(weights(&a), weights(&b));
+    }
+
+    #[test]
+    fn a_changed_parameter_set_is_an_error() {
+        let a = model();
+        let mut optim = FlatAdamW::<B>::new(0.0);
+        let g = grads(&a, 0);
+        let a = optim.step(1e-2, a, g).expect("step");
+        // Gradients of one parameter only.
+        let mut g = grads(&a, 1);
+        let mut only = GradientsParams::new();
+        let id = a.embed_tokens.weight.id;
+        only.register::<rlhf_model::Cpu, 2>(id, g.remove(id).expect("embedding gradient"));
+        let Err(err) = optim.step(1e-2, a, only) else {
+            panic!("a step with another parameter set was taken");
+        };
+        let err = err.to_string();
+        assert!(err.contains("changed between steps"), "{err}");
+    }
+}
