@@ -12,7 +12,7 @@
 # from outside still returns what it finished. The device tool returns at most 8 files.
 #
 # Stages (default: the next questions after the 2026-11-30 session, docs/benchmarks.md:
-# torch-qwen qwen-bf16-train burn-matmul matmul autotune profile-gen):
+# torch-qwen qwen-bf16-train dpo burn-matmul matmul autotune profile-gen):
 #   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
 #                     (scripts/torch_qwen_step.py, batch 8 x 256)
 #   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
@@ -21,6 +21,8 @@
 #   qwen-f32-train    ours, --precision f32
 #   profile           ours, one bf16 training step with cubecl's per-kernel profiling on (every
 #                     launch synchronised and timed: slow, never mixed with the timed stages)
+#   dpo               the learner's whole DPO update (policy and reference log-probs, loss,
+#                     clip, AdamW) on tests/fixtures/hf-tiny/tiny-qwen2, f32 and bf16, pairs/s
 #   profile-gen       ours, decoding (batch 64, 16 new tokens) with the per-kernel profiling on
 #   burn-matmul       ours, `rlhf bench matmul` bf16 at the model's shapes, autotune minimal and
 #                     balanced (what cubecl's matmul kernels reach; compare with `matmul`)
@@ -40,7 +42,7 @@ mkdir -p "$OUT" "$work"
 budget="${GPU_BUDGET_S:-500}"
 t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train burn-matmul matmul autotune profile-gen)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train dpo burn-matmul matmul autotune profile-gen)
 export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$work/summary.txt"; }
 pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
@@ -77,7 +79,7 @@ run() {
   timeout "$limit" "$@" > "$work/$name.out" 2> "$work/$name.err"
   say "rc=$? after $(($(date +%s) - start))s"
   grep -h RESULT "$work/$name.out" "$work/$name.err" | tee -a "$work/summary.txt"
-  grep -hE '^(model|generate|train|weight sync|memory|matmul)' "$work/$name.err" | tail -12 | tee -a "$work/summary.txt"
+  grep -hE '^(model|generate|train|weight sync|memory|matmul|dpo)' "$work/$name.err" | tail -12 | tee -a "$work/summary.txt"
   grep -hiE 'error|panic' "$work/$name.err" | head -3 | tee -a "$work/summary.txt"
   pack
 }
@@ -98,6 +100,9 @@ for stage in "${stages[@]}"; do
       run profile 90 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16 ;;
     profile-gen) CUBECL_DEBUG_LOG="$work/profile-gen.log" CUBECL_DEBUG_OPTION=profile \
       run profile-gen 90 "$bin" "${qwen[@]}" --gen-batch 64 --prompt-len 128 --new-tokens 16 --no-train --precision bf16 ;;
+    dpo)
+      run dpo-f32 60 "$bin" bench dpo --model tests/fixtures/hf-tiny/tiny-qwen2 --device cuda:0 --batch 8 --steps 12
+      run dpo-bf16 60 "$bin" bench dpo --model tests/fixtures/hf-tiny/tiny-qwen2 --device cuda:0 --batch 8 --steps 12 --precision bf16 ;;
     burn-matmul)
       CUBECL_AUTOTUNE_LEVEL=minimal run burn-matmul-minimal 90 "$bin" bench matmul --device cuda:0 --precision bf16
       CUBECL_AUTOTUNE_LEVEL=balanced run burn-matmul-balanced 120 "$bin" bench matmul --device cuda:0 --precision bf16 ;;

@@ -83,9 +83,15 @@ pub struct DpoBenchArgs {
     prompt_len: usize,
     #[arg(long, default_value_t = 24)]
     completion_len: usize,
-    /// Data-parallel replicas on the CPU (1 = none): each step split over this many threads.
+    /// Data-parallel replicas on the device (1 = none): each step split over this many threads.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Compute precision: `f32`, or `bf16` (f32 master weights, bf16 reference; needs a GPU).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 /// Model shapes for benchmarks.
@@ -188,7 +194,17 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 burn::backend::Autodiff<B>,
             >(&args, &device))
         }
-        BenchCommand::Dpo(args) => dpo_bench(&args),
+        BenchCommand::Dpo(args) => {
+            if args.batch == 0 || args.steps == 0 || args.replicas == 0 {
+                bail!("--batch, --steps and --replicas must be positive");
+            }
+            args.precision
+                .check_device(args.device)
+                .map_err(anyhow::Error::msg)?;
+            with_backend!(args.device, |device: B| dpo_bench::<
+                burn::backend::Autodiff<B>,
+            >(&args, &device))
+        }
         BenchCommand::Matmul(args) => {
             if args.iters == 0 {
                 bail!("--iters must be positive");
@@ -488,15 +504,10 @@ fn status_kib(field: &str) -> Option<u64> {
 
 /// Times the learner's DPO update on synthetic pairs (the shape of TRL's DPO step in
 /// ../shared/bench/cpu_peers.py: 8 pairs, 12 prompt + 24 completion tokens).
-fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
+fn dpo_bench<B: AutodiffBackend>(args: &DpoBenchArgs, device: &B::Device) -> Result<()> {
     use rlhf_learner::{OptimSettings, Seq, TrainState, Unit};
-    type B = burn::backend::Autodiff<rlhf_model::Cpu>;
-    if args.batch == 0 || args.steps == 0 || args.replicas == 0 {
-        bail!("--batch, --steps and --replicas must be positive");
-    }
-    let device = Default::default();
-    let policy = Transformer::<B>::load(&args.model, &device)?;
-    let reference = policy.valid();
+    let policy = Transformer::<B>::load(&args.model, device)?.with_precision(args.precision)?;
+    let reference = policy.valid().cast_weights(args.precision)?;
     let vocab = policy.config.vocab_size;
     let settings = OptimSettings {
         lr: 1e-4,
@@ -508,7 +519,7 @@ fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
     let objective = rlhf_algo::Objective::Dpo(Default::default());
     let mut state = TrainState::new(policy, reference, objective, settings);
     if args.replicas > 1 {
-        state = state.with_data_parallel(vec![device; args.replicas - 1])?;
+        state = state.with_data_parallel(vec![device.clone(); args.replicas - 1])?;
     }
     let seq = |salt: u64| Seq {
         prompt: tokens(args.prompt_len, vocab, salt),
@@ -536,7 +547,8 @@ fn dpo_bench(args: &DpoBenchArgs) -> Result<()> {
     );
     println!(
         "{}",
-        json!({"pairs_per_s": pairs / secs, "seconds": secs, "steps": args.steps, "batch": args.batch, "replicas": args.replicas})
+        json!({"pairs_per_s": pairs / secs, "seconds": secs, "steps": args.steps, "batch": args.batch, "replicas": args.replicas,
+            "device": args.device.to_string(), "precision": args.precision.to_string()})
     );
     Ok(())
 }

@@ -430,3 +430,29 @@ fn model_bench_can_time_generation_or_training_alone() {
     let (code, _, _) = rlhf(&[&base[..], &["--no-train", "--no-generate"]].concat());
     assert_ne!(code, 0, "the two flags conflict");
 }
+
+#[test]
+fn dpo_bench_trains_on_the_chosen_device() {
+    let dir = fixture("hf-tiny/tiny-qwen2");
+    let args = [
+        "bench",
+        "dpo",
+        "--model",
+        path(&dir),
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+    ];
+    let (code, stdout, stderr) = rlhf(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let out = json_of(&stdout);
+    assert!(
+        out["pairs_per_s"].as_f64().is_some_and(|p| p > 0.0),
+        "{out}"
+    );
+    assert_eq!(out["device"], "cpu");
+    let (code, _, stderr) = rlhf(&[&args[..], &["--precision", "bf16"]].concat());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("needs a GPU"), "{stderr}");
+}
