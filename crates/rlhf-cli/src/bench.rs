@@ -234,11 +234,8 @@ fn matmul_bench<B: Backend>(
     let mut results = vec![];
     for &(m, k, n, transposed) in shapes {
         let a = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-        let b = if transposed {
-            Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).cast(dtype)
-        } else {
-            Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), device).cast(dtype)
-        };
+        let b_shape = if transposed { [n, k] } else { [k, n] };
+        let b = Tensor::<B, 2>::random(b_shape, Distribution::Normal(0.0, 1.0), device).cast(dtype);
         let product = || {
             let rhs = if transposed {
                 b.clone().transpose()

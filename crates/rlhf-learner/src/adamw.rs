@@ -106,9 +106,11 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
         if gather.members.is_empty() {
             return Ok(module);
         }
-        let layout = group_layout(&gather.members, self.group_elements);
         let first = self.groups.is_empty();
-        if !first {
+        // The first step sets the groups; later steps keep them (and need the same members).
+        let layout: Vec<Vec<Member>> = if first {
+            group_layout(&gather.members, self.group_elements)
+        } else {
             let before: Vec<&Member> = self.groups.iter().flat_map(|g| &g.members).collect();
             let now: Vec<&Member> = gather.members.iter().collect();
             if before != now {
@@ -119,7 +121,8 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
                     now.len()
                 )));
             }
-        }
+            self.groups.iter().map(|g| g.members.clone()).collect()
+        };
         self.time += 1;
         let time = self.time as i32;
         let decay_rate = lr * self.weight_decay as f64;

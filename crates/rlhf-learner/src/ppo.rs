@@ -87,7 +87,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             .kl_reward
             .build()
             .map_err(|e| LearnerError::Objective(e.to_string()))?;
-        let optim = crate::trainer::adamw(self.settings.weight_decay);
+        let optim = FlatAdamW::new(self.settings.weight_decay);
         self.ppo = Some(PpoState {
             critic,
             optim,

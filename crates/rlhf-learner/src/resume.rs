@@ -12,8 +12,8 @@
 //!   `critic/`) and the KL controller in `state.json`.
 //!
 //! The optimizer (`adamw.rs`) knows parameters by their position in the model's visiting
-//! order, which a model's config fixes, so a freshly loaded model takes the saved state. Loading checks that the count and every
-//! shape agree. Restored exactly: resuming continues with the same bits as not stopping.
+//! order, which a model's config fixes, so a freshly loaded model takes the saved state.
+//! Loading checks that the count and every shape agree. Restored exactly: resuming continues with the same bits as not stopping.
 
 use std::collections::BTreeMap;
 use std::path::Path;

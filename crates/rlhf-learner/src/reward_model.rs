@@ -230,7 +230,7 @@ fn train_loop<B: AutodiffBackend, T>(
     mut on_step: impl FnMut(u64, u64, f64, f64),
     loss: impl Fn(&Transformer<B>, &[T]) -> Result<Option<LossOutput<B, RewardStats>>, LearnerError>,
 ) -> Result<(Transformer<B>, RewardReport), LearnerError> {
-    let mut optim = crate::trainer::adamw(s.weight_decay);
+    let mut optim = crate::adamw::FlatAdamW::new(s.weight_decay);
     let per_epoch = data.len().div_ceil(s.batch_size.max(1)) as u64;
     let total = per_epoch * s.epochs.max(1) as u64;
     let mut report = RewardReport::default();

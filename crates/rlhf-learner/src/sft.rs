@@ -89,7 +89,7 @@ pub fn train_sft<B: AutodiffBackend>(
     if examples.is_empty() {
         return Err(LearnerError::Invalid("no SFT examples".into()));
     }
-    let mut optim = crate::trainer::adamw(s.weight_decay);
+    let mut optim = crate::adamw::FlatAdamW::new(s.weight_decay);
     let pad = policy.config.pad_token_id.unwrap_or(0);
     let per_epoch = examples.len().div_ceil(s.batch_size.max(1)) as u64;
     let total = per_epoch * s.epochs.max(1) as u64;

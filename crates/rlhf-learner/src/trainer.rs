@@ -119,11 +119,6 @@ pub struct TrainState<B: AutodiffBackend> {
     pub(crate) reference_refreshed: bool,
 }
 
-/// A fresh AdamW for a model trained here (policy, PPO critic, reward model, SFT).
-pub(crate) fn adamw<B: AutodiffBackend>(weight_decay: f32) -> FlatAdamW<B> {
-    FlatAdamW::new(weight_decay)
-}
-
 /// What one optimizer step (or data-parallel shard) feeds its objective, and what its backward
 /// pass needs besides the loss.
 pub(crate) struct StepInput<B: AutodiffBackend> {
@@ -143,7 +138,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         objective: Objective,
         settings: OptimSettings,
     ) -> Self {
-        let optim = adamw(settings.weight_decay);
+        let optim = FlatAdamW::new(settings.weight_decay);
         let pad = policy.config.pad_token_id.unwrap_or(0);
         Self {
             policy,
