@@ -12,10 +12,12 @@
 # from outside still returns what it finished. The device tool returns at most 8 files.
 #
 # Stages (default: the next questions after the 2026-11-30 session, docs/benchmarks.md:
-# torch-qwen qwen-bf16-train dpo burn-matmul matmul autotune profile-gen):
+# torch-qwen qwen-bf16-train cache dpo burn-matmul matmul autotune profile-gen):
 #   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
 #                     (scripts/torch_qwen_step.py, batch 8 x 256)
 #   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
+#   cache             ours, one bf16 training step twice with one fresh RLHF_GPU_CACHE folder:
+#                     the first step cold (kernels compiled, autotuned) and warm (read back)
 #   qwen-bf16-gen     ours, generation at batch 8 and 64, prompt 128, 256 new tokens, bf16
 #   hf-generate       Hugging Face generate at the same shapes (gpu_peers.py generate)
 #   qwen-f32-train    ours, --precision f32
@@ -42,7 +44,7 @@ mkdir -p "$OUT" "$work"
 budget="${GPU_BUDGET_S:-500}"
 t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train dpo burn-matmul matmul autotune profile-gen)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train cache dpo burn-matmul matmul autotune profile-gen)
 export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$work/summary.txt"; }
 pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
@@ -89,10 +91,18 @@ qwen=(bench model --device cuda:0 --size qwen0.5b)
 train=(--train-batch 8 --train-len 256 --steps 3 --no-generate)
 gen=(--gen-batch 8,64 --prompt-len 128 --new-tokens 256 --no-train)
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
+# No kernel cache shared between stages (each stage's first step pays its compilation, as in
+# the earlier sessions); the `cache` stage measures the cache itself.
+export RLHF_GPU_CACHE=off
 for stage in "${stages[@]}"; do
   case "$stage" in
     torch-qwen) run torch-qwen 90 python3 scripts/torch_qwen_step.py --steps 5 ;;
     qwen-bf16-train) run qwen-bf16-train 180 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16 ;;
+    cache)
+      rm -rf /tmp/gpu-kernel-cache
+      RLHF_GPU_CACHE=/tmp/gpu-kernel-cache run cache-cold 150 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16
+      RLHF_GPU_CACHE=/tmp/gpu-kernel-cache run cache-warm 120 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16
+      say "kernel cache: $(du -sh /tmp/gpu-kernel-cache 2>&1 | cut -f1), $(find /tmp/gpu-kernel-cache -type f 2>/dev/null | wc -l) files" ;;
     qwen-bf16-gen) run qwen-bf16-gen 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
     hf-generate) run hf-generate 90 python3 "$peers" generate ;;
     qwen-f32-train) run qwen-f32-train 120 "$bin" "${qwen[@]}" "${train[@]}" --precision f32 ;;

@@ -132,6 +132,15 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let _telemetry = telemetry::init(cli.command.name());
+    // Before anything runs on a GPU: where compiled kernels and autotune results are kept.
+    #[cfg(feature = "cuda")]
+    {
+        use rlhf_model::kernel_cache::{KernelCache, configure};
+        match configure() {
+            cache @ KernelCache::Unavailable(_) => tracing::warn!("{cache}"),
+            cache => tracing::debug!("{cache}"),
+        }
+    }
     let result = match cli.command {
         Command::Generate(args) => inspect::generate(args),
         Command::Logprobs(args) => inspect::logprobs(args),

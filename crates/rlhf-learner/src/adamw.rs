@@ -6,6 +6,12 @@
 //! H200, where launches, not arithmetic, set the step time (docs/benchmarks.md). Here the
 //! update costs two concatenations (one copy per tensor), ~15 kernels per group and free slices.
 //!
+//! Gradients are gathered into the same flat groups first ([`FlatGrads`]), and everything the
+//! learner does with a step's gradients before the update works on those: the global-norm clip
+//! (two kernels per group for the norm, one to rescale, where per tensor it took three per
+//! tensor, ~870 launches on that model) and the data-parallel sum (one transfer and one addition
+//! per group instead of per tensor).
+//!
 //! Groups hold at most [`GROUP_ELEMENTS`] elements (a larger tensor is a group of its own), which
 //! bounds the extra memory of the flat copies and temporaries to a few of those per step.
 //! Parameters are identified by their position in the module's visiting order, which a model's
@@ -84,35 +90,59 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
         self.time
     }
 
+    /// `module`'s gradients in `grads`, gathered into this optimizer's flat groups (the
+    /// gradients leave `grads` as they are gathered).
+    pub fn gather<M: AutodiffModule<B>>(&self, module: &M, grads: GradientsParams) -> FlatGrads<B> {
+        FlatGrads::gather(module, grads, self.group_elements)
+    }
+
     /// One AdamW step of every parameter of `module` that has a gradient in `grads` (the others
-    /// are left as they are, as burn's optimizer leaves them). Fails when the parameters with
-    /// gradients are not those of the previous steps (their moments would not line up).
+    /// are left as they are, as burn's optimizer leaves them): [`Self::gather`], then
+    /// [`Self::step_flat`].
     pub fn step<M: AutodiffModule<B>>(
         &mut self,
         lr: f64,
         module: M,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
     ) -> Result<M, LearnerError> {
-        // The gradients leave `grads` as they are gathered, so each group's are freed once
-        // concatenated (burn's optimizer frees them one tensor at a time too).
-        let mut gather = Gather::<B> {
-            grads: &mut grads,
-            index: 0,
-            members: vec![],
-            grads_flat: vec![],
-            params_flat: vec![],
-        };
-        module.visit(&mut gather);
-        if gather.members.is_empty() {
+        let grads = self.gather(&module, grads);
+        self.step_flat(lr, module, grads)
+    }
+
+    /// One AdamW step with gradients already gathered (and perhaps clipped or summed). Fails
+    /// when the parameters with gradients are not those of the previous steps (their moments
+    /// would not line up) or not those of `module`.
+    pub fn step_flat<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: FlatGrads<B>,
+    ) -> Result<M, LearnerError> {
+        if grads.members.is_empty() {
             return Ok(module);
         }
+        let mut values = Values::<B> {
+            members: &grads.members,
+            index: 0,
+            next: 0,
+            flat: Vec::with_capacity(grads.members.len()),
+        };
+        module.visit(&mut values);
+        if values.flat.len() != grads.members.len() {
+            return Err(LearnerError::Invalid(format!(
+                "optimizer: {} of {} gradients match no parameter of the model (index or shape)",
+                grads.members.len() - values.flat.len(),
+                grads.members.len()
+            )));
+        }
+        let params_flat = values.flat;
         let first = self.groups.is_empty();
         // The first step sets the groups; later steps keep them (and need the same members).
         let layout: Vec<Vec<Member>> = if first {
-            group_layout(&gather.members, self.group_elements)
+            grads.layout.clone()
         } else {
             let before: Vec<&Member> = self.groups.iter().flat_map(|g| &g.members).collect();
-            let now: Vec<&Member> = gather.members.iter().collect();
+            let now: Vec<&Member> = grads.members.iter().collect();
             if before != now {
                 return Err(LearnerError::Invalid(format!(
                     "optimizer: the parameters with gradients changed between steps ({} with \
@@ -123,16 +153,21 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
             }
             self.groups.iter().map(|g| g.members.clone()).collect()
         };
+        if layout != grads.layout {
+            return Err(LearnerError::Invalid(format!(
+                "optimizer: gradients gathered in {} groups, the moments are in {}",
+                grads.layout.len(),
+                layout.len()
+            )));
+        }
         self.time += 1;
         let time = self.time as i32;
         let decay_rate = lr * self.weight_decay as f64;
         let (factor_1, factor_2) = (1.0 - BETA_1, 1.0 - BETA_2);
-        let mut grads_flat = gather.grads_flat.into_iter();
-        let mut params_flat = gather.params_flat.into_iter();
-        let mut updated = Vec::with_capacity(gather.members.len());
+        let mut params_flat = params_flat.into_iter();
+        let mut updated = Vec::with_capacity(grads.members.len());
         let mut groups = Vec::with_capacity(layout.len());
-        for (g_index, members) in layout.into_iter().enumerate() {
-            let g = concat(grads_flat.by_ref().take(members.len()).collect());
+        for (g_index, (members, g)) in layout.into_iter().zip(grads.flat).enumerate() {
             let p = concat(params_flat.by_ref().take(members.len()).collect());
             let (m, v) = if first {
                 (
@@ -173,7 +208,7 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
         let mut apply = Apply::<B> {
             index: 0,
             next: 0,
-            members: &gather.members,
+            members: &grads.members,
             updated,
         };
         Ok(module.map(&mut apply))
@@ -270,13 +305,124 @@ fn concat<B: Backend>(mut parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
     }
 }
 
-/// Collects, in visiting order, the parameters that have gradients: flat gradients and values.
+/// A module's gradients, flat, in the groups [`FlatAdamW`] updates: what the learner clips,
+/// sums over data-parallel replicas and hands to [`FlatAdamW::step_flat`].
+pub struct FlatGrads<B: AutodiffBackend> {
+    /// The parameters with gradients, in visiting order.
+    members: Vec<Member>,
+    /// `members` split into groups.
+    layout: Vec<Vec<Member>>,
+    /// One flat gradient per group.
+    flat: Vec<Tensor<Inner<B>, 1>>,
+}
+
+impl<B: AutodiffBackend> FlatGrads<B> {
+    /// Gathers `module`'s gradients from `grads` into groups of at most `group_elements`
+    /// elements (each group's gradients are freed once concatenated).
+    fn gather<M: AutodiffModule<B>>(
+        module: &M,
+        mut grads: GradientsParams,
+        group_elements: usize,
+    ) -> Self {
+        let mut gather = Gather::<B> {
+            grads: &mut grads,
+            index: 0,
+            members: vec![],
+            flat: vec![],
+        };
+        module.visit(&mut gather);
+        let (members, parts) = (gather.members, gather.flat);
+        let layout = group_layout(&members, group_elements.max(1));
+        let mut parts = parts.into_iter();
+        let flat = layout
+            .iter()
+            .map(|group| concat(parts.by_ref().take(group.len()).collect()))
+            .collect();
+        Self {
+            members,
+            layout,
+            flat,
+        }
+    }
+
+    /// The global L2 norm of all the gradients (one read-back from the device); NaN when the
+    /// sum cannot be read.
+    pub fn norm(&self) -> f64 {
+        let total = self
+            .flat
+            .iter()
+            .map(|g| g.clone().square().sum())
+            .reduce(|a, b| a + b);
+        let Some(total) = total else {
+            return 0.0;
+        };
+        let sum = total
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN);
+        f64::from(sum).sqrt()
+    }
+
+    /// Multiplies every gradient by `factor`.
+    pub fn scale(&mut self, factor: f64) {
+        self.flat = std::mem::take(&mut self.flat)
+            .into_iter()
+            .map(|g| g.mul_scalar(factor))
+            .collect();
+    }
+
+    /// Global-norm clipping: returns the norm of all the gradients and, when it is finite and
+    /// above `max_norm` (> 0), rescales them to `max_norm`. A non-finite norm leaves them
+    /// untouched: the caller must skip the step (NaN and infinity never reach the optimizer).
+    pub fn clip(&mut self, max_norm: f64) -> f64 {
+        let norm = self.norm();
+        if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
+            self.scale(max_norm / norm);
+        }
+        norm
+    }
+
+    /// The same gradients on `device` (one transfer per group).
+    pub fn to_device(self, device: &B::Device) -> Self {
+        Self {
+            flat: self.flat.into_iter().map(|g| g.to_device(device)).collect(),
+            ..self
+        }
+    }
+
+    /// The element-wise sum with `other`, gathered from the same parameters (a replica's) on
+    /// the same device.
+    pub fn sum_with(self, other: Self) -> Result<Self, LearnerError> {
+        if self.members != other.members || self.layout.len() != other.layout.len() {
+            return Err(LearnerError::Invalid(format!(
+                "gradient sum: {} gradients in {} groups against {} in {}",
+                self.members.len(),
+                self.layout.len(),
+                other.members.len(),
+                other.layout.len()
+            )));
+        }
+        Ok(Self {
+            flat: self
+                .flat
+                .into_iter()
+                .zip(other.flat)
+                .map(|(a, b)| a + b)
+                .collect(),
+            ..self
+        })
+    }
+}
+
+/// Collects, in visiting order, the parameters that have gradients: members and flat gradients.
 struct Gather<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     index: usize,
     members: Vec<Member>,
-    grads_flat: Vec<Tensor<Inner<B>, 1>>,
-    params_flat: Vec<Tensor<Inner<B>, 1>>,
+    flat: Vec<Tensor<Inner<B>, 1>>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
@@ -288,11 +434,32 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
                 index,
                 shape: param.shape().dims::<D>().to_vec(),
             };
-            let n = member.len();
-            self.grads_flat.push(grad.reshape([n]));
-            self.params_flat.push(param.val().inner().reshape([n]));
+            self.flat.push(grad.reshape([member.len()]));
             self.members.push(member);
         }
+    }
+}
+
+/// Collects, flat, the values of the parameters `members` names (position and shape).
+struct Values<'a, B: AutodiffBackend> {
+    members: &'a [Member],
+    index: usize,
+    next: usize,
+    flat: Vec<Tensor<Inner<B>, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Values<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let index = self.index;
+        self.index += 1;
+        let Some(member) = self.members.get(self.next).filter(|m| m.index == index) else {
+            return;
+        };
+        if param.shape().dims::<D>() != member.shape.as_slice() {
+            return;
+        }
+        self.next += 1;
+        self.flat.push(param.val().inner().reshape([member.len()]));
     }
 }
 
@@ -400,6 +567,119 @@ mod tests {
         // Still trainable: the updated parameters require gradients.
         let (_, model) = &flats[1];
         assert!(model.embed_tokens.weight.val().is_require_grad());
+    }
+
+    /// Every gradient in `grads`, on the host, in visiting order.
+    fn host_grads(model: &Transformer<B>, grads: &GradientsParams) -> Vec<f32> {
+        struct All<'a>(&'a GradientsParams, Vec<f32>);
+        impl ModuleVisitor<B> for All<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+                if let Some(g) = self.0.get::<rlhf_model::Cpu, D>(p.id) {
+                    self.1.extend(g.into_data().to_vec::<f32>().expect("f32"));
+                }
+            }
+        }
+        let mut all = All(grads, vec![]);
+        model.visit(&mut all);
+        all.1
+    }
+
+    fn flat_host(grads: &FlatGrads<B>) -> Vec<f32> {
+        grads
+            .flat
+            .iter()
+            .flat_map(|g| g.clone().into_data().to_vec::<f32>().expect("f32"))
+            .collect()
+    }
+
+    #[test]
+    fn clip_takes_the_norm_of_all_gradients_and_rescales_to_the_limit() {
+        let model = model();
+        for limit in [GROUP_ELEMENTS, 700, 1] {
+            let optim = FlatAdamW::<B>::with_group_elements(0.0, limit);
+            let g = grads(&model, 3);
+            let host = host_grads(&model, &g);
+            let norm = host
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt();
+            assert!(norm > 0.0);
+            let mut flat = optim.gather(&model, g);
+            assert_eq!(flat_host(&flat), host, "gathered in visiting order");
+            // Above the norm: nothing changes.
+            let got = flat.clip(norm * 2.0);
+            assert!((got - norm).abs() <= 1e-5 * norm, "{got} vs {norm}");
+            assert_eq!(flat_host(&flat), host);
+            // No limit (0): nothing changes either.
+            flat.clip(0.0);
+            assert_eq!(flat_host(&flat), host);
+            // Below: every gradient scaled by limit / norm, the new norm is the limit.
+            let got = flat.clip(norm / 4.0);
+            let factor = norm / 4.0 / got;
+            for (a, b) in flat_host(&flat).iter().zip(&host) {
+                assert_eq!(*a, *b * factor as f32);
+            }
+            let after = flat.norm();
+            assert!((after - norm / 4.0).abs() <= 1e-5 * norm, "{after}");
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_gives_a_non_finite_norm_and_is_left_alone() {
+        let model = model();
+        let optim = FlatAdamW::<B>::with_group_elements(0.0, 700);
+        let mut g = grads(&model, 1);
+        let id = model.norm.weight.id;
+        let bad = g.remove::<rlhf_model::Cpu, 1>(id).expect("norm gradient");
+        let mut values = bad.into_data().to_vec::<f32>().expect("f32");
+        values[3] = f32::NAN;
+        let n = values.len();
+        g.register::<rlhf_model::Cpu, 1>(
+            id,
+            Tensor::from_data(
+                burn::tensor::TensorData::new(values, [n]),
+                &Default::default(),
+            ),
+        );
+        let host = host_grads(&model, &g);
+        let mut flat = optim.gather(&model, g);
+        assert!(flat.clip(1e-6).is_nan());
+        let after = flat_host(&flat);
+        assert_eq!(after.len(), host.len());
+        assert!(
+            after
+                .iter()
+                .zip(&host)
+                .all(|(a, b)| a == b || (a.is_nan() && b.is_nan())),
+            "a non-finite norm rescales nothing"
+        );
+    }
+
+    #[test]
+    fn sums_of_flat_gradients_are_the_sums_of_the_tensors() {
+        let model = model();
+        let optim = FlatAdamW::<B>::with_group_elements(0.0, 700);
+        let (a, b) = (grads(&model, 1), grads(&model, 2));
+        let expected: Vec<f32> = host_grads(&model, &a)
+            .iter()
+            .zip(host_grads(&model, &b))
+            .map(|(x, y)| x + y)
+            .collect();
+        let sum = optim
+            .gather(&model, a)
+            .sum_with(optim.gather(&model, b).to_device(&Default::default()))
+            .expect("same parameters");
+        assert_eq!(flat_host(&sum), expected);
+        // Gradients of another parameter set do not add up.
+        let mut only = GradientsParams::new();
+        let mut c = grads(&model, 3);
+        let id = model.embed_tokens.weight.id;
+        only.register::<rlhf_model::Cpu, 2>(id, c.remove(id).expect("embedding gradient"));
+        let Err(err) = sum.sum_with(optim.gather(&model, only)) else {
+            panic!("gradients of other parameters were added");
+        };
+        assert!(err.to_string().contains("gradient sum"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! (`FetchWeights`): weights go learner → generators directly, never through the coordinator.
 
 pub mod adamw;
-mod clip;
 mod groups;
 mod parallel;
 mod ppo;

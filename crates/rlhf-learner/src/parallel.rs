@@ -13,19 +13,20 @@
 //! optimizer step wait for all of them. PPO (the critic is not replicated) trains on one device.
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use rlhf_algo::{ObjectiveState, UnitKind};
 use rlhf_model::Transformer;
 
 use crate::LearnerError;
+use crate::adamw::FlatGrads;
 use crate::trainer::{StepStats, TrainState, Unit, checked_loss};
 
 /// What one shard's thread hands back.
-struct ShardOutcome {
+struct ShardOutcome<B: AutodiffBackend> {
     weight: f64,
     report: StepStats,
-    grads: GradientsParams,
+    /// Gathered into the optimizer's flat groups on the shard's device.
+    grads: FlatGrads<B>,
     state: ObjectiveState,
 }
 
@@ -92,7 +93,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             .chain(self.replicas.iter().map(|r| r.model.clone()))
             .collect();
         let this = &*self;
-        let outcomes: Vec<Result<Option<ShardOutcome>, LearnerError>> =
+        let outcomes: Vec<Result<Option<ShardOutcome<B>>, LearnerError>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = shards
                     .iter()
@@ -118,7 +119,7 @@ impl<B: AutodiffBackend> TrainState<B> {
                     .collect()
             });
         let device = self.policy.device();
-        let mut sum = GradientsAccumulator::<Transformer<B>>::new();
+        let mut sum: Option<FlatGrads<B>> = None;
         let mut reports = Vec::with_capacity(shards.len());
         for (r, outcome) in outcomes.into_iter().enumerate() {
             let Some(outcome) = outcome? else {
@@ -128,14 +129,21 @@ impl<B: AutodiffBackend> TrainState<B> {
                 // Objectives with state across steps (BCO's running mean) follow the first shard.
                 self.objective_state = outcome.state;
             }
+            // One transfer and one addition per flat group (not per parameter tensor).
             let grads = match r {
                 0 => outcome.grads,
-                _ => outcome.grads.to_device(&device, &self.policy),
+                _ => outcome.grads.to_device(&device),
             };
-            sum.accumulate(&self.policy, grads);
+            sum = Some(match sum {
+                None => grads,
+                Some(sum) => sum.sum_with(grads)?,
+            });
             reports.push((outcome.weight, outcome.report));
         }
-        self.apply(sum.grads(), StepStats::weighted(reports))
+        let Some(sum) = sum else {
+            return Ok(None);
+        };
+        self.apply(sum, StepStats::weighted(reports))
     }
 
     /// One shard's forward and backward pass under `model`, its loss scaled by `weight`.
@@ -146,7 +154,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         reference: &[f32],
         old: Option<&[Vec<Vec<f32>>]>,
         weight: f64,
-    ) -> Result<Option<ShardOutcome>, LearnerError> {
+    ) -> Result<Option<ShardOutcome<B>>, LearnerError> {
         let Some(step) = self.step_input(&model, units, reference, old)? else {
             return Ok(None);
         };
@@ -156,6 +164,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         let mut grads = out.loss.mul_scalar(weight).backward();
         let grads = model.param_gradients(step.checkpoints, &mut grads)?;
+        let grads = self.optim.gather(&model, grads);
         Ok(Some(ShardOutcome {
             weight,
             report: StepStats::new(out.stats, step.kl, step.tokens),

@@ -20,7 +20,6 @@ use rlhf_model::load::host_vec;
 
 use crate::LearnerError;
 use crate::adamw::FlatAdamW;
-use crate::clip::clip_global_norm;
 use crate::groups::{completion_columns, masked_kl, padded, samples};
 use crate::trainer::{Seq, StepStats, TrainState, Unit, full_batch};
 
@@ -285,21 +284,25 @@ impl<B: AutodiffBackend> TrainState<B> {
         let Some(ppo) = self.ppo.as_mut() else {
             return Err(LearnerError::Config("PPO needs a critic".into()));
         };
-        let mut policy_grads = self
+        let policy_grads = self
             .policy
             .param_gradients(policy_checkpoints, &mut grads)?;
-        let mut critic_grads = ppo.critic.param_gradients(critic_checkpoints, &mut grads)?;
+        let mut policy_grads = self.optim.gather(&self.policy, policy_grads);
+        let critic_grads = ppo.critic.param_gradients(critic_checkpoints, &mut grads)?;
+        let mut critic_grads = ppo.optim.gather(&ppo.critic, critic_grads);
         let limit = self.settings.max_grad_norm;
-        let policy_norm = clip_global_norm(&self.policy, &mut policy_grads, limit);
-        let critic_norm = clip_global_norm(&ppo.critic, &mut critic_grads, limit);
+        let policy_norm = policy_grads.clip(limit);
+        let critic_norm = critic_grads.clip(limit);
         if !(policy_norm.is_finite() && critic_norm.is_finite()) {
             tracing::warn!("non-finite gradient norm: step skipped");
             return Ok(None);
         }
         self.policy = self
             .optim
-            .step(self.settings.lr, self.policy.clone(), policy_grads)?;
-        ppo.critic = ppo.optim.step(ppo.lr, ppo.critic.clone(), critic_grads)?;
+            .step_flat(self.settings.lr, self.policy.clone(), policy_grads)?;
+        ppo.critic = ppo
+            .optim
+            .step_flat(ppo.lr, ppo.critic.clone(), critic_grads)?;
         let mut extra: Vec<(String, f64)> = out
             .stats
             .metrics()

@@ -21,7 +21,6 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{HeadKind, Transformer};
 
 use crate::LearnerError;
-use crate::clip::clip_global_norm;
 use crate::trainer::{Seq, full_batch};
 
 /// Reward-model training settings.
@@ -244,12 +243,13 @@ fn train_loop<B: AutodiffBackend, T>(
                 continue;
             };
             let (value, accuracy) = (f64::from(out.stats.loss), f64::from(out.stats.accuracy));
-            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            if !clip_global_norm(&model, &mut grads, s.max_grad_norm).is_finite() {
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            let mut grads = optim.gather(&model, grads);
+            if !grads.clip(s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            model = optim.step(s.lr, model, grads)?;
+            model = optim.step_flat(s.lr, model, grads)?;
             if report.steps == 1 {
                 report.first_loss = value;
             }

@@ -10,7 +10,6 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Tokenizer, Transformer};
 
 use crate::LearnerError;
-use crate::clip::clip_global_norm;
 use crate::trainer::{Seq, trained_seq_logps};
 
 /// SFT settings.
@@ -109,12 +108,13 @@ pub fn train_sft<B: AutodiffBackend>(
                 continue;
             }
             let mut grads = loss.backward();
-            let mut grads = policy.param_gradients(checkpoints, &mut grads)?;
-            if !clip_global_norm(&policy, &mut grads, s.max_grad_norm).is_finite() {
+            let grads = policy.param_gradients(checkpoints, &mut grads)?;
+            let mut grads = optim.gather(&policy, grads);
+            if !grads.clip(s.max_grad_norm).is_finite() {
                 report.skipped_nonfinite_steps += 1;
                 continue;
             }
-            policy = optim.step(s.lr, policy, grads)?;
+            policy = optim.step_flat(s.lr, policy, grads)?;
             if report.steps == 1 {
                 report.first_loss = value;
             }

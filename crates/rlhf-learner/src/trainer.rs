@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rlhf_algo::binary::BinaryBatch;
@@ -18,8 +17,7 @@ use rlhf_model::load::host_vec;
 use rlhf_model::{Checkpoints, PaddingSide, TokenBatch, Transformer, masked_sum};
 
 use crate::LearnerError;
-use crate::adamw::FlatAdamW;
-use crate::clip::clip_global_norm;
+use crate::adamw::{FlatAdamW, FlatGrads};
 use crate::groups::{completion_logprobs, samples};
 
 /// One completion to train on.
@@ -350,6 +348,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         let mut grads = out.loss.backward();
         let grads = self.policy.param_gradients(step.checkpoints, &mut grads)?;
+        let grads = self.optim.gather(&self.policy, grads);
         self.apply(grads, StepStats::new(out.stats, step.kl, step.tokens))
     }
 
@@ -357,10 +356,10 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// `None` when their norm is not finite (step skipped). Returns `report` with the norm.
     pub(crate) fn apply(
         &mut self,
-        mut grads: GradientsParams,
+        mut grads: FlatGrads<B>,
         mut report: StepStats,
     ) -> Result<Option<StepStats>, LearnerError> {
-        let norm = clip_global_norm(&self.policy, &mut grads, self.settings.max_grad_norm);
+        let norm = grads.clip(self.settings.max_grad_norm);
         if !norm.is_finite() {
             tracing::warn!("non-finite gradient norm: step skipped");
             return Ok(None);
@@ -368,7 +367,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         // The optimizer takes the module by value; module clones share parameter storage.
         self.policy = self
             .optim
-            .step(self.settings.lr, self.policy.clone(), grads)?;
+            .step_flat(self.settings.lr, self.policy.clone(), grads)?;
         self.sync_replicas();
         report.grad_norm = norm;
         Ok(Some(report))

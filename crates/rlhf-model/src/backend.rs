@@ -88,6 +88,8 @@ impl DeviceSpec {
 
 /// A model loaded (for inference) on the backend a `device` setting chose: what services that
 /// only read a model (scorers, evaluation) hold, instead of each writing the CPU/CUDA dispatch.
+// One per service, never in a collection: the CUDA variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyModel {
     Cpu(Transformer<Cpu>),
     #[cfg(feature = "cuda")]

@@ -9,6 +9,7 @@
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
 //! - [`memory`]: estimates of what training steps and generation calls hold.
 //! - [`backend`]: the CPU/CUDA backends and the `device` setting.
+//! - [`kernel_cache`]: where a GPU backend keeps compiled kernels and autotune results.
 
 pub mod backend;
 pub mod batch;
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod kernel_cache;
 pub mod load;
 pub mod memory;
 pub mod model;

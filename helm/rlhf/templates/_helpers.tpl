@@ -55,6 +55,8 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ .Values.logLevel | quote }}
 - name: RLHF_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+- name: RLHF_GPU_CACHE
+  value: {{ .Values.gpuCache | quote }}
 {{- with .Values.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
