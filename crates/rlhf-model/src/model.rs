@@ -247,7 +247,8 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// Cos/sin tables `[batch, 1, seq, head_dim]` for the given positions.
+/// Cos/sin tables `[batch, 1, seq, head_dim]` for the given positions; `sin` with its first
+/// half negated (see [`RopeTables::apply`]).
 pub(crate) struct RopeTables<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
@@ -273,7 +274,8 @@ impl<B: Backend> RopeTables<B> {
                 let (s, c) = angle.sin_cos();
                 cos[i * dim + k] = c;
                 cos[i * dim + half + k] = c;
-                sin[i * dim + k] = s;
+                // Negated here rather than negating half of every query and key.
+                sin[i * dim + k] = -s;
                 sin[i * dim + half + k] = s;
             }
         }
@@ -285,13 +287,18 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
-    /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`.
+    /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
+    /// `x * cos + [x₂, x₁] * [-sin, sin]`: the same products bit for bit (`(-a)·b = a·(-b)`),
+    /// with the halves swapped by one `flip` instead of two slices, a negation and a
+    /// concatenation (fewer kernels forward and backward).
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, s, d] = x.dims();
-        let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-        let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        let swapped = x
+            .clone()
+            .reshape([b, h, s, 2, d / 2])
+            .flip([3])
+            .reshape([b, h, s, d]);
+        x * self.cos.clone() + swapped * self.sin.clone()
     }
 }
 
@@ -336,13 +343,14 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         // Grouped-query attention without copying K/V: fold the query heads of a group into
-        // the sequence axis, so each KV head serves `groups * s` query rows.
+        // the sequence axis, so each KV head serves `groups * s` query rows (the mask comes
+        // repeated for them, see `layer_inputs`).
         let groups = h / kvh;
         let q = q.reshape([b, kvh, groups * s, d]);
         let scale = (d as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
         // The mask and the softmax in f32, the probabilities back in the compute format.
-        let scores = to_f32(scores) + mask.repeat_dim(2, groups);
+        let scores = to_f32(scores) + mask;
         let probs = p.compute(softmax(scores, 3));
         let out = probs.matmul(v); // [b, kvh, groups*s, d]
         let out = out
@@ -354,8 +362,9 @@ impl<B: Backend> Attention<B> {
 }
 
 /// What the layers of one forward call share: RoPE tables of the new tokens' positions, each
-/// layer's additive attention mask (layers with one sliding-window size share one tensor) and
-/// where the new tokens start in the KV cache.
+/// layer's additive attention mask `[batch, 1, groups * new, kv]` (repeated for the query heads
+/// of a KV group; layers with one sliding-window size share one tensor) and where the new
+/// tokens start in the KV cache.
 pub(crate) struct LayerInputs<B: Backend> {
     pub(crate) rope: RopeTables<B>,
     pub(crate) masks: Vec<Tensor<B, 4>>,
@@ -505,6 +514,13 @@ impl<B: Backend> Transformer<B> {
                         TensorData::new(slots.additive_mask(s, w), [b, 1, s, kv_len]),
                         &device,
                     );
+                    // Once here rather than in every layer.
+                    let groups = self.config.num_attention_heads / self.config.num_key_value_heads;
+                    let m = if groups > 1 {
+                        m.repeat_dim(2, groups)
+                    } else {
+                        m
+                    };
                     by_window.push((window, m.clone()));
                     m
                 }
