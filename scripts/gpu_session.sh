@@ -12,7 +12,7 @@
 # from outside still returns what it finished. The device tool returns at most 8 files.
 #
 # Stages (default: the next questions after the 2026-11-30 session, docs/benchmarks.md:
-# torch-qwen qwen-bf16-train cache dpo burn-matmul matmul autotune profile-gen):
+# torch-qwen qwen-bf16-train profile cache burn-matmul dpo autotune profile-gen matmul):
 #   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
 #                     (scripts/torch_qwen_step.py, batch 8 x 256)
 #   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
@@ -44,7 +44,7 @@ mkdir -p "$OUT" "$work"
 budget="${GPU_BUDGET_S:-500}"
 t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train cache dpo burn-matmul matmul autotune profile-gen)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train profile cache burn-matmul dpo autotune profile-gen matmul)
 export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$work/summary.txt"; }
 pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
@@ -107,7 +107,9 @@ for stage in "${stages[@]}"; do
     hf-generate) run hf-generate 90 python3 "$peers" generate ;;
     qwen-f32-train) run qwen-f32-train 120 "$bin" "${qwen[@]}" "${train[@]}" --precision f32 ;;
     profile) CUBECL_DEBUG_LOG="$work/profile.log" CUBECL_DEBUG_OPTION=profile \
-      run profile 90 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16 ;;
+      run profile 90 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16
+      # Two steps (warm-up and timed) plus autotuning: compare with scripts/count_launches.sh.
+      say "profile: $(grep -c '^| ' "$work/profile.log" 2>/dev/null) kernel launches logged" ;;
     profile-gen) CUBECL_DEBUG_LOG="$work/profile-gen.log" CUBECL_DEBUG_OPTION=profile \
       run profile-gen 90 "$bin" "${qwen[@]}" --gen-batch 64 --prompt-len 128 --new-tokens 16 --no-train --precision bf16 ;;
     dpo)
