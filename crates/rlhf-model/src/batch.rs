@@ -168,13 +168,15 @@ impl SlotState {
         Ok(pos)
     }
 
-    /// The additive attention mask `[batch, 1, q_len, kv_len]` (row-major) for the `q_len`
-    /// newest slots attending to all `kv_len = self.len` slots: 0 where allowed, [`MASKED`]
-    /// otherwise. `window` limits how far back (in slots) a query may look.
-    pub fn additive_mask(&self, q_len: usize, window: Option<usize>) -> Vec<f32> {
+    /// The additive attention mask `[batch, 1, q_len, width]` (row-major) for the `q_len`
+    /// newest slots attending to the `self.len` slots so far: 0 where allowed, [`MASKED`]
+    /// otherwise (always for the slots from `self.len` to `width`, not written yet). `window`
+    /// limits how far back (in slots) a query may look.
+    pub fn additive_mask(&self, q_len: usize, window: Option<usize>, width: usize) -> Vec<f32> {
         let kv = self.len;
         let first_q = kv - q_len;
-        let mut out = vec![MASKED; self.batch * q_len * kv];
+        let width = width.max(kv);
+        let mut out = vec![MASKED; self.batch * q_len * width];
         for r in 0..self.batch {
             let keys = &self.key_mask[r * self.capacity..r * self.capacity + kv];
             for qi in 0..q_len {
@@ -183,7 +185,7 @@ impl SlotState {
                     Some(w) => (qs + 1).saturating_sub(w),
                     None => 0,
                 };
-                let row = &mut out[(r * q_len + qi) * kv..(r * q_len + qi + 1) * kv];
+                let row = &mut out[(r * q_len + qi) * width..(r * q_len + qi) * width + kv];
                 for j in lo..=qs {
                     if keys[j] == 1 {
                         row[j] = 0.0;
@@ -208,7 +210,7 @@ mod tests {
         let mut slots = SlotState::new(2, 4);
         let pos = b.map(|b| slots.append(b));
         assert_eq!(pos.and_then(|p| p.ok()), Some(vec![0, 1, 2, 1, 1, 0]));
-        let m = slots.additive_mask(3, None);
+        let m = slots.additive_mask(3, None, 0);
         let allowed: Vec<u8> = m.iter().map(|&x| u8::from(x == 0.0)).collect();
         // row 0: causal; row 1: only slot 2 is real.
         assert_eq!(
@@ -220,12 +222,25 @@ mod tests {
     }
 
     #[test]
+    fn slots_past_the_written_ones_are_masked() {
+        let b = TokenBatch::unpadded(vec![1, 2], 1, 2).ok();
+        let mut slots = SlotState::new(1, 8);
+        assert!(b.map(|b| slots.append(&b).is_ok()).unwrap_or(false));
+        let allowed: Vec<u8> = slots
+            .additive_mask(2, None, 5)
+            .iter()
+            .map(|&x| u8::from(x == 0.0))
+            .collect();
+        assert_eq!(allowed, vec![1, 0, 0, 0, 0, /**/ 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
     fn window_limits_lookback() {
         let b = TokenBatch::unpadded(vec![1, 2, 3, 4], 1, 4).ok();
         let mut slots = SlotState::new(1, 4);
         assert!(b.map(|b| slots.append(&b).is_ok()).unwrap_or(false));
         let allowed: Vec<u8> = slots
-            .additive_mask(4, Some(2))
+            .additive_mask(4, Some(2), 0)
             .iter()
             .map(|&x| u8::from(x == 0.0))
             .collect();
