@@ -35,6 +35,8 @@
 #   small             ours, a small model (JIT/autotune cost alone)
 #   qwen-fusion-bf16  ours with burn's fusion, training (gpu-bin/rlhf-fusion.xz)
 #   qwen-fusion-bf16-gen  the same, generation
+#   qwen-fusion-f32-gen   fusion, generation in f32 (decoding with fusion ran on wgpu/lavapipe
+#                     in f32; on the H200 it crashed in bf16)
 # Never set CUBECL_DEBUG_LOG for a timed stage: it turns on cubecl's kernel profiling, which
 # synchronises after every kernel launch.
 set -uo pipefail
@@ -128,6 +130,7 @@ for stage in "${stages[@]}"; do
       run torch-qwen-b32 90 python3 scripts/torch_qwen_step.py --steps 5 --batch 32
       run qwen-bf16-train-b32 150 "$bin" "${qwen[@]}" --train-batch 32 --train-len 256 --steps 3 --no-generate --precision bf16 ;;
     qwen-fusion-bf16-gen) unpack gpu-bin/rlhf-fusion; run qwen-fusion-bf16-gen 150 gpu-bin/rlhf-fusion "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
+    qwen-fusion-f32-gen) unpack gpu-bin/rlhf-fusion; run qwen-fusion-f32-gen 150 gpu-bin/rlhf-fusion "${qwen[@]}" "${gen[@]}" --precision f32 ;;
     qwen-fusion-bf16) unpack gpu-bin/rlhf-fusion; run qwen-fusion-bf16 180 gpu-bin/rlhf-fusion "${qwen[@]}" "${train[@]}" --precision bf16 ;;
     *) say "unknown stage $stage" ;;
   esac
