@@ -181,10 +181,11 @@ pub struct Attention<B: Backend> {
 /// form takes four forward and 7 fewer launches per layer and training step in all
 /// (`scripts/count_launches.sh`), which is what a GPU step's time follows. `1 / (1 + exp(-x))`
 /// would take fewer, but its gradient is NaN below x ≈ -88 (0 · ∞ in the backward pass of `exp`);
-/// `tanh` saturates instead.
-fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let h = x.mul_scalar(0.5);
-    h.clone() * h.tanh().add_scalar(1.0)
+/// `tanh` saturates instead. Computed in f32 and returned in the compute format `p`: in bf16,
+/// `1 + tanh(h)` would lose most of its digits where `tanh(h)` nears -1.
+fn silu<B: Backend, const D: usize>(x: Tensor<B, D>, p: Precision) -> Tensor<B, D> {
+    let h = to_f32(x).mul_scalar(0.5);
+    p.compute(h.clone() * h.tanh().add_scalar(1.0))
 }
 
 /// The gated SiLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -436,7 +437,7 @@ impl<B: Backend> DecoderLayer<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
-        let gate = silu(linear(&self.gate_proj, x.clone(), p));
+        let gate = silu(linear(&self.gate_proj, x.clone(), p), p);
         linear(&self.down_proj, gate * linear(&self.up_proj, x, p), p)
     }
 }
@@ -838,7 +839,7 @@ mod tests {
             &Default::default(),
         )
         .require_grad();
-        let y = silu(x.clone());
+        let y = silu(x.clone(), Precision::F32);
         let grads = y.clone().sum().backward();
         let dx = x
             .grad(&grads)
