@@ -356,10 +356,7 @@ impl<B: AutodiffBackend> FlatGrads<B> {
         let Some(total) = total else {
             return 0.0;
         };
-        let sum = total
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
+        let sum = rlhf_model::load::host_vec(total.into_data())
             .ok()
             .and_then(|v| v.first().copied())
             .unwrap_or(f32::NAN);

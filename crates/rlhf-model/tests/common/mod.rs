@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rlhf_model::load::host_vec;
+use rlhf_model::{Completion, Cpu, TokenBatch, Transformer};
 use safetensors::SafeTensors;
 
 /// `tests/fixtures` at the workspace root.
@@ -43,6 +45,27 @@ impl Reference {
             .collect();
         Ok((v.shape().to_vec(), data))
     }
+}
+
+/// The largest difference between the log-probs the sampler recorded for `completions` and those
+/// of a teacher-forced pass over each whole sequence (prompt and completion).
+pub fn sampler_vs_teacher_forced(
+    model: &Transformer<Cpu>,
+    completions: &[Completion],
+) -> anyhow::Result<f32> {
+    let mut worst = 0f32;
+    for c in completions {
+        let full: Vec<u32> = c
+            .prompt_ids
+            .iter()
+            .chain(&c.completion_ids)
+            .copied()
+            .collect();
+        let batch = TokenBatch::unpadded(full.clone(), 1, full.len())?;
+        let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
+        worst = worst.max(max_abs_diff(&lp[c.prompt_ids.len() - 1..], &c.logprobs));
+    }
+    Ok(worst)
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
