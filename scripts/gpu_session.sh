@@ -11,14 +11,16 @@
 # stderr, nvidia-smi, GPU memory over time), repacked after every stage so that a run stopped
 # from outside still returns what it finished. The device tool returns at most 8 files.
 #
-# Stages (default: the next questions after the 2026-11-30 session, docs/benchmarks.md:
-# torch-qwen qwen-bf16-train profile cache burn-matmul dpo autotune profile-gen matmul):
+# Stages (default: the next questions after the 2026-11-30 sessions, docs/benchmarks.md:
+# torch-qwen qwen-bf16-train gen-kernels hf-generate profile-gen profile cache burn-matmul dpo):
 #   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
 #                     (scripts/torch_qwen_step.py, batch 8 x 256)
 #   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
 #   cache             ours, one bf16 training step twice with one fresh RLHF_GPU_CACHE folder:
 #                     the first step cold (kernels compiled, autotuned) and warm (read back)
 #   qwen-bf16-gen     ours, generation at batch 8 and 64, prompt 128, 256 new tokens, bf16
+#   gen-kernels       ours, qwen-bf16-gen with the fused inference kernels (rlhf_model::cube, the
+#                     default) and with RLHF_GPU_KERNELS=off (the composite operations)
 #   hf-generate       Hugging Face generate at the same shapes (gpu_peers.py generate)
 #   qwen-f32-train    ours, --precision f32
 #   profile           ours, one bf16 training step with cubecl's per-kernel profiling on (every
@@ -46,7 +48,7 @@ mkdir -p "$OUT" "$work"
 budget="${GPU_BUDGET_S:-500}"
 t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train profile cache burn-matmul dpo autotune profile-gen matmul)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train gen-kernels hf-generate profile-gen profile cache burn-matmul dpo)
 export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$work/summary.txt"; }
 pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
@@ -106,6 +108,9 @@ for stage in "${stages[@]}"; do
       RLHF_GPU_CACHE=/tmp/gpu-kernel-cache run cache-warm 120 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16
       say "kernel cache: $(du -sh /tmp/gpu-kernel-cache 2>&1 | cut -f1), $(find /tmp/gpu-kernel-cache -type f 2>/dev/null | wc -l) files" ;;
     qwen-bf16-gen) run qwen-bf16-gen 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
+    gen-kernels)
+      run qwen-bf16-gen 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16
+      RLHF_GPU_KERNELS=off run qwen-bf16-gen-composite 150 "$bin" "${qwen[@]}" "${gen[@]}" --precision bf16 ;;
     hf-generate) run hf-generate 90 python3 "$peers" generate ;;
     qwen-f32-train) run qwen-f32-train 120 "$bin" "${qwen[@]}" "${train[@]}" --precision f32 ;;
     profile) CUBECL_DEBUG_LOG="$work/profile.log" CUBECL_DEBUG_OPTION=profile \

@@ -332,15 +332,17 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
             precision,
         );
         let rss = PeakRss::start();
+        let fused_before = fused_launches();
         let start = Instant::now();
         let out = infer.generate(&prompts, &sp)?;
         let secs = start.elapsed().as_secs_f64();
+        let fused = fused_launches() - fused_before;
         let growth = rss.growth();
         let new: usize = out.iter().map(|c| c.completion_ids.len()).sum();
         gen_results.push(json!({"batch": b, "new_tokens": new, "seconds": secs, "new_tokens_per_s": new as f64 / secs, "warmup_seconds": warmup,
-            "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth}));
+            "fused_kernel_launches": fused, "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth}));
         eprintln!(
-            "generate: batch {b}, {new} new tokens in {secs:.2}s = {:.0} new tokens/s (warm-up call of {} tokens: {warmup:.2}s)",
+            "generate: batch {b}, {new} new tokens in {secs:.2}s = {:.0} new tokens/s (warm-up call of {} tokens: {warmup:.2}s; {fused} fused kernel launches)",
             new as f64 / secs,
             args.new_tokens.min(8)
         );
@@ -548,4 +550,13 @@ fn dpo_bench<B: AutodiffBackend>(args: &DpoBenchArgs, device: &B::Device) -> Res
             "device": args.device.to_string(), "precision": args.precision.to_string()})
     );
     Ok(())
+}
+
+/// Fused GPU kernels launched by this process so far (`rlhf_model::cube`; none on the CPU).
+fn fused_launches() -> u64 {
+    #[cfg(feature = "cuda")]
+    let n = rlhf_model::cube::launches();
+    #[cfg(not(feature = "cuda"))]
+    let n = 0;
+    n
 }

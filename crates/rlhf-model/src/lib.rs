@@ -9,12 +9,15 @@
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
 //! - [`memory`]: estimates of what training steps and generation calls hold.
 //! - [`backend`]: the CPU/CUDA backends and the `device` setting.
+//! - `cube` (CUDA and wgpu builds only): fused inference kernels for burn's CubeCL backends.
 //! - [`kernel_cache`]: where a GPU backend keeps compiled kernels and autotune results.
 
 pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 pub mod error;
 pub mod generate;
 pub mod kernel_cache;

@@ -122,6 +122,32 @@ fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Te
     }
 }
 
+/// `crate::cube`'s fused kernel for one operation (its arguments by reference), or `None` where
+/// the build has no CubeCL backend or the tensors are not on one (then the composite operations
+/// run: CPU backends, training's autodiff graph, burn's fusion); `fused!(serves(&t))` asks
+/// whether `t` is on a backend the kernels serve.
+macro_rules! fused {
+    (serves($t:expr)) => {{
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        let yes = crate::cube::serves($t);
+        #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+        let yes = false;
+        yes
+    }};
+    ($op:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        let out = crate::cube::$op($($arg),*);
+        #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+        let out = None;
+        out
+    }};
+}
+
+/// Whether `t` is in `p`'s compute format (fused kernels return their inputs' format).
+fn in_format<B: Backend, const D: usize>(t: &Tensor<B, D>, p: Precision) -> bool {
+    t.dtype() == DType::from(p.dtype())
+}
+
 /// `t` in f32 (logits, scores and statistics leave the model in f32 whatever it computes in).
 fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     cast_to(t, FloatDType::F32)
@@ -151,6 +177,11 @@ pub struct RmsNorm<B: Backend> {
 
 impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+        if in_format(&x, p)
+            && let Some(out) = fused!(rms_norm(&x, &self.weight.val(), self.eps))
+        {
+            return out;
+        }
         let x = to_f32(x);
         let var = x.clone().powi_scalar(2).mean_dim(2);
         // Division, not `recip()`: burn-ndarray vectorises `recip` with an approximation on the
@@ -332,6 +363,34 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
+    /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`); where a
+    /// fused kernel can (`crate::cube`), the projection's bias is added inside RoPE's kernel.
+    fn project(
+        &self,
+        proj: &Linear<B>,
+        x: Tensor<B, 3>,
+        shape: [usize; 4],
+        p: Precision,
+    ) -> Tensor<B, 4> {
+        if !fused!(serves(&x)) {
+            // Everywhere else (training included) exactly as before: `linear` with its bias.
+            return self.apply(linear(proj, x, p).reshape(shape));
+        }
+        let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
+        // `linear` without the bias, for the kernel to add it (or the same addition below).
+        let raw =
+            burn::tensor::module::linear(x, p.compute(proj.weight.val()), None).reshape(shape);
+        if let Some(out) = fused!(rope(&raw, bias.as_ref(), &self.cos, &self.sin)) {
+            return out;
+        }
+        let [_, _, h, d] = shape;
+        let with_bias = match bias {
+            Some(b) => raw + b.reshape([1, 1, h, d]),
+            None => raw,
+        };
+        self.apply(with_bias)
+    }
+
     /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
     /// `x * cos + [x₂, x₁] * [-sin, sin]`: the same products bit for bit (`(-a)·b = a·(-b)`),
     /// with the halves swapped by one `flip` instead of two slices, a negation and a
@@ -360,15 +419,9 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // RoPE in the projections' layout, then heads before positions.
-        let q = rope
-            .apply(linear(&self.q_proj, x.clone(), p).reshape([b, s, h, d]))
-            .swap_dims(1, 2);
-        let k = rope
-            .apply(linear(&self.k_proj, x.clone(), p).reshape([b, s, kvh, d]))
-            .swap_dims(1, 2);
-        let v = linear(&self.v_proj, x, p)
-            .reshape([b, s, kvh, d])
-            .swap_dims(1, 2);
+        let q = heads_first(rope.project(&self.q_proj, x.clone(), [b, s, h, d], p));
+        let k = heads_first(rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p));
+        let v = heads_first(linear(&self.v_proj, x, p).reshape([b, s, kvh, d]));
         let (k, v) = match cache {
             Some((slot, start, width)) => {
                 let end = start + s;
@@ -391,16 +444,36 @@ impl<B: Backend> Attention<B> {
         let groups = h / kvh;
         let q = q.reshape([b, kvh, groups * s, d]);
         let scale = (d as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let scores = q.matmul(k.swap_dims(2, 3));
         // The mask and the softmax in f32, the probabilities back in the compute format.
-        let scores = to_f32(scores) + mask;
-        let probs = p.compute(softmax(scores, 3));
+        let fused = in_format(&scores, p)
+            .then(|| fused!(masked_softmax(&scores, &mask, scale)))
+            .flatten();
+        let probs = match fused {
+            Some(probs) => probs,
+            None => p.compute(softmax(to_f32(scores.mul_scalar(scale)) + mask, 3)),
+        };
         let out = probs.matmul(v); // [b, kvh, groups*s, d]
-        let out = out
-            .reshape([b, h, s, d])
-            .swap_dims(1, 2)
-            .reshape([b, s, h * d]);
+        let out = if s == 1 {
+            out.reshape([b, s, h * d]) // see `heads_first`
+        } else {
+            out.reshape([b, h, s, d])
+                .swap_dims(1, 2)
+                .reshape([b, s, h * d])
+        };
         linear(&self.o_proj, out, p)
+    }
+}
+
+/// `[batch, seq, heads, dim]` as `[batch, heads, seq, dim]`. With one position (decoding) the two
+/// layouts are the same memory, and a reshape says so: a swapped view would be copied by the
+/// next reshape or kernel that needs it contiguous (one copy per layer and step on the GPU).
+fn heads_first<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, s, n, d] = t.dims();
+    if s == 1 {
+        t.reshape([b, n, s, d])
+    } else {
+        t.swap_dims(1, 2)
     }
 }
 
@@ -437,8 +510,13 @@ impl<B: Backend> DecoderLayer<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
-        let gate = silu(linear(&self.gate_proj, x.clone(), p), p);
-        linear(&self.down_proj, gate * linear(&self.up_proj, x, p), p)
+        let gate = linear(&self.gate_proj, x.clone(), p);
+        let up = linear(&self.up_proj, x, p);
+        let fused = in_format(&gate, p)
+            .then(|| fused!(silu_mul(&gate, &up)))
+            .flatten();
+        let h = fused.unwrap_or_else(|| silu(gate, p) * up);
+        linear(&self.down_proj, h, p)
     }
 }
 

@@ -3,63 +3,19 @@
 //! logits and token log-probs within 1e-4, greedy tokens identical, chat ids identical,
 //! reward scores within 1e-4.
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::Tensor;
 use rlhf_model::load::host_vec;
 use rlhf_model::{
     ChatMessage, Cpu, PaddingSide, SamplingParams, TokenBatch, Tokenizer, Transformer,
 };
-use serde_json::Value;
 
 mod common;
-use common::{Reference, fixtures, max_abs_diff, sampler_vs_teacher_forced};
+use common::{
+    Reference, causal_dirs, fixtures, ids_u32, max_abs_diff, read_json, reward_dirs,
+    sampler_vs_teacher_forced,
+};
 
 type B = Cpu;
-
-/// Every causal-LM fixture folder (those with `greedy_16` in reference.json).
-fn causal_dirs() -> Vec<PathBuf> {
-    dirs_with("greedy_16")
-}
-
-/// Every reward-model fixture folder (those with `scores` in reference.json).
-fn reward_dirs() -> Vec<PathBuf> {
-    dirs_with("scores")
-}
-
-fn dirs_with(key: &str) -> Vec<PathBuf> {
-    let mut dirs = vec![];
-    for set in ["hf-tiny", "hf-extra"] {
-        let Ok(entries) = std::fs::read_dir(fixtures().join(set)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if let Ok(r) = read_json(&p.join("reference.json"))
-                && r.get(key).is_some()
-            {
-                dirs.push(p);
-            }
-        }
-    }
-    dirs.sort();
-    dirs
-}
-
-fn read_json(p: &Path) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
-}
-
-fn ids_u32(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|x| x as u32)
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn found_the_fixtures() {
@@ -307,7 +263,7 @@ fn save_then_reload_gives_identical_outputs() -> anyhow::Result<()> {
             dir.display()
         );
         assert!(Tokenizer::from_dir(&out)?.has_chat_template());
-        let cfg: Value = read_json(&out.join("config.json"))?;
+        let cfg: serde_json::Value = read_json(&out.join("config.json"))?;
         assert_eq!(
             cfg["architectures"],
             read_json(&dir.join("config.json"))?["architectures"]

@@ -5,13 +5,59 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::Backend;
 use rlhf_model::load::host_vec;
-use rlhf_model::{Completion, Cpu, TokenBatch, Transformer};
+use rlhf_model::{Completion, TokenBatch, Transformer};
 use safetensors::SafeTensors;
+use serde_json::Value;
 
 /// `tests/fixtures` at the workspace root.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Every causal-LM fixture folder (those with `greedy_16` in reference.json).
+pub fn causal_dirs() -> Vec<PathBuf> {
+    dirs_with("greedy_16")
+}
+
+/// Every reward-model fixture folder (those with `scores` in reference.json).
+pub fn reward_dirs() -> Vec<PathBuf> {
+    dirs_with("scores")
+}
+
+pub fn dirs_with(key: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    for set in ["hf-tiny", "hf-extra"] {
+        let Ok(entries) = std::fs::read_dir(fixtures().join(set)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if let Ok(r) = read_json(&p.join("reference.json"))
+                && r.get(key).is_some()
+            {
+                dirs.push(p);
+            }
+        }
+    }
+    dirs.sort();
+    dirs
+}
+
+pub fn read_json(p: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
+}
+
+pub fn ids_u32(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A fixture's `reference.safetensors`: tensors transformers computed.
@@ -49,8 +95,8 @@ impl Reference {
 
 /// The largest difference between the log-probs the sampler recorded for `completions` and those
 /// of a teacher-forced pass over each whole sequence (prompt and completion).
-pub fn sampler_vs_teacher_forced(
-    model: &Transformer<Cpu>,
+pub fn sampler_vs_teacher_forced<B: Backend>(
+    model: &Transformer<B>,
     completions: &[Completion],
 ) -> anyhow::Result<f32> {
     let mut worst = 0f32;

@@ -1,0 +1,185 @@
+//! The fused CubeCL kernels of the inference path (`src/cube.rs`: RMSNorm, RoPE, SiLU times up,
+//! masked softmax) against transformers' outputs and against the CPU backend's composite
+//! operations, run on burn's wgpu backend: CubeCL compiles the same kernels for CUDA and for
+//! Vulkan, and Mesa's CPU Vulkan device (lavapipe) runs them where there is no GPU. f32 only
+//! (wgpu has no bf16; the bf16 instantiation runs on CUDA).
+//!
+//! ```sh
+//! apt-get install mesa-vulkan-drivers
+//! cargo test --release -p rlhf-model --features wgpu --test cube_kernels
+//! ```
+
+#![cfg(feature = "wgpu")]
+
+use burn::backend::Wgpu;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rlhf_model::load::host_vec;
+use rlhf_model::model::RmsNorm;
+use rlhf_model::{Cpu, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, cube};
+
+mod common;
+use common::{Reference, causal_dirs, ids_u32, max_abs_diff, read_json, sampler_vs_teacher_forced};
+
+type W = Wgpu<f32, i32>;
+
+/// Runs `f` and checks that it launched fused kernels (else the test would compare the composite
+/// operations with themselves).
+fn fused<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    assert!(cube::enabled(), "RLHF_GPU_KERNELS=off: nothing to test");
+    let before = cube::launches();
+    let out = f()?;
+    assert!(
+        cube::launches() > before,
+        "{what}: no fused kernel ran on the wgpu backend"
+    );
+    Ok(out)
+}
+
+#[test]
+fn fused_forward_matches_transformers_and_the_cpu_backend() -> anyhow::Result<()> {
+    let device = Default::default();
+    for dir in causal_dirs() {
+        let model = Transformer::<W>::load(&dir, &device)?;
+        let cpu = Transformer::<Cpu>::load(&dir, &Default::default())?;
+        let r = Reference::load(&dir)?;
+        let (shape, ids) = r.i64("input_ids")?;
+        let batch =
+            TokenBatch::unpadded(ids.iter().map(|&x| x as u32).collect(), shape[0], shape[1])?;
+        let logits = fused("logits", || {
+            Ok(host_vec(model.forward_logits(&batch)?.into_data())?)
+        })?;
+        let (_, want) = r.f32("logits")?;
+        let d = max_abs_diff(&logits, &want);
+        eprintln!(
+            "{}: fused vs transformers, max logit diff {d:e}",
+            dir.display()
+        );
+        assert!(d < 1e-4, "{}: logits differ by {d}", dir.display());
+        let on_cpu = host_vec(cpu.forward_logits(&batch)?.into_data())?;
+        let d = max_abs_diff(&logits, &on_cpu);
+        eprintln!(
+            "{}: fused vs CPU composite, max logit diff {d:e}",
+            dir.display()
+        );
+        assert!(
+            d < 1e-4,
+            "{}: logits differ from the CPU's by {d}",
+            dir.display()
+        );
+        let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
+        let (_, want) = r.f32("token_logprobs")?;
+        let d = max_abs_diff(&lp, &want);
+        assert!(d < 1e-4, "{}: token log-probs differ by {d}", dir.display());
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_decoding_matches_greedy_transformers_and_teacher_forcing() -> anyhow::Result<()> {
+    let device = Default::default();
+    for dir in causal_dirs() {
+        let model = Transformer::<W>::load(&dir, &device)?;
+        let reference = read_json(&dir.join("reference.json"))?;
+        let prompts: Vec<Vec<u32>> = reference["prompts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| ids_u32(&p["ids"]))
+            .collect();
+        let greedy = SamplingParams {
+            max_new_tokens: 16,
+            temperature: 0.0,
+            ..Default::default()
+        };
+        // Left-padded rows of different lengths, decoded on the device with the KV cache.
+        let out = fused("greedy decoding", || Ok(model.generate(&prompts, &greedy)?))?;
+        for (i, want) in reference["greedy_16"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                out[i].completion_ids,
+                ids_u32(want),
+                "{}: greedy row {i}",
+                dir.display()
+            );
+        }
+        let sampled = SamplingParams {
+            max_new_tokens: 12,
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 40,
+            seed: 3,
+            ..Default::default()
+        };
+        let prompts = vec![vec![5, 9, 33, 41, 7], vec![100, 3], vec![12, 13, 14]];
+        let out = model.generate(&prompts, &sampled)?;
+        let d = sampler_vs_teacher_forced(&model, &out)?;
+        assert!(
+            d < 1e-4,
+            "{}: sampler vs teacher-forced differ by {d}",
+            dir.display()
+        );
+        // Right padding (a query row whose keys are all padding) as the CPU computes it.
+        let seqs: Vec<Vec<u32>> = out
+            .iter()
+            .map(|c| {
+                c.prompt_ids
+                    .iter()
+                    .chain(&c.completion_ids)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let batch = TokenBatch::pad(&seqs, 0, PaddingSide::Right)?;
+        let cpu = Transformer::<Cpu>::load(&dir, &Default::default())?;
+        let got = host_vec(model.token_logprobs(&batch)?.into_data())?;
+        let want = host_vec(cpu.token_logprobs(&batch)?.into_data())?;
+        let d = max_abs_diff(&got, &want);
+        assert!(
+            d < 1e-4,
+            "{}: right-padded log-probs differ by {d}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Rows longer than a cube's threads and more rows than one grid dimension holds.
+#[test]
+fn fused_rms_norm_handles_wide_rows_and_many_rows() -> anyhow::Result<()> {
+    for (rows, width) in [(3, 1000), (70_000, 8)] {
+        let values: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let weight: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 / width as f32).collect();
+        let fused_out = fused("rms_norm", || norm::<W>(&values, &weight, rows, width))?;
+        let composite = norm::<Cpu>(&values, &weight, rows, width)?;
+        let d = max_abs_diff(&fused_out, &composite);
+        assert!(d < 1e-5, "{rows} x {width}: fused RMSNorm differs by {d}");
+    }
+    Ok(())
+}
+
+/// RMSNorm (eps 1e-6) of `values` as `[1, rows, width]` on backend `B`, read back.
+fn norm<B: Backend>(
+    values: &[f32],
+    weight: &[f32],
+    rows: usize,
+    width: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let device = Default::default();
+    let x = Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, rows, width]), &device);
+    let w = Tensor::<B, 1>::from_data(TensorData::new(weight.to_vec(), [width]), &device);
+    let norm = RmsNorm {
+        weight: Param::from_tensor(w),
+        eps: 1e-6,
+    };
+    Ok(host_vec(norm.forward(x, Precision::F32).into_data())?)
+}
