@@ -27,7 +27,9 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use kernels::{masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel};
+use kernels::{
+    add_rms_norm_kernel, masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel,
+};
 
 /// Threads per cube of the row kernels (a power of two: their sums halve it).
 const ROW_THREADS: usize = 256;
@@ -88,12 +90,13 @@ fn tensor_of<B: Backend, R: CubeRuntime, const D: usize>(c: CubeTensor<R>) -> Op
 }
 
 /// One fused operation, written once for every CubeCL runtime.
-trait CubeOp<B: Backend, const D: usize> {
-    fn run<R: CubeRuntime>(&self) -> Option<Tensor<B, D>>;
+trait CubeOp {
+    type Out;
+    fn run<R: CubeRuntime>(&self) -> Option<Self::Out>;
 }
 
-/// Runs `op` on whichever enabled runtime `B`'s tensors belong to.
-fn dispatch<B: Backend, const D: usize>(op: &impl CubeOp<B, D>) -> Option<Tensor<B, D>> {
+/// Runs `op` on whichever enabled runtime its tensors belong to.
+fn dispatch<O: CubeOp>(op: &O) -> Option<O::Out> {
     if !enabled() {
         return None;
     }
@@ -136,8 +139,9 @@ pub(crate) fn rms_norm<B: Backend>(
     eps: f64,
 ) -> Option<Tensor<B, 3>> {
     struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 1>, f64);
-    impl<B: Backend> CubeOp<B, 3> for Op<'_, B> {
-        fn run<R: CubeRuntime>(&self) -> Option<Tensor<B, 3>> {
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 3>;
+        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
             let (x, w) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 1>(self.1)?);
             let dims = self.0.dims();
             if x.dtype != w.dtype || w.meta.shape[0] != dims[2] {
@@ -168,11 +172,64 @@ pub(crate) fn rms_norm<B: Backend>(
     dispatch(&Op(x, weight, eps))
 }
 
+/// `(x + delta, rms_norm(x + delta))`: a residual addition (in the tensors' format) and the
+/// RMSNorm of its result, in one launch.
+pub(crate) fn add_rms_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    delta: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+    struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 3>, &'a Tensor<B, 1>, f64);
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = (Tensor<B, 3>, Tensor<B, 3>);
+        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
+            let (x, delta) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 3>(self.1)?);
+            let w = cube_of::<B, R, 1>(self.2)?;
+            let dims = self.0.dims();
+            if x.dtype != w.dtype || x.dtype != delta.dtype || w.meta.shape[0] != dims[2] {
+                return None;
+            }
+            if self.1.dims() != dims {
+                return None;
+            }
+            let (x, delta, w) = (
+                into_contiguous(x),
+                into_contiguous(delta),
+                into_contiguous(w),
+            );
+            let sum = empty_like(&x, &dims, x.dtype);
+            let out = empty_like(&x, &dims, x.dtype);
+            let rows = dims[0] * dims[1];
+            add_rms_norm_kernel::launch::<R>(
+                &x.client.clone(),
+                row_grid(rows),
+                CubeDim::new_1d(ROW_THREADS as u32),
+                x.clone().into_tensor_arg(),
+                delta.into_tensor_arg(),
+                w.into_tensor_arg(),
+                sum.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows,
+                self.3 as f32,
+                ROW_THREADS,
+                x.dtype.into(),
+            );
+            Some((tensor_of::<B, R, 3>(sum)?, tensor_of::<B, R, 3>(out)?))
+        }
+    }
+    if x.shape().num_elements() == 0 {
+        return None;
+    }
+    dispatch(&Op(x, delta, weight, eps))
+}
+
 /// `silu(gate) * up` for two tensors of one shape and format.
 pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 3>);
-    impl<B: Backend> CubeOp<B, 3> for Op<'_, B> {
-        fn run<R: CubeRuntime>(&self) -> Option<Tensor<B, 3>> {
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 3>;
+        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
             let (g, u) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 3>(self.1)?);
             let dims = self.0.dims();
             if g.dtype != u.dtype || self.1.dims() != dims {
@@ -215,8 +272,9 @@ pub(crate) fn rope<B: Backend>(
         &'a Tensor<B, 4>,
         &'a Tensor<B, 4>,
     );
-    impl<B: Backend> CubeOp<B, 4> for Op<'_, B> {
-        fn run<R: CubeRuntime>(&self) -> Option<Tensor<B, 4>> {
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 4>;
+        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
             let x = cube_of::<B, R, 4>(self.0)?;
             let (c, s) = (cube_of::<B, R, 4>(self.2)?, cube_of::<B, R, 4>(self.3)?);
             let [b, n, h, d] = self.0.dims();
@@ -273,8 +331,9 @@ pub(crate) fn masked_softmax<B: Backend>(
     scale: f64,
 ) -> Option<Tensor<B, 4>> {
     struct Op<'a, B: Backend>(&'a Tensor<B, 4>, &'a Tensor<B, 4>, f64);
-    impl<B: Backend> CubeOp<B, 4> for Op<'_, B> {
-        fn run<R: CubeRuntime>(&self) -> Option<Tensor<B, 4>> {
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 4>;
+        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
             let (s, m) = (cube_of::<B, R, 4>(self.0)?, cube_of::<B, R, 4>(self.1)?);
             let [b, h, r, w] = self.0.dims();
             if m.dtype != DType::F32 || self.1.dims() != [b, 1, r, w] {
@@ -384,11 +443,56 @@ mod kernels {
             squares += v * v;
             i += threads;
         }
-        let total = cube_sum(squares, threads);
-        let denominator = (total / f32::cast_from(width as u32) + eps).sqrt();
+        let denominator = rms(squares, width, eps, threads);
         let mut j = unit;
         while j < width {
             let normed = f32::cast_from(input[base + j]) / denominator;
+            output[base + j] = F::cast_from(normed) * weight[j];
+            j += threads;
+        }
+    }
+
+    /// `sqrt(mean(x²) + eps)` of a row from each thread's sum of squares.
+    #[cube]
+    pub(super) fn rms(squares: f32, width: usize, eps: f32, #[comptime] threads: usize) -> f32 {
+        let total = cube_sum(squares, threads);
+        (total / f32::cast_from(width as u32) + eps).sqrt()
+    }
+
+    /// [`rms_norm_kernel`] of `input + delta` (added in the compute format), which it writes to
+    /// `sum` too. Each thread reads back only the sums it wrote itself.
+    #[cube(launch)]
+    pub(super) fn add_rms_norm_kernel<F: Float>(
+        input: &Tensor<F>,
+        delta: &Tensor<F>,
+        weight: &Tensor<F>,
+        sum: &mut Tensor<F>,
+        output: &mut Tensor<F>,
+        rows: usize,
+        eps: f32,
+        #[comptime] threads: usize,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = cube_row();
+        if row >= rows {
+            terminate!();
+        }
+        let width = weight.len();
+        let base = row * width;
+        let unit = UNIT_POS_X as usize;
+        let mut squares = f32::new(0.0);
+        let mut i = unit;
+        while i < width {
+            let added = input[base + i] + delta[base + i];
+            sum[base + i] = added;
+            let v = f32::cast_from(added);
+            squares += v * v;
+            i += threads;
+        }
+        let denominator = rms(squares, width, eps, threads);
+        let mut j = unit;
+        while j < width {
+            let normed = f32::cast_from(sum[base + j]) / denominator;
             output[base + j] = F::cast_from(normed) * weight[j];
             j += threads;
         }

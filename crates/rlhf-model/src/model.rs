@@ -176,6 +176,23 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
+    /// `(x + delta, forward(x + delta))`: a residual connection and the norm of its result (one
+    /// launch where a fused kernel can).
+    pub fn forward_residual(
+        &self,
+        x: Tensor<B, 3>,
+        delta: Tensor<B, 3>,
+        p: Precision,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        if in_format(&x, p)
+            && let Some(both) = fused!(add_rms_norm(&x, &delta, &self.weight.val(), self.eps))
+        {
+            return both;
+        }
+        let x = x + delta;
+        (x.clone(), self.forward(x, p))
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
         if in_format(&x, p)
             && let Some(out) = fused!(rms_norm(&x, &self.weight.val(), self.eps))
@@ -502,8 +519,7 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone(), p);
         let h = self.self_attn.forward(h, rope, mask, cache, p);
-        let x = x + h;
-        let h = self.post_attention_layernorm.forward(x.clone(), p);
+        let (x, h) = self.post_attention_layernorm.forward_residual(x, h, p);
         x + self.mlp.forward(h, p)
     }
 }

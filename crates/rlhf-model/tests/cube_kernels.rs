@@ -151,7 +151,8 @@ fn fused_decoding_matches_greedy_transformers_and_teacher_forcing() -> anyhow::R
     Ok(())
 }
 
-/// Rows longer than a cube's threads and more rows than one grid dimension holds.
+/// Rows longer than a cube's threads and more rows than one grid dimension holds; RMSNorm alone
+/// and after a residual addition.
 #[test]
 fn fused_rms_norm_handles_wide_rows_and_many_rows() -> anyhow::Result<()> {
     for (rows, width) in [(3, 1000), (70_000, 8)] {
@@ -161,19 +162,26 @@ fn fused_rms_norm_handles_wide_rows_and_many_rows() -> anyhow::Result<()> {
         let weight: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 / width as f32).collect();
         let fused_out = fused("rms_norm", || norm::<W>(&values, &weight, rows, width))?;
         let composite = norm::<Cpu>(&values, &weight, rows, width)?;
-        let d = max_abs_diff(&fused_out, &composite);
-        assert!(d < 1e-5, "{rows} x {width}: fused RMSNorm differs by {d}");
+        for (what, a, b) in [
+            ("RMSNorm", &fused_out.0, &composite.0),
+            ("residual sum", &fused_out.1, &composite.1),
+            ("RMSNorm of the sum", &fused_out.2, &composite.2),
+        ] {
+            let d = max_abs_diff(a, b);
+            assert!(d < 1e-5, "{rows} x {width}: fused {what} differs by {d}");
+        }
     }
     Ok(())
 }
 
-/// RMSNorm (eps 1e-6) of `values` as `[1, rows, width]` on backend `B`, read back.
+/// On backend `B`, read back: RMSNorm (eps 1e-6) of `values` as `[1, rows, width]`, then the
+/// sum `values + values / 3` and its RMSNorm (`RmsNorm::forward_residual`).
 fn norm<B: Backend>(
     values: &[f32],
     weight: &[f32],
     rows: usize,
     width: usize,
-) -> anyhow::Result<Vec<f32>> {
+) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let device = Default::default();
     let x = Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, rows, width]), &device);
     let w = Tensor::<B, 1>::from_data(TensorData::new(weight.to_vec(), [width]), &device);
@@ -181,5 +189,12 @@ fn norm<B: Backend>(
         weight: Param::from_tensor(w),
         eps: 1e-6,
     };
-    Ok(host_vec(norm.forward(x, Precision::F32).into_data())?)
+    let alone = host_vec(norm.forward(x.clone(), Precision::F32).into_data())?;
+    let delta = x.clone().div_scalar(3.0);
+    let (sum, normed) = norm.forward_residual(x, delta, Precision::F32);
+    Ok((
+        alone,
+        host_vec(sum.into_data())?,
+        host_vec(normed.into_data())?,
+    ))
 }
