@@ -517,10 +517,32 @@ impl<B: Backend> DecoderLayer<B> {
         cache: Option<LayerCache<'_, B>>,
         p: Precision,
     ) -> Tensor<B, 3> {
-        let h = self.input_layernorm.forward(x.clone(), p);
+        let (x, mlp) = self.forward_parts(x, None, rope, mask, cache, p);
+        x + mlp
+    }
+
+    /// [`Self::forward`] of `x + pending` (the previous layer's MLP output, not yet added: the
+    /// input norm adds it, one launch with a fused kernel), returning the residual stream after
+    /// attention and this layer's MLP output, whose sum is the layer's output.
+    pub(crate) fn forward_parts(
+        &self,
+        x: Tensor<B, 3>,
+        pending: Option<Tensor<B, 3>>,
+        rope: &RopeTables<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<LayerCache<'_, B>>,
+        p: Precision,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (x, h) = match pending {
+            Some(delta) => self.input_layernorm.forward_residual(x, delta, p),
+            None => {
+                let h = self.input_layernorm.forward(x.clone(), p);
+                (x, h)
+            }
+        };
         let h = self.self_attn.forward(h, rope, mask, cache, p);
         let (x, h) = self.post_attention_layernorm.forward_residual(x, h, p);
-        x + self.mlp.forward(h, p)
+        (x, self.mlp.forward(h, p))
     }
 }
 
@@ -603,13 +625,27 @@ impl<B: Backend> Transformer<B> {
         }
         let inputs = self.layer_inputs(batch, slots)?;
         let mut x = self.embed(batch, device_ids);
+        // Each layer's MLP output is added to the residual stream by the next norm.
+        let mut pending = None;
         for (i, (layer, mask)) in self.layers.iter().zip(&inputs.masks).enumerate() {
             let layer_cache = cache
                 .as_mut()
                 .map(|c| (&mut c[i], inputs.start, inputs.width));
-            x = layer.forward(x, &inputs.rope, mask.clone(), layer_cache, self.precision);
+            let (mid, mlp) = layer.forward_parts(
+                x,
+                pending.take(),
+                &inputs.rope,
+                mask.clone(),
+                layer_cache,
+                self.precision,
+            );
+            x = mid;
+            pending = Some(mlp);
         }
-        Ok(self.norm.forward(x, self.precision))
+        Ok(match pending {
+            Some(delta) => self.norm.forward_residual(x, delta, self.precision).1,
+            None => self.norm.forward(x, self.precision),
+        })
     }
 
     /// The token embeddings of `batch` (or of `device_ids`, see [`Self::hidden_with`]) in the
