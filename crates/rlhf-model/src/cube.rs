@@ -1,8 +1,9 @@
 //! Fused kernels for burn's CubeCL backends (CUDA; wgpu, which runs the same kernels on any
 //! Vulkan device, Mesa's CPU one included), used by the model's inference path — decoding,
 //! prefill, reference and scorer forwards — where each of these took several kernel launches
-//! (docs/gpu.md): RMSNorm (6–8 launches → 1), RoPE on queries or keys (4 → 1), SiLU times the
-//! up projection (5–7 → 1) and attention's scaled, masked softmax (7–9 → 1). On an H200 a
+//! (docs/gpu.md): RMSNorm (6–8 launches → 1; with the residual addition before it, 7–9 → 1),
+//! RoPE on queries or keys with the projection's bias (4–5 → 1), SiLU times the up projection
+//! (5–7 → 1) and attention's scaled, masked softmax (7–9 → 1). On an H200 a
 //! decoding step's time followed its launches, not its arithmetic.
 //!
 //! Each function returns `None` unless the tensors are burn's plain CubeCL backend
