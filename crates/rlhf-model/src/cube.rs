@@ -28,9 +28,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use kernels::{
-    add_rms_norm_kernel, masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel,
-};
+use kernels::{masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel};
 
 /// Threads per cube of the row kernels (a power of two: their sums halve it).
 const ROW_THREADS: usize = 256;
@@ -139,38 +137,7 @@ pub(crate) fn rms_norm<B: Backend>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, 3>> {
-    struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 1>, f64);
-    impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = Tensor<B, 3>;
-        fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
-            let (x, w) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 1>(self.1)?);
-            let dims = self.0.dims();
-            if x.dtype != w.dtype || w.meta.shape[0] != dims[2] {
-                return None;
-            }
-            let (x, w) = (into_contiguous(x), into_contiguous(w));
-            let out = empty_like(&x, &dims, x.dtype);
-            let rows = dims[0] * dims[1];
-            rms_norm_kernel::launch::<R>(
-                &x.client.clone(),
-                row_grid(rows),
-                CubeDim::new_1d(ROW_THREADS as u32),
-                x.clone().into_tensor_arg(),
-                w.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                rows,
-                self.2 as f32,
-                ROW_THREADS,
-                x.dtype.into(),
-            );
-            tensor_of::<B, R, 3>(out)
-        }
-    }
-    // Empty tensors (nothing to launch) are left to the composite operations, as below.
-    if x.shape().num_elements() == 0 {
-        return None;
-    }
-    dispatch(&Op(x, weight, eps))
+    norm(x, None, weight, eps).map(|(_, normed)| normed)
 }
 
 /// `(x + delta, rms_norm(x + delta))`: a residual addition (in the tensors' format) and the
@@ -181,44 +148,73 @@ pub(crate) fn add_rms_norm<B: Backend>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
-    struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 3>, &'a Tensor<B, 1>, f64);
+    let (sum, normed) = norm(x, Some(delta), weight, eps)?;
+    Some((sum?, normed))
+}
+
+/// [`rms_norm`] of `x`, or of `x + delta` also returned.
+#[allow(clippy::type_complexity)]
+fn norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    delta: Option<&Tensor<B, 3>>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Option<Tensor<B, 3>>, Tensor<B, 3>)> {
+    struct Op<'a, B: Backend>(
+        &'a Tensor<B, 3>,
+        Option<&'a Tensor<B, 3>>,
+        &'a Tensor<B, 1>,
+        f64,
+    );
     impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = (Tensor<B, 3>, Tensor<B, 3>);
+        type Out = (Option<Tensor<B, 3>>, Tensor<B, 3>);
         fn run<R: CubeRuntime>(&self) -> Option<Self::Out> {
-            let (x, delta) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 3>(self.1)?);
-            let w = cube_of::<B, R, 1>(self.2)?;
+            let (x, w) = (cube_of::<B, R, 3>(self.0)?, cube_of::<B, R, 1>(self.2)?);
             let dims = self.0.dims();
-            if x.dtype != w.dtype || x.dtype != delta.dtype || w.meta.shape[0] != dims[2] {
+            if x.dtype != w.dtype || w.meta.shape[0] != dims[2] {
                 return None;
             }
-            if self.1.dims() != dims {
-                return None;
-            }
-            let (x, delta, w) = (
-                into_contiguous(x),
-                into_contiguous(delta),
-                into_contiguous(w),
-            );
-            let sum = empty_like(&x, &dims, x.dtype);
+            let delta = match self.1 {
+                Some(t) => {
+                    let delta = cube_of::<B, R, 3>(t)?;
+                    if delta.dtype != x.dtype || t.dims() != dims {
+                        return None;
+                    }
+                    Some(into_contiguous(delta))
+                }
+                None => None,
+            };
+            let (x, w) = (into_contiguous(x), into_contiguous(w));
             let out = empty_like(&x, &dims, x.dtype);
+            // Without a residual the kernel reads `x` as its (unused) delta and never touches
+            // the one-element `sum` (comptime branches); wgpu refuses one buffer bound twice
+            // for writing, hence a buffer of its own.
+            let sum_shape: &[usize] = if delta.is_some() { &dims } else { &[1] };
+            let sum = empty_like(&x, sum_shape, x.dtype);
             let rows = dims[0] * dims[1];
-            add_rms_norm_kernel::launch::<R>(
+            rms_norm_kernel::launch::<R>(
                 &x.client.clone(),
                 row_grid(rows),
                 CubeDim::new_1d(ROW_THREADS as u32),
                 x.clone().into_tensor_arg(),
-                delta.into_tensor_arg(),
+                delta.clone().unwrap_or_else(|| x.clone()).into_tensor_arg(),
                 w.into_tensor_arg(),
                 sum.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 rows,
                 self.3 as f32,
                 ROW_THREADS,
+                delta.is_some(),
                 x.dtype.into(),
             );
-            Some((tensor_of::<B, R, 3>(sum)?, tensor_of::<B, R, 3>(out)?))
+            let sum = match delta {
+                Some(_) => Some(tensor_of::<B, R, 3>(sum)?),
+                None => None,
+            };
+            Some((sum, tensor_of::<B, R, 3>(out)?))
         }
     }
+    // Empty tensors (nothing to launch) are left to the composite operations, as below.
     if x.shape().num_elements() == 0 {
         return None;
     }
@@ -376,9 +372,14 @@ mod kernels {
         CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
     }
 
-    /// Sums each thread's `value` over the cube (every thread gets the sum).
+    /// Each thread's `value` summed over the cube, or their largest with `take_max` (every
+    /// thread gets the result).
     #[cube]
-    pub(super) fn cube_sum(value: f32, #[comptime] threads: usize) -> f32 {
+    pub(super) fn cube_reduce(
+        value: f32,
+        #[comptime] threads: usize,
+        #[comptime] take_max: bool,
+    ) -> f32 {
         let mut shared = SharedMemory::<f32>::new(threads);
         let unit = UNIT_POS_X as usize;
         shared[unit] = value;
@@ -387,83 +388,29 @@ mod kernels {
         let mut half = CUBE_DIM_X as usize / 2;
         while half > 0 {
             if unit < half {
-                shared[unit] = shared[unit] + shared[unit + half];
+                let other = shared[unit + half];
+                if take_max {
+                    if other > shared[unit] {
+                        shared[unit] = other;
+                    }
+                } else {
+                    shared[unit] = shared[unit] + other;
+                }
             }
             sync_cube();
             half /= 2;
         }
-        let total = shared[0];
+        let result = shared[0];
         sync_cube();
-        total
-    }
-
-    /// The largest of each thread's `value` over the cube (every thread gets it).
-    #[cube]
-    pub(super) fn cube_max(value: f32, #[comptime] threads: usize) -> f32 {
-        let mut shared = SharedMemory::<f32>::new(threads);
-        let unit = UNIT_POS_X as usize;
-        shared[unit] = value;
-        sync_cube();
-        // A runtime value (the cube's size is `threads`): comptime values cannot be mutated.
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if unit < half && shared[unit + half] > shared[unit] {
-                shared[unit] = shared[unit + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let top = shared[0];
-        sync_cube();
-        top
+        result
     }
 
     /// `weight * (x / sqrt(mean(x²) + eps))` per row of `width`, the statistics and the division in
     /// f32, the normalised row rounded to the compute format before the product (as transformers).
+    /// With `residual`, `x` is `input + delta` (added in the compute format), also written to
+    /// `sum`; each thread reads back only the sums it wrote itself.
     #[cube(launch)]
     pub(super) fn rms_norm_kernel<F: Float>(
-        input: &Tensor<F>,
-        weight: &Tensor<F>,
-        output: &mut Tensor<F>,
-        rows: usize,
-        eps: f32,
-        #[comptime] threads: usize,
-        #[define(F)] _dtype: StorageType,
-    ) {
-        let row = cube_row();
-        if row >= rows {
-            terminate!();
-        }
-        let width = weight.len();
-        let base = row * width;
-        let unit = UNIT_POS_X as usize;
-        let mut squares = f32::new(0.0);
-        let mut i = unit;
-        while i < width {
-            let v = f32::cast_from(input[base + i]);
-            squares += v * v;
-            i += threads;
-        }
-        let denominator = rms(squares, width, eps, threads);
-        let mut j = unit;
-        while j < width {
-            let normed = f32::cast_from(input[base + j]) / denominator;
-            output[base + j] = F::cast_from(normed) * weight[j];
-            j += threads;
-        }
-    }
-
-    /// `sqrt(mean(x²) + eps)` of a row from each thread's sum of squares.
-    #[cube]
-    pub(super) fn rms(squares: f32, width: usize, eps: f32, #[comptime] threads: usize) -> f32 {
-        let total = cube_sum(squares, threads);
-        (total / f32::cast_from(width as u32) + eps).sqrt()
-    }
-
-    /// [`rms_norm_kernel`] of `input + delta` (added in the compute format), which it writes to
-    /// `sum` too. Each thread reads back only the sums it wrote itself.
-    #[cube(launch)]
-    pub(super) fn add_rms_norm_kernel<F: Float>(
         input: &Tensor<F>,
         delta: &Tensor<F>,
         weight: &Tensor<F>,
@@ -472,6 +419,7 @@ mod kernels {
         rows: usize,
         eps: f32,
         #[comptime] threads: usize,
+        #[comptime] residual: bool,
         #[define(F)] _dtype: StorageType,
     ) {
         let row = cube_row();
@@ -484,16 +432,24 @@ mod kernels {
         let mut squares = f32::new(0.0);
         let mut i = unit;
         while i < width {
-            let added = input[base + i] + delta[base + i];
-            sum[base + i] = added;
-            let v = f32::cast_from(added);
+            let mut x = input[base + i];
+            if residual {
+                x += delta[base + i];
+                sum[base + i] = x;
+            }
+            let v = f32::cast_from(x);
             squares += v * v;
             i += threads;
         }
-        let denominator = rms(squares, width, eps, threads);
+        let total = cube_reduce(squares, threads, false);
+        let denominator = (total / f32::cast_from(width as u32) + eps).sqrt();
         let mut j = unit;
         while j < width {
-            let normed = f32::cast_from(sum[base + j]) / denominator;
+            let mut x = input[base + j];
+            if residual {
+                x = sum[base + j];
+            }
+            let normed = f32::cast_from(x) / denominator;
             output[base + j] = F::cast_from(normed) * weight[j];
             j += threads;
         }
@@ -593,7 +549,7 @@ mod kernels {
             }
             i += threads;
         }
-        let top = cube_max(top, threads);
+        let top = cube_reduce(top, threads, true);
         let mut sum = f32::new(0.0);
         let mut j = unit;
         while j < width {
@@ -601,7 +557,7 @@ mod kernels {
             sum += (v - top).exp();
             j += threads;
         }
-        let total = cube_sum(sum, threads);
+        let total = cube_reduce(sum, threads, false);
         let mut k = unit;
         while k < width {
             let v = f32::cast_from(scores[base + k] * scale) + mask[mask_base + k * mask_step];

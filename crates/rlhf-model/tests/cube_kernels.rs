@@ -20,7 +20,7 @@ use rlhf_model::model::RmsNorm;
 use rlhf_model::{Cpu, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, cube};
 
 mod common;
-use common::{Reference, causal_dirs, ids_u32, max_abs_diff, read_json, sampler_vs_teacher_forced};
+use common::{causal_dirs, forward_checked, ids_u32, max_abs_diff, read_json, sampled_and_checked};
 
 type W = Wgpu<f32, i32>;
 
@@ -43,20 +43,7 @@ fn fused_forward_matches_transformers_and_the_cpu_backend() -> anyhow::Result<()
     for dir in causal_dirs() {
         let model = Transformer::<W>::load(&dir, &device)?;
         let cpu = Transformer::<Cpu>::load(&dir, &Default::default())?;
-        let r = Reference::load(&dir)?;
-        let (shape, ids) = r.i64("input_ids")?;
-        let batch =
-            TokenBatch::unpadded(ids.iter().map(|&x| x as u32).collect(), shape[0], shape[1])?;
-        let logits = fused("logits", || {
-            Ok(host_vec(model.forward_logits(&batch)?.into_data())?)
-        })?;
-        let (_, want) = r.f32("logits")?;
-        let d = max_abs_diff(&logits, &want);
-        eprintln!(
-            "{}: fused vs transformers, max logit diff {d:e}",
-            dir.display()
-        );
-        assert!(d < 1e-4, "{}: logits differ by {d}", dir.display());
+        let (batch, logits) = fused("forward", || forward_checked(&model, &dir))?;
         let on_cpu = host_vec(cpu.forward_logits(&batch)?.into_data())?;
         let d = max_abs_diff(&logits, &on_cpu);
         eprintln!(
@@ -68,10 +55,6 @@ fn fused_forward_matches_transformers_and_the_cpu_backend() -> anyhow::Result<()
             "{}: logits differ from the CPU's by {d}",
             dir.display()
         );
-        let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
-        let (_, want) = r.f32("token_logprobs")?;
-        let d = max_abs_diff(&lp, &want);
-        assert!(d < 1e-4, "{}: token log-probs differ by {d}", dir.display());
     }
     Ok(())
 }
@@ -110,33 +93,8 @@ fn fused_decoding_matches_greedy_transformers_and_teacher_forcing() -> anyhow::R
                 dir.display()
             );
         }
-        let sampled = SamplingParams {
-            max_new_tokens: 12,
-            temperature: 0.9,
-            top_p: 0.95,
-            top_k: 40,
-            seed: 3,
-            ..Default::default()
-        };
-        let prompts = vec![vec![5, 9, 33, 41, 7], vec![100, 3], vec![12, 13, 14]];
-        let out = model.generate(&prompts, &sampled)?;
-        let d = sampler_vs_teacher_forced(&model, &out)?;
-        assert!(
-            d < 1e-4,
-            "{}: sampler vs teacher-forced differ by {d}",
-            dir.display()
-        );
+        let (_, seqs) = sampled_and_checked(&model, &dir)?;
         // Right padding (a query row whose keys are all padding) as the CPU computes it.
-        let seqs: Vec<Vec<u32>> = out
-            .iter()
-            .map(|c| {
-                c.prompt_ids
-                    .iter()
-                    .chain(&c.completion_ids)
-                    .copied()
-                    .collect()
-            })
-            .collect();
         let batch = TokenBatch::pad(&seqs, 0, PaddingSide::Right)?;
         let cpu = Transformer::<Cpu>::load(&dir, &Default::default())?;
         let got = host_vec(model.token_logprobs(&batch)?.into_data())?;

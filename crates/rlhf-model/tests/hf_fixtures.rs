@@ -11,8 +11,8 @@ use rlhf_model::{
 
 mod common;
 use common::{
-    Reference, causal_dirs, fixtures, ids_u32, max_abs_diff, read_json, reward_dirs,
-    sampler_vs_teacher_forced,
+    Reference, causal_dirs, fixtures, forward_checked, ids_u32, max_abs_diff, read_json,
+    reward_dirs, sampled_and_checked, sampler_vs_teacher_forced,
 };
 
 type B = Cpu;
@@ -31,19 +31,7 @@ fn logits_and_logprobs_match_transformers() -> anyhow::Result<()> {
     let device = Default::default();
     for dir in causal_dirs() {
         let model = Transformer::<B>::load(&dir, &device)?;
-        let r = Reference::load(&dir)?;
-        let (shape, ids) = r.i64("input_ids")?;
-        let batch =
-            TokenBatch::unpadded(ids.iter().map(|&x| x as u32).collect(), shape[0], shape[1])?;
-        let logits = host_vec(model.forward_logits(&batch)?.into_data())?;
-        let (_, want) = r.f32("logits")?;
-        let d = max_abs_diff(&logits, &want);
-        eprintln!("{}: max logit diff {d:e}", dir.display());
-        assert!(d < 1e-4, "{}: logits differ by {d}", dir.display());
-        let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
-        let (_, want) = r.f32("token_logprobs")?;
-        let d = max_abs_diff(&lp, &want);
-        assert!(d < 1e-4, "{}: token log-probs differ by {d}", dir.display());
+        forward_checked(&model, &dir)?;
     }
     Ok(())
 }
@@ -145,33 +133,8 @@ fn sampler_logprobs_equal_teacher_forced_logprobs() -> anyhow::Result<()> {
     let device = Default::default();
     for dir in causal_dirs() {
         let model = Transformer::<B>::load(&dir, &device)?;
-        let prompts = vec![vec![5, 9, 33, 41, 7], vec![100, 3], vec![12, 13, 14]];
-        let params = SamplingParams {
-            max_new_tokens: 12,
-            temperature: 0.9,
-            top_p: 0.95,
-            top_k: 40,
-            seed: 3,
-            ..Default::default()
-        };
-        let out = model.generate(&prompts, &params)?;
-        let d = sampler_vs_teacher_forced(&model, &out)?;
-        assert!(
-            d < 1e-4,
-            "{}: sampler vs teacher-forced differ by {d}",
-            dir.display()
-        );
+        let (out, seqs) = sampled_and_checked(&model, &dir)?;
         // The same prompts right-padded in one batch give the same log-probs as unpadded.
-        let seqs: Vec<Vec<u32>> = out
-            .iter()
-            .map(|c| {
-                c.prompt_ids
-                    .iter()
-                    .chain(&c.completion_ids)
-                    .copied()
-                    .collect()
-            })
-            .collect();
         for side in [PaddingSide::Left, PaddingSide::Right] {
             let batch = TokenBatch::pad(&seqs, 0, side)?;
             let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;

@@ -114,6 +114,63 @@ pub fn sampler_vs_teacher_forced<B: Backend>(
     Ok(worst)
 }
 
+/// `model`'s logits and token log-probs on the fixture's `input_ids`, checked against
+/// transformers' (within 1e-4); returns the batch and the logits.
+pub fn forward_checked<B: Backend>(
+    model: &Transformer<B>,
+    dir: &Path,
+) -> anyhow::Result<(TokenBatch, Vec<f32>)> {
+    let r = Reference::load(dir)?;
+    let (shape, ids) = r.i64("input_ids")?;
+    let batch = TokenBatch::unpadded(ids.iter().map(|&x| x as u32).collect(), shape[0], shape[1])?;
+    let logits = host_vec(model.forward_logits(&batch)?.into_data())?;
+    let (_, want) = r.f32("logits")?;
+    let d = max_abs_diff(&logits, &want);
+    eprintln!("{}: max logit diff {d:e}", dir.display());
+    assert!(d < 1e-4, "{}: logits differ by {d}", dir.display());
+    let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
+    let (_, want) = r.f32("token_logprobs")?;
+    let d = max_abs_diff(&lp, &want);
+    assert!(d < 1e-4, "{}: token log-probs differ by {d}", dir.display());
+    Ok((batch, logits))
+}
+
+/// Three prompts sampled (temperature 0.9, top-k 40, top-p 0.95, 12 new tokens) by `model`, with
+/// the sampler's log-probs checked against a teacher-forced pass (within 1e-4); returns the
+/// completions and each whole sequence (prompt and completion).
+pub fn sampled_and_checked<B: Backend>(
+    model: &Transformer<B>,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Completion>, Vec<Vec<u32>>)> {
+    let prompts = vec![vec![5, 9, 33, 41, 7], vec![100, 3], vec![12, 13, 14]];
+    let params = rlhf_model::SamplingParams {
+        max_new_tokens: 12,
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+        seed: 3,
+        ..Default::default()
+    };
+    let out = model.generate(&prompts, &params)?;
+    let d = sampler_vs_teacher_forced(model, &out)?;
+    assert!(
+        d < 1e-4,
+        "{}: sampler vs teacher-forced differ by {d}",
+        dir.display()
+    );
+    let seqs = out
+        .iter()
+        .map(|c| {
+            c.prompt_ids
+                .iter()
+                .chain(&c.completion_ids)
+                .copied()
+                .collect()
+        })
+        .collect();
+    Ok((out, seqs))
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
