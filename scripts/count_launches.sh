@@ -4,7 +4,7 @@
 # kernel with CubeCL's profiling on (crates/rlhf-learner/examples/launches.rs). Each phase runs
 # once and twice; the difference is one steady-state repetition (the first also compiles).
 #   apt-get install mesa-vulkan-drivers   # once, where there is no GPU
-#   LAYERS=24 scripts/count_launches.sh [forward backward step decode] [--by-kernel]
+#   LAYERS=24 scripts/count_launches.sh [forward backward step decode infer] [--by-kernel]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 by_kernel=0
@@ -15,7 +15,7 @@ for a in "$@"; do
     *) phases+=("$a") ;;
   esac
 done
-[ ${#phases[@]} -eq 0 ] && phases=(forward backward step decode)
+[ ${#phases[@]} -eq 0 ] && phases=(forward backward step decode infer)
 cargo build --release -q -p rlhf-learner --features "${FEATURES:-wgpu}" --example launches
 bin="${CARGO_TARGET_DIR:-target}/release/examples/launches"
 work=$(mktemp -d)

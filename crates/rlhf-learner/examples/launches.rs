@@ -8,7 +8,8 @@
 //! scripts/count_launches.sh                # every phase, launches per repetition
 //! ```
 //! Arguments: the phase — `forward` (token log-probs), `backward` (and the backward pass),
-//! `step` (and gather, clip and AdamW), `decode` (8 new tokens for 4 rows) —, the number of
+//! `step` (and gather, clip and AdamW), `decode` (8 new tokens for 4 rows), `infer` (token
+//! log-probs without autodiff, as a frozen reference or a scorer computes them) —, the number of
 //! repetitions (default 2) and of layers (default 4; Qwen2.5-0.5B has 24). With `CUBECL_DEBUG_LOG=FILE CUBECL_DEBUG_OPTION=profile` CubeCL writes one line
 //! per kernel; the script takes the difference between 2 and 1 repetitions (the first compiles
 //! and autotunes).
@@ -45,7 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut optim = FlatAdamW::<B>::new(0.0);
     for rep in 0..reps {
         let start = Instant::now();
-        if phase == "decode" {
+        if phase == "infer" {
+            model.valid().token_logprobs(&batch)?.into_data();
+        } else if phase == "decode" {
             let prompts: Vec<Vec<u32>> = (0..rows).map(|r| vec![r as u32 + 1; 8]).collect();
             let sp = SamplingParams {
                 max_new_tokens: 8,

@@ -256,7 +256,8 @@ pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Op
 }
 
 /// RoPE on `x + bias` (`x` `[batch, seq, heads, dim]` straight from a projection without its
-/// bias, `bias` `[heads · dim]`) with tables `[batch, seq, 1, dim]`, all in one format.
+/// bias, `bias` `[heads · dim]`) with tables `[batch, seq, 1, dim]`, all in one format; returned
+/// heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read it).
 pub(crate) fn rope<B: Backend>(
     x: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
@@ -292,7 +293,7 @@ pub(crate) fn rope<B: Backend>(
                 None => None,
             };
             let (x, c, s) = (into_contiguous(x), into_contiguous(c), into_contiguous(s));
-            let out = empty_like(&x, &[b, n, h, d], x.dtype);
+            let out = empty_like(&x, &[b, h, n, d], x.dtype);
             let count = b * n * h * d;
             let client = x.client.clone();
             let cube_dim = CubeDim::new(&client, count);
@@ -306,6 +307,7 @@ pub(crate) fn rope<B: Backend>(
                 c.into_tensor_arg(),
                 s.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
+                n,
                 h,
                 d,
                 bias.is_some(),
@@ -483,6 +485,7 @@ mod kernels {
         cos: &Tensor<F>,
         sin: &Tensor<F>,
         output: &mut Tensor<F>,
+        seq: usize,
         heads: usize,
         dim: usize,
         #[comptime] has_bias: bool,
@@ -492,6 +495,11 @@ mod kernels {
         if i >= output.len() {
             terminate!();
         }
+        // `i` walks the input's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
+        let head = (i / dim) % heads;
+        let row = i / (heads * dim);
+        let (batch, position) = (row / seq, row % seq);
+        let out = ((batch * heads + head) * seq + position) * dim + i % dim;
         let k = i % dim;
         let half = dim / 2;
         let table = (i / (heads * dim)) * dim + k;
@@ -509,7 +517,7 @@ mod kernels {
         }
         let straight = x * cos[table];
         let swapped = x_partner * sin[table];
-        output[i] = straight + swapped;
+        output[out] = straight + swapped;
     }
 
     /// `softmax(f32(scores · scale) + mask)` over the last dimension, returned in the scores'

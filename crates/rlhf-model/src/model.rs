@@ -380,8 +380,10 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
-    /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`); where a
-    /// fused kernel can (`crate::cube`), the projection's bias is added inside RoPE's kernel.
+    /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`), returned
+    /// heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]); where a fused kernel
+    /// can (`crate::cube`), the projection's bias is added, and the heads put first, inside
+    /// RoPE's kernel.
     fn project(
         &self,
         proj: &Linear<B>,
@@ -391,7 +393,7 @@ impl<B: Backend> RopeTables<B> {
     ) -> Tensor<B, 4> {
         if !fused!(serves(&x)) {
             // Everywhere else (training included) exactly as before: `linear` with its bias.
-            return self.apply(linear(proj, x, p).reshape(shape));
+            return heads_first(self.apply(linear(proj, x, p).reshape(shape)));
         }
         let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
         // `linear` without the bias, for the kernel to add it (or the same addition below).
@@ -405,7 +407,7 @@ impl<B: Backend> RopeTables<B> {
             Some(b) => raw + b.reshape([1, 1, h, d]),
             None => raw,
         };
-        self.apply(with_bias)
+        heads_first(self.apply(with_bias))
     }
 
     /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
@@ -436,8 +438,8 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // RoPE in the projections' layout, then heads before positions.
-        let q = heads_first(rope.project(&self.q_proj, x.clone(), [b, s, h, d], p));
-        let k = heads_first(rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p));
+        let q = rope.project(&self.q_proj, x.clone(), [b, s, h, d], p);
+        let k = rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p);
         let v = heads_first(linear(&self.v_proj, x, p).reshape([b, s, kvh, d]));
         let (k, v) = match cache {
             Some((slot, start, width)) => {
