@@ -49,19 +49,13 @@ pub fn enabled() -> bool {
 /// its operations for a kernel before computing them.
 pub(crate) fn serves<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
     struct Probe<'a, B: Backend, const D: usize>(&'a Tensor<B, D>);
-    impl<B: Backend, const D: usize> Probe<'_, B, D> {
-        fn on<R: CubeRuntime>(&self) -> bool {
-            cube_of::<B, R, D>(self.0).is_some()
+    impl<B: Backend, const D: usize> CubeOp for Probe<'_, B, D> {
+        type Out = ();
+        fn run<R: CubeRuntime>(&self) -> Option<()> {
+            cube_of::<B, R, D>(self.0).map(|_| ())
         }
     }
-    let probe = Probe(t);
-    #[cfg(feature = "cuda")]
-    let yes = probe.on::<cubecl::cuda::CudaRuntime>();
-    #[cfg(not(feature = "cuda"))]
-    let yes = false;
-    #[cfg(feature = "wgpu")]
-    let yes = yes || probe.on::<cubecl::wgpu::WgpuRuntime>();
-    enabled() && yes
+    enabled() && on_runtime(&Probe(t)).is_some()
 }
 
 /// Fused kernels launched by this process so far (tests and benchmarks check they ran).
@@ -94,17 +88,24 @@ trait CubeOp {
     fn run<R: CubeRuntime>(&self) -> Option<Self::Out>;
 }
 
-/// Runs `op` on whichever enabled runtime its tensors belong to.
-fn dispatch<O: CubeOp>(op: &O) -> Option<O::Out> {
-    if !enabled() {
-        return None;
-    }
+/// Runs `op` on whichever runtime of this build its tensors belong to.
+fn on_runtime<O: CubeOp>(op: &O) -> Option<O::Out> {
     #[cfg(feature = "cuda")]
     let out = op.run::<cubecl::cuda::CudaRuntime>();
     #[cfg(not(feature = "cuda"))]
     let out = None;
     #[cfg(feature = "wgpu")]
     let out = out.or_else(|| op.run::<cubecl::wgpu::WgpuRuntime>());
+    out
+}
+
+/// Launches `op` (over `elements` output elements) when the kernels are on and its tensors are
+/// on a CubeCL runtime; empty tensors (nothing to launch) are left to the composite operations.
+fn dispatch<O: CubeOp>(elements: usize, op: &O) -> Option<O::Out> {
+    if !enabled() || elements == 0 {
+        return None;
+    }
+    let out = on_runtime(op);
     if out.is_some() {
         LAUNCHES.fetch_add(1, Ordering::Relaxed);
     }
@@ -117,18 +118,35 @@ fn row_grid(rows: usize) -> CubeCount {
     CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
 }
 
-/// An output like `like` (contiguous), of `shape` and `dtype`.
-fn empty_like<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    shape: &[usize],
-    dtype: DType,
-) -> CubeTensor<R> {
+/// A grid of one unit per element.
+fn elementwise_grid<R: CubeRuntime>(t: &CubeTensor<R>, elements: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new(&t.client, elements);
+    let count = calculate_cube_count_elemwise(&t.client, elements, cube_dim);
+    (count, cube_dim)
+}
+
+/// A contiguous output on `like`'s device, in its format, of `shape`.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: &[usize]) -> CubeTensor<R> {
     empty_device_contiguous_dtype::<R>(
         like.client.clone(),
         like.device.clone(),
         shape.to_vec().into(),
-        dtype,
+        like.dtype,
     )
+}
+
+/// `t`'s CubeCL tensor, contiguous, when it is given: `Some(None)` without one, `None` when it
+/// is not on runtime `R`, not in `dtype` or not of `dims` (the kernel then declines).
+fn optional_cube<B: Backend, R: CubeRuntime, const D: usize>(
+    t: Option<&Tensor<B, D>>,
+    dtype: DType,
+    dims: [usize; D],
+) -> Option<Option<CubeTensor<R>>> {
+    let Some(t) = t else {
+        return Some(None);
+    };
+    let c = cube_of::<B, R, D>(t)?;
+    (c.dtype == dtype && t.dims() == dims).then(|| Some(into_contiguous(c)))
 }
 
 /// RMSNorm over the last dimension of `x` with `weight` (both in one float format).
@@ -174,26 +192,17 @@ fn norm<B: Backend>(
             if x.dtype != w.dtype || w.meta.shape[0] != dims[2] {
                 return None;
             }
-            let delta = match self.1 {
-                Some(t) => {
-                    let delta = cube_of::<B, R, 3>(t)?;
-                    if delta.dtype != x.dtype || t.dims() != dims {
-                        return None;
-                    }
-                    Some(into_contiguous(delta))
-                }
-                None => None,
-            };
+            let delta = optional_cube::<B, R, 3>(self.1, x.dtype, dims)?;
             let (x, w) = (into_contiguous(x), into_contiguous(w));
-            let out = empty_like(&x, &dims, x.dtype);
+            let out = empty_like(&x, &dims);
             // Without a residual the kernel reads `x` as its (unused) delta and never touches
             // the one-element `sum` (comptime branches); wgpu refuses one buffer bound twice
             // for writing, hence a buffer of its own.
             let sum_shape: &[usize] = if delta.is_some() { &dims } else { &[1] };
-            let sum = empty_like(&x, sum_shape, x.dtype);
+            let sum = empty_like(&x, sum_shape);
             let rows = dims[0] * dims[1];
             rms_norm_kernel::launch::<R>(
-                &x.client.clone(),
+                &x.client,
                 row_grid(rows),
                 CubeDim::new_1d(ROW_THREADS as u32),
                 x.clone().into_tensor_arg(),
@@ -214,11 +223,7 @@ fn norm<B: Backend>(
             Some((sum, tensor_of::<B, R, 3>(out)?))
         }
     }
-    // Empty tensors (nothing to launch) are left to the composite operations, as below.
-    if x.shape().num_elements() == 0 {
-        return None;
-    }
-    dispatch(&Op(x, delta, weight, eps))
+    dispatch(x.shape().num_elements(), &Op(x, delta, weight, eps))
 }
 
 /// `silu(gate) * up` for two tensors of one shape and format.
@@ -233,13 +238,11 @@ pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Op
                 return None;
             }
             let (g, u) = (into_contiguous(g), into_contiguous(u));
-            let out = empty_like(&g, &dims, g.dtype);
-            let n = dims.iter().product::<usize>();
-            let client = g.client.clone();
-            let cube_dim = CubeDim::new(&client, n);
+            let out = empty_like(&g, &dims);
+            let (count, cube_dim) = elementwise_grid(&g, dims.iter().product());
             silu_mul_kernel::launch::<R>(
-                &client,
-                calculate_cube_count_elemwise(&client, n, cube_dim),
+                &g.client,
+                count,
                 cube_dim,
                 g.clone().into_tensor_arg(),
                 u.into_tensor_arg(),
@@ -249,10 +252,7 @@ pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Op
             tensor_of::<B, R, 3>(out)
         }
     }
-    if gate.shape().num_elements() == 0 {
-        return None;
-    }
-    dispatch(&Op(gate, up))
+    dispatch(gate.shape().num_elements(), &Op(gate, up))
 }
 
 /// RoPE on `x + bias` (`x` `[batch, seq, heads, dim]` straight from a projection without its
@@ -282,24 +282,13 @@ pub(crate) fn rope<B: Backend>(
             if self.2.dims() != [b, n, 1, d] || self.3.dims() != [b, n, 1, d] {
                 return None;
             }
-            let bias = match self.1 {
-                Some(t) => {
-                    let bias = cube_of::<B, R, 1>(t)?;
-                    if bias.dtype != x.dtype || t.dims() != [h * d] {
-                        return None;
-                    }
-                    Some(into_contiguous(bias))
-                }
-                None => None,
-            };
+            let bias = optional_cube::<B, R, 1>(self.1, x.dtype, [h * d])?;
             let (x, c, s) = (into_contiguous(x), into_contiguous(c), into_contiguous(s));
-            let out = empty_like(&x, &[b, h, n, d], x.dtype);
-            let count = b * n * h * d;
-            let client = x.client.clone();
-            let cube_dim = CubeDim::new(&client, count);
+            let out = empty_like(&x, &[b, h, n, d]);
+            let (count, cube_dim) = elementwise_grid(&x, b * n * h * d);
             rope_kernel::launch::<R>(
-                &client,
-                calculate_cube_count_elemwise(&client, count, cube_dim),
+                &x.client,
+                count,
                 cube_dim,
                 x.clone().into_tensor_arg(),
                 // Without a bias the kernel never reads this argument (a comptime branch).
@@ -316,10 +305,7 @@ pub(crate) fn rope<B: Backend>(
             tensor_of::<B, R, 4>(out)
         }
     }
-    if x.shape().num_elements() == 0 {
-        return None;
-    }
-    dispatch(&Op(x, bias, cos, sin))
+    dispatch(x.shape().num_elements(), &Op(x, bias, cos, sin))
 }
 
 /// Attention's probabilities from raw `scores` (`[batch, heads, rows, width]`), `scale` and an
@@ -340,10 +326,10 @@ pub(crate) fn masked_softmax<B: Backend>(
             }
             // The mask is read through its strides (often a broadcast view): not copied.
             let s = into_contiguous(s);
-            let out = empty_like(&s, &[b, h, r, w], s.dtype);
+            let out = empty_like(&s, &[b, h, r, w]);
             let rows = b * h * r;
             masked_softmax_kernel::launch::<R>(
-                &s.client.clone(),
+                &s.client,
                 row_grid(rows),
                 CubeDim::new_1d(ROW_THREADS as u32),
                 s.clone().into_tensor_arg(),
@@ -358,10 +344,7 @@ pub(crate) fn masked_softmax<B: Backend>(
             tensor_of::<B, R, 4>(out)
         }
     }
-    if scores.shape().num_elements() == 0 {
-        return None;
-    }
-    dispatch(&Op(scores, mask, scale))
+    dispatch(scores.shape().num_elements(), &Op(scores, mask, scale))
 }
 
 /// The kernels (CubeCL's `Tensor` here, not burn's).

@@ -101,12 +101,7 @@ pub fn sampler_vs_teacher_forced<B: Backend>(
 ) -> anyhow::Result<f32> {
     let mut worst = 0f32;
     for c in completions {
-        let full: Vec<u32> = c
-            .prompt_ids
-            .iter()
-            .chain(&c.completion_ids)
-            .copied()
-            .collect();
+        let full = whole_sequence(c);
         let batch = TokenBatch::unpadded(full.clone(), 1, full.len())?;
         let lp = host_vec(model.token_logprobs(&batch)?.into_data())?;
         worst = worst.max(max_abs_diff(&lp[c.prompt_ids.len() - 1..], &c.logprobs));
@@ -158,17 +153,17 @@ pub fn sampled_and_checked<B: Backend>(
         "{}: sampler vs teacher-forced differ by {d}",
         dir.display()
     );
-    let seqs = out
-        .iter()
-        .map(|c| {
-            c.prompt_ids
-                .iter()
-                .chain(&c.completion_ids)
-                .copied()
-                .collect()
-        })
-        .collect();
+    let seqs = out.iter().map(whole_sequence).collect();
     Ok((out, seqs))
+}
+
+/// A completion's prompt followed by its completion.
+pub fn whole_sequence(c: &Completion) -> Vec<u32> {
+    c.prompt_ids
+        .iter()
+        .chain(&c.completion_ids)
+        .copied()
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
