@@ -153,18 +153,39 @@ fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     cast_to(t, FloatDType::F32)
 }
 
-/// `x · W (+ b)` with the weights cast to the compute format (`Linear::forward` itself when
-/// they already are: the casts are then no operation).
+/// `x · W (+ b)` with the weights cast to the compute format (no operation when they already
+/// are), by [`rows_linear`].
 fn linear<B: Backend, const D: usize>(
     l: &Linear<B>,
     x: Tensor<B, D>,
     p: Precision,
 ) -> Tensor<B, D> {
-    burn::tensor::module::linear(
+    rows_linear(
         x,
         p.compute(l.weight.val()),
         l.bias.as_ref().map(|b| p.compute(b.val())),
     )
+}
+
+/// `x · W (+ b)` with `x`'s leading dimensions folded into rows first (a view of a contiguous
+/// `x`), as PyTorch's `F.linear` does: one matrix product, and in the backward pass one product
+/// for the weight's gradient and one reduction for the bias's. burn's `linear` on a 3-D input
+/// multiplies batch by batch and sums the weight's gradients over the batch afterwards (a
+/// product with `K` = one row's positions instead of all rows', plus a reduction launch).
+fn rows_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    if D <= 2 {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let mut dims = x.dims();
+    let inner = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    let out = burn::tensor::module::linear(x.reshape([rows, inner]), weight, bias);
+    dims[D - 1] = out.dims()[1];
+    out.reshape(dims)
 }
 
 /// Root-mean-square layer norm, computed as Hugging Face does:
@@ -397,8 +418,7 @@ impl<B: Backend> RopeTables<B> {
         }
         let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
         // `linear` without the bias, for the kernel to add it (or the same addition below).
-        let raw =
-            burn::tensor::module::linear(x, p.compute(proj.weight.val()), None).reshape(shape);
+        let raw = rows_linear(x, p.compute(proj.weight.val()), None).reshape(shape);
         if let Some(out) = fused!(rope(&raw, bias.as_ref(), &self.cos, &self.sin)) {
             return out;
         }

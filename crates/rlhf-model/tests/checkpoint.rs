@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -16,11 +15,13 @@ use burn_flex::Flex;
 use rlhf_model::checkpoint::token_entropy;
 use rlhf_model::load::host_vec;
 use rlhf_model::{
-    Cpu, PaddingSide, Precision, TokenBatch, Transformer, gather_logprobs, masked_sum, target_mask,
+    Cpu, Precision, TokenBatch, Transformer, gather_logprobs, masked_sum, target_mask,
 };
 
 mod common;
-use common::fixtures;
+use common::{
+    by_name, fixtures, largest_relative_difference, logprob_loss, right_padded_rows as batch,
+};
 
 fn fixture_dirs() -> Vec<PathBuf> {
     vec![
@@ -30,16 +31,6 @@ fn fixture_dirs() -> Vec<PathBuf> {
     ]
 }
 
-/// Rows of different lengths (right-padded), longer than mistral-window's window of 6.
-fn batch() -> anyhow::Result<TokenBatch> {
-    let rows: Vec<Vec<u32>> = vec![
-        (0..14).map(|i| (i * 37 + 5) % 500).collect(),
-        (0..9).map(|i| (i * 11 + 3) % 500).collect(),
-        (0..12).map(|i| (i * 53 + 1) % 500).collect(),
-    ];
-    Ok(TokenBatch::pad(&rows, 0, PaddingSide::Right)?)
-}
-
 /// A loss with different weights per row over the real targets: `-Σ_r w_r Σ_t log p`.
 fn loss<B: AutodiffBackend>(
     model: &Transformer<B>,
@@ -47,57 +38,6 @@ fn loss<B: AutodiffBackend>(
     batch: &TokenBatch,
 ) -> anyhow::Result<Tensor<B, 1>> {
     logprob_loss(gather_logprobs(model.logits(hidden)?, batch), batch)
-}
-
-fn logprob_loss<B: AutodiffBackend>(
-    lp: Tensor<B, 2>,
-    batch: &TokenBatch,
-) -> anyhow::Result<Tensor<B, 1>> {
-    let device = lp.device();
-    let mask = Tensor::<B, 2>::from_data(
-        TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
-        &device,
-    );
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 0.5, 2.0], [3]), &device);
-    Ok((masked_sum(lp, mask) * weights).sum().neg())
-}
-
-/// Every parameter's gradient, by parameter path.
-fn by_name<B: AutodiffBackend>(
-    model: &Transformer<B>,
-    grads: &GradientsParams,
-) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        out: Vec<(String, Option<TensorData>)>,
-        path: Vec<String>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let g = self.grads.get::<B::InnerBackend, D>(param.id);
-            self.out
-                .push((self.path.join("."), g.map(|g| g.into_data())));
-        }
-    }
-    let mut c = Collect {
-        grads,
-        out: vec![],
-        path: vec![],
-    };
-    model.visit(&mut c);
-    c.out
-        .into_iter()
-        .map(|(name, data)| {
-            let data = data.ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))?;
-            Ok((name, host_vec(data)?))
-        })
-        .collect()
 }
 
 /// How the checkpointed forward is run.
@@ -182,14 +122,7 @@ fn compare<B: AutodiffBackend>(
     }
     let plain = by_name(model, &plain)?;
     let ckpt = by_name(model, &ckpt)?;
-    assert_eq!(plain.len(), ckpt.len());
-    let mut worst = 0f32;
-    for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(scale > 0.0, "{what}: {name} has a zero gradient");
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        worst = worst.max(diff / scale);
-    }
+    let worst = largest_relative_difference(what, &plain, &ckpt);
     eprintln!(
         "{what} {mode:?}: {} parameters, largest relative gradient difference {worst:.2e}",
         plain.len()

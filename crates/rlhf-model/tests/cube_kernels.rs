@@ -1,6 +1,6 @@
-//! The fused CubeCL kernels of the inference path (`src/cube.rs`: RMSNorm, RoPE, SiLU times up,
-//! masked softmax) against transformers' outputs and against the CPU backend's composite
-//! operations, run on burn's wgpu backend: CubeCL compiles the same kernels for CUDA and for
+//! The fused CubeCL kernels (`src/cube/`: RMSNorm, RoPE, SiLU times up, masked softmax; forward
+//! and, inside burn's autodiff graph, backward) against transformers' outputs and against the CPU
+//! backend's composite operations and derived gradients, run on burn's wgpu backend: CubeCL compiles the same kernels for CUDA and for
 //! Vulkan, and Mesa's CPU Vulkan device (lavapipe) runs them where there is no GPU. f32 only
 //! (wgpu has no bf16; the bf16 instantiation runs on CUDA).
 //!
@@ -11,16 +11,23 @@
 
 #![cfg(feature = "wgpu")]
 
-use burn::backend::Wgpu;
+use burn::backend::{Autodiff, Wgpu};
 use burn::module::Param;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rlhf_model::load::host_vec;
 use rlhf_model::model::RmsNorm;
-use rlhf_model::{Cpu, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, cube};
+use rlhf_model::{
+    Cpu, CpuAutodiff, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, cube,
+};
 
 mod common;
-use common::{causal_dirs, forward_checked, ids_u32, max_abs_diff, read_json, sampled_and_checked};
+use common::{
+    NamedGrads, by_name, causal_dirs, forward_checked, ids_u32, largest_relative_difference,
+    logprob_loss, max_abs_diff, read_json, right_padded_rows, sampled_and_checked,
+};
 
 type W = Wgpu<f32, i32>;
 
@@ -107,6 +114,51 @@ fn fused_decoding_matches_greedy_transformers_and_teacher_forcing() -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// Training: the kernels as operations of the autodiff graph, their backward kernels against
+/// burn's derived backward passes of the composite operations on the CPU — every parameter's
+/// gradient of a weighted log-prob loss over a right-padded batch (padding rows' keys masked),
+/// on every causal fixture (biases or none, tied head or not, a sliding window).
+#[test]
+fn fused_training_gradients_match_the_cpu_backend() -> anyhow::Result<()> {
+    for dir in causal_dirs() {
+        let model = Transformer::<Autodiff<W>>::load(&dir, &Default::default())?;
+        let cpu = Transformer::<CpuAutodiff>::load(&dir, &Default::default())?;
+        let (loss, fused_grads) = fused("forward", || loss_and_grads(&model, true))?;
+        let (cpu_loss, cpu_grads) = loss_and_grads(&cpu, false)?;
+        let what = dir.display().to_string();
+        let worst = largest_relative_difference(&what, &cpu_grads, &fused_grads);
+        eprintln!(
+            "{what}: loss {loss} (CPU {cpu_loss}), {} parameters, largest relative gradient \
+             difference {worst:.2e}",
+            cpu_grads.len()
+        );
+        assert!(
+            (loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs(),
+            "{what}: loss {loss} vs {cpu_loss}"
+        );
+        assert!(worst < 1e-4, "{what}: gradients differ by {worst:.2e}");
+    }
+    Ok(())
+}
+
+/// The loss of [`logprob_loss`] and every parameter's gradient; with `fused`, checks that the
+/// backward pass launched kernels of ours.
+fn loss_and_grads<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    fused: bool,
+) -> anyhow::Result<(f32, NamedGrads)> {
+    let batch = right_padded_rows()?;
+    let loss = logprob_loss(model.token_logprobs(&batch)?, &batch)?;
+    let value = host_vec(loss.clone().into_data())?[0];
+    let before = cube::launches();
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    assert!(
+        !fused || cube::launches() > before,
+        "no backward kernel of ours ran"
+    );
+    Ok((value, by_name(model, &grads)?))
 }
 
 /// Rows longer than a cube's threads and more rows than one grid dimension holds; RMSNorm alone

@@ -5,9 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use rlhf_model::load::host_vec;
-use rlhf_model::{Completion, TokenBatch, Transformer};
+use rlhf_model::{Completion, PaddingSide, TokenBatch, Transformer, masked_sum, target_mask};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -172,4 +175,84 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Rows of different lengths (right-padded), longer than mistral-window's window of 6.
+pub fn right_padded_rows() -> anyhow::Result<TokenBatch> {
+    let rows: Vec<Vec<u32>> = vec![
+        (0..14).map(|i| (i * 37 + 5) % 500).collect(),
+        (0..9).map(|i| (i * 11 + 3) % 500).collect(),
+        (0..12).map(|i| (i * 53 + 1) % 500).collect(),
+    ];
+    Ok(TokenBatch::pad(&rows, 0, PaddingSide::Right)?)
+}
+
+/// `-Σ_r w_r Σ_t log p` over the real targets of [`right_padded_rows`] (3 rows), weights
+/// differing per row.
+pub fn logprob_loss<B: AutodiffBackend>(
+    lp: Tensor<B, 2>,
+    batch: &TokenBatch,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let device = lp.device();
+    let mask = Tensor::<B, 2>::from_data(
+        TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
+        &device,
+    );
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 0.5, 2.0], [3]), &device);
+    Ok((masked_sum(lp, mask) * weights).sum().neg())
+}
+
+/// Gradients by parameter path, in module order ([`by_name`]).
+pub type NamedGrads = Vec<(String, Vec<f32>)>;
+
+/// Every parameter's gradient, by parameter path.
+pub fn by_name<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    grads: &GradientsParams,
+) -> anyhow::Result<NamedGrads> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(String, Option<TensorData>)>,
+        path: Vec<String>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let g = self.grads.get::<B::InnerBackend, D>(param.id);
+            self.out
+                .push((self.path.join("."), g.map(|g| g.into_data())));
+        }
+    }
+    let mut c = Collect {
+        grads,
+        out: vec![],
+        path: vec![],
+    };
+    model.visit(&mut c);
+    c.out
+        .into_iter()
+        .map(|(name, data)| {
+            let data = data.ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))?;
+            Ok((name, host_vec(data)?))
+        })
+        .collect()
+}
+
+/// The largest difference between two sets of gradients ([`by_name`], same model), each relative
+/// to the largest magnitude of its parameter's gradient in `a`; panics on a zero gradient in `a`
+/// (nothing to compare).
+pub fn largest_relative_difference(what: &str, a: &NamedGrads, b: &NamedGrads) -> f32 {
+    assert_eq!(a.len(), b.len(), "{what}: parameter counts differ");
+    let mut worst = 0f32;
+    for ((name, a), (_, b)) in a.iter().zip(b) {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{what}: {name} has a zero gradient");
+        worst = worst.max(max_abs_diff(a, b) / scale);
+    }
+    worst
 }

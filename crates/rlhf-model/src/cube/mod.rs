@@ -1,0 +1,452 @@
+//! Fused kernels for burn's CubeCL backends (CUDA; wgpu, which runs the same kernels on any
+//! Vulkan device, Mesa's CPU one included), where each of these operations took several kernel
+//! launches (docs/gpu.md): RMSNorm (6–8 launches → 1; with the residual addition before it,
+//! 7–9 → 1), RoPE on queries or keys with the projection's bias (4–5 → 1), SiLU times the up
+//! projection (5–7 → 1) and attention's scaled, masked softmax (7–9 → 1). On an H200 a decoding
+//! step's time, and a training step's, followed their launches, not their arithmetic.
+//!
+//! Each function returns `None` unless the tensors are burn's plain CubeCL backend
+//! (`CubeBackend`, found by type at run time) or burn's `Autodiff` over it (training: each kernel
+//! is then one operation of the autodiff graph, with a backward kernel of ours, see
+//! [`autodiff`]). The model's code stays generic and every other backend — the CPU ones and
+//! `Fusion` — computes the composite operations as before. The kernels compute what the composite
+//! operations compute, in the same formats (statistics in f32, results rounded to the compute
+//! format where the composite rounds them); only the order of the reductions' sums differs, and
+//! the backward kernels keep their intermediate values in f32 where burn's derived backward
+//! passes round them to the compute format. `RLHF_GPU_KERNELS=off` turns them off (to compare, or
+//! to rule them out).
+
+mod autodiff;
+mod kernels;
+
+use std::any::Any;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::calculate_cube_count_elemwise;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use kernels::{masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel};
+
+/// Threads per cube of the row kernels (a power of two: their sums halve it).
+const ROW_THREADS: usize = 256;
+/// The largest cube count in one grid dimension every runtime accepts (Vulkan's minimum).
+const MAX_GRID_X: usize = 65_535;
+
+/// A CubeCL runtime of this build, with the plain backend over it that our backends use (the
+/// autodiff graph's tensors are typed by it).
+trait Runtime: CubeRuntime {
+    type Plain: Backend<FloatTensorPrimitive = CubeTensor<Self>>;
+}
+
+#[cfg(feature = "cuda")]
+impl Runtime for cubecl::cuda::CudaRuntime {
+    type Plain = burn_cubecl::CubeBackend<Self, f32, i32, u8>;
+}
+
+#[cfg(feature = "wgpu")]
+impl Runtime for cubecl::wgpu::WgpuRuntime {
+    type Plain = burn_cubecl::CubeBackend<Self, f32, i32, u32>;
+}
+
+/// Whether the fused kernels are on (`RLHF_GPU_KERNELS` unset or anything but `off`).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("RLHF_GPU_KERNELS")
+            .map(|v| v.trim() != "off")
+            .unwrap_or(true)
+    })
+}
+
+/// Whether `t` is on a backend the fused kernels serve (and they are on): lets a caller arrange
+/// its operations for a kernel before computing them.
+pub(crate) fn serves<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    struct Probe<'a, B: Backend, const D: usize>(&'a Tensor<B, D>);
+    impl<B: Backend, const D: usize> CubeOp for Probe<'_, B, D> {
+        type Out = ();
+        fn run<R: Runtime>(&self) -> Option<()> {
+            let plain = cube_of::<B, R, D>(self.0).is_some();
+            (plain || autodiff::serves::<B, R, D>(self.0)).then_some(())
+        }
+    }
+    enabled() && on_runtime(&Probe(t)).is_some()
+}
+
+/// Fused kernels (forward and backward) launched by this process so far (tests and benchmarks
+/// check they ran).
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one launch of a kernel of ours.
+fn launched() {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `t`'s primitive as `T` (a handle, not a copy) when `B`'s float tensors are `T`.
+fn primitive_of<B: Backend, T: Clone + 'static, const D: usize>(t: &Tensor<B, D>) -> Option<T> {
+    let primitive = t.clone().into_primitive().tensor();
+    (&primitive as &dyn Any).downcast_ref::<T>().cloned()
+}
+
+/// The tensor of backend `B` holding `p` (`None` when `B`'s float tensors are not `T`).
+fn tensor_from<B: Backend, T: 'static, const D: usize>(p: T) -> Option<Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(p);
+    boxed
+        .downcast::<B::FloatTensorPrimitive>()
+        .ok()
+        .map(|p| Tensor::from_primitive(TensorPrimitive::Float(*p)))
+}
+
+/// `t`'s CubeCL tensor when `B` is the plain CubeCL backend on `R`.
+fn cube_of<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> Option<CubeTensor<R>> {
+    primitive_of::<B, CubeTensor<R>, D>(t)
+}
+
+/// One fused operation, written once for every CubeCL runtime.
+trait CubeOp {
+    type Out;
+    fn run<R: Runtime>(&self) -> Option<Self::Out>;
+}
+
+/// Runs `op` on whichever runtime of this build its tensors belong to.
+fn on_runtime<O: CubeOp>(op: &O) -> Option<O::Out> {
+    #[cfg(feature = "cuda")]
+    let out = op.run::<cubecl::cuda::CudaRuntime>();
+    #[cfg(not(feature = "cuda"))]
+    let out = None;
+    #[cfg(feature = "wgpu")]
+    let out = out.or_else(|| op.run::<cubecl::wgpu::WgpuRuntime>());
+    out
+}
+
+/// Launches `op` (over `elements` output elements) when the kernels are on and its tensors are
+/// on a CubeCL runtime; empty tensors (nothing to launch) are left to the composite operations.
+fn dispatch<O: CubeOp>(elements: usize, op: &O) -> Option<O::Out> {
+    if !enabled() || elements == 0 {
+        return None;
+    }
+    let out = on_runtime(op);
+    if out.is_some() {
+        launched();
+    }
+    out
+}
+
+/// A grid of one cube per row (rows past `MAX_GRID_X` on a second grid dimension).
+fn row_grid(rows: usize) -> CubeCount {
+    let x = rows.clamp(1, MAX_GRID_X);
+    CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
+}
+
+/// A grid of one unit per element.
+fn elementwise_grid<R: CubeRuntime>(t: &CubeTensor<R>, elements: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new(&t.client, elements);
+    let count = calculate_cube_count_elemwise(&t.client, elements, cube_dim);
+    (count, cube_dim)
+}
+
+/// A contiguous output on `like`'s device, in its format, of `shape`.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: &[usize]) -> CubeTensor<R> {
+    empty_device_contiguous_dtype::<R>(
+        like.client.clone(),
+        like.device.clone(),
+        shape.to_vec().into(),
+        like.dtype,
+    )
+}
+
+/// `t`'s dimensions.
+fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
+    t.meta.shape().to_vec()
+}
+
+/// `t`'s CubeCL tensor when it is given: `Some(None)` without one, `None` when it is not on the
+/// plain backend over `R` (the kernel then declines).
+fn optional_cube<B: Backend, R: CubeRuntime, const D: usize>(
+    t: Option<&Tensor<B, D>>,
+) -> Option<Option<CubeTensor<R>>> {
+    match t {
+        Some(t) => cube_of::<B, R, D>(t).map(Some),
+        None => Some(None),
+    }
+}
+
+/// RMSNorm over the last dimension of `x` with `weight` (both in one float format).
+pub(crate) fn rms_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<Tensor<B, 3>> {
+    norm(x, None, weight, eps).map(|(_, normed)| normed)
+}
+
+/// `(x + delta, rms_norm(x + delta))`: a residual addition (in the tensors' format) and the
+/// RMSNorm of its result, in one launch (plain backend only: under autodiff the addition stays
+/// burn's, the norm is [`rms_norm`]).
+pub(crate) fn add_rms_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    delta: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+    let (sum, normed) = norm(x, Some(delta), weight, eps)?;
+    Some((sum?, normed))
+}
+
+/// [`rms_norm`] of `x`, or of `x + delta` also returned.
+#[allow(clippy::type_complexity)]
+fn norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    delta: Option<&Tensor<B, 3>>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Option<Tensor<B, 3>>, Tensor<B, 3>)> {
+    struct Op<'a, B: Backend>(
+        &'a Tensor<B, 3>,
+        Option<&'a Tensor<B, 3>>,
+        &'a Tensor<B, 1>,
+        f64,
+    );
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = (Option<Tensor<B, 3>>, Tensor<B, 3>);
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let Some(x) = cube_of::<B, R, 3>(self.0) else {
+                return match self.1 {
+                    None => autodiff::rms_norm::<B, R>(self.0, self.2, self.3).map(|t| (None, t)),
+                    Some(_) => None,
+                };
+            };
+            let delta = optional_cube::<B, R, 3>(self.1)?;
+            let w = cube_of::<B, R, 1>(self.2)?;
+            let (sum, out) = launch_rms_norm(x, delta, w, self.3)?;
+            let sum = match sum {
+                Some(sum) => Some(tensor_from::<B, _, 3>(sum)?),
+                None => None,
+            };
+            Some((sum, tensor_from::<B, _, 3>(out)?))
+        }
+    }
+    dispatch(x.shape().num_elements(), &Op(x, delta, weight, eps))
+}
+
+/// RMSNorm over the last dimension of `x` (of `x + delta`, also returned, when given) with
+/// `w`; `None` unless the formats and shapes fit.
+#[allow(clippy::type_complexity)]
+fn launch_rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    delta: Option<CubeTensor<R>>,
+    w: CubeTensor<R>,
+    eps: f64,
+) -> Option<(Option<CubeTensor<R>>, CubeTensor<R>)> {
+    let shape = dims(&x);
+    let width = *shape.last()?;
+    if x.dtype != w.dtype || dims(&w) != [width] {
+        return None;
+    }
+    if let Some(d) = &delta
+        && (d.dtype != x.dtype || dims(d) != shape)
+    {
+        return None;
+    }
+    let delta = delta.map(into_contiguous);
+    let (x, w) = (into_contiguous(x), into_contiguous(w));
+    let out = empty_like(&x, &shape);
+    // Without a residual the kernel reads `x` as its (unused) delta and never touches the
+    // one-element `sum` (comptime branches); wgpu refuses one buffer bound twice for writing,
+    // hence a buffer of its own.
+    let sum_shape: &[usize] = if delta.is_some() { &shape } else { &[1] };
+    let sum = empty_like(&x, sum_shape);
+    let rows = shape.iter().product::<usize>() / width.max(1);
+    rms_norm_kernel::launch::<R>(
+        &x.client,
+        row_grid(rows),
+        CubeDim::new_1d(ROW_THREADS as u32),
+        x.clone().into_tensor_arg(),
+        delta.clone().unwrap_or_else(|| x.clone()).into_tensor_arg(),
+        w.into_tensor_arg(),
+        sum.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        rows,
+        eps as f32,
+        ROW_THREADS,
+        delta.is_some(),
+        x.dtype.into(),
+    );
+    Some((delta.is_some().then_some(sum), out))
+}
+
+/// `silu(gate) * up` for two tensors of one shape and format.
+pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 3>);
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 3>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let Some(g) = cube_of::<B, R, 3>(self.0) else {
+                return autodiff::silu_mul::<B, R>(self.0, self.1);
+            };
+            let out = launch_silu_mul(g, cube_of::<B, R, 3>(self.1)?)?;
+            tensor_from::<B, _, 3>(out)
+        }
+    }
+    dispatch(gate.shape().num_elements(), &Op(gate, up))
+}
+
+/// `silu(g) * u`; `None` unless the formats and shapes fit.
+fn launch_silu_mul<R: CubeRuntime>(g: CubeTensor<R>, u: CubeTensor<R>) -> Option<CubeTensor<R>> {
+    let shape = dims(&g);
+    if g.dtype != u.dtype || dims(&u) != shape {
+        return None;
+    }
+    let (g, u) = (into_contiguous(g), into_contiguous(u));
+    let out = empty_like(&g, &shape);
+    let (count, cube_dim) = elementwise_grid(&g, shape.iter().product());
+    silu_mul_kernel::launch::<R>(
+        &g.client,
+        count,
+        cube_dim,
+        g.clone().into_tensor_arg(),
+        u.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        g.dtype.into(),
+    );
+    Some(out)
+}
+
+/// RoPE on `x + bias` (`x` `[batch, seq, heads, dim]` straight from a projection without its
+/// bias, `bias` `[heads · dim]`) with tables `[batch, seq, 1, dim]`, all in one format; returned
+/// heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read it).
+pub(crate) fn rope<B: Backend>(
+    x: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    struct Op<'a, B: Backend>(
+        &'a Tensor<B, 4>,
+        Option<&'a Tensor<B, 1>>,
+        &'a Tensor<B, 4>,
+        &'a Tensor<B, 4>,
+    );
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 4>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let Some(x) = cube_of::<B, R, 4>(self.0) else {
+                return autodiff::rope::<B, R>(self.0, self.1, self.2, self.3);
+            };
+            let bias = optional_cube::<B, R, 1>(self.1)?;
+            let (c, s) = (cube_of::<B, R, 4>(self.2)?, cube_of::<B, R, 4>(self.3)?);
+            tensor_from::<B, _, 4>(launch_rope(x, bias, c, s)?)
+        }
+    }
+    dispatch(x.shape().num_elements(), &Op(x, bias, cos, sin))
+}
+
+/// [`rope`] on CubeCL tensors; `None` unless the formats and shapes fit.
+fn launch_rope<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let [b, n, h, d] = <[usize; 4]>::try_from(dims(&x)).ok()?;
+    let formats = [cos.dtype, sin.dtype]
+        .into_iter()
+        .chain(bias.as_ref().map(|t| t.dtype));
+    if formats.into_iter().any(|f| f != x.dtype) || d % 2 != 0 {
+        return None;
+    }
+    if dims(&cos) != [b, n, 1, d] || dims(&sin) != [b, n, 1, d] {
+        return None;
+    }
+    if bias.as_ref().is_some_and(|t| dims(t) != [h * d]) {
+        return None;
+    }
+    let bias = bias.map(into_contiguous);
+    let (x, cos, sin) = (
+        into_contiguous(x),
+        into_contiguous(cos),
+        into_contiguous(sin),
+    );
+    let out = empty_like(&x, &[b, h, n, d]);
+    let (count, cube_dim) = elementwise_grid(&x, b * n * h * d);
+    rope_kernel::launch::<R>(
+        &x.client,
+        count,
+        cube_dim,
+        x.clone().into_tensor_arg(),
+        // Without a bias the kernel never reads this argument (a comptime branch).
+        bias.clone()
+            .unwrap_or_else(|| cos.clone())
+            .into_tensor_arg(),
+        cos.into_tensor_arg(),
+        sin.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        n,
+        h,
+        d,
+        bias.is_some(),
+        x.dtype.into(),
+    );
+    Some(out)
+}
+
+/// Attention's probabilities from raw `scores` (`[batch, heads, rows, width]`), `scale` and an
+/// additive f32 `mask` (`[batch, 1, rows, width]`), in the scores' format.
+pub(crate) fn masked_softmax<B: Backend>(
+    scores: &Tensor<B, 4>,
+    mask: &Tensor<B, 4>,
+    scale: f64,
+) -> Option<Tensor<B, 4>> {
+    struct Op<'a, B: Backend>(&'a Tensor<B, 4>, &'a Tensor<B, 4>, f64);
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 4>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let Some(s) = cube_of::<B, R, 4>(self.0) else {
+                return autodiff::masked_softmax::<B, R>(self.0, self.1, self.2);
+            };
+            let m = cube_of::<B, R, 4>(self.1)?;
+            tensor_from::<B, _, 4>(launch_masked_softmax(s, m, self.2)?)
+        }
+    }
+    dispatch(scores.shape().num_elements(), &Op(scores, mask, scale))
+}
+
+/// [`masked_softmax`] on CubeCL tensors; `None` unless the formats and shapes fit.
+fn launch_masked_softmax<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    mask: CubeTensor<R>,
+    scale: f64,
+) -> Option<CubeTensor<R>> {
+    let [b, h, r, w] = <[usize; 4]>::try_from(dims(&scores)).ok()?;
+    if mask.dtype != DType::F32 || dims(&mask) != [b, 1, r, w] {
+        return None;
+    }
+    // The mask is read through its strides (often a broadcast view): not copied.
+    let s = into_contiguous(scores);
+    let out = empty_like(&s, &[b, h, r, w]);
+    let rows = b * h * r;
+    masked_softmax_kernel::launch::<R>(
+        &s.client,
+        row_grid(rows),
+        CubeDim::new_1d(ROW_THREADS as u32),
+        s.clone().into_tensor_arg(),
+        mask.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        rows,
+        h,
+        scale as f32,
+        ROW_THREADS,
+        s.dtype.into(),
+    );
+    Some(out)
+}
