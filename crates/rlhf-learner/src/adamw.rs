@@ -4,7 +4,9 @@
 //! optimizer runs about 15 element-wise kernels per parameter tensor: 290 tensors of a
 //! Qwen2.5-0.5B-shaped model made ~3 500 of the ~9 000 kernel launches of a training step on an
 //! H200, where launches, not arithmetic, set the step time (docs/benchmarks.md). Here the
-//! update costs two concatenations (one copy per tensor), ~15 kernels per group and free slices.
+//! update costs two concatenations (on a CubeCL backend one launch per 16 tensors,
+//! `rlhf_model::concat_flat`; elsewhere one copy per tensor), ~15 kernels per group and free
+//! slices.
 //!
 //! Gradients are gathered into the same flat groups first ([`FlatGrads`]), and everything the
 //! learner does with a step's gradients before the update works on those: the global-norm clip
@@ -22,6 +24,8 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use rlhf_model::concat_flat;
 
 use crate::LearnerError;
 
@@ -168,7 +172,7 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
         let mut updated = Vec::with_capacity(grads.members.len());
         let mut groups = Vec::with_capacity(layout.len());
         for (g_index, (members, g)) in layout.into_iter().zip(grads.flat).enumerate() {
-            let p = concat(params_flat.by_ref().take(members.len()).collect());
+            let p = concat_flat(params_flat.by_ref().take(members.len()).collect());
             let (m, v) = if first {
                 (
                     g.clone().mul_scalar(factor_1),
@@ -268,8 +272,8 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
                 .unzip();
             optim.groups.push(Group {
                 members,
-                m: concat(ms),
-                v: concat(vs),
+                m: concat_flat(ms),
+                v: concat_flat(vs),
             });
         }
         optim.time = time;
@@ -294,15 +298,6 @@ fn group_layout(members: &[Member], limit: usize) -> Vec<Vec<Member>> {
         size += n;
     }
     groups
-}
-
-/// One flat tensor of `parts` (no copy for a single part).
-fn concat<B: Backend>(mut parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
-    if parts.len() == 1 {
-        parts.remove(0)
-    } else {
-        Tensor::cat(parts, 0)
-    }
 }
 
 /// A module's gradients, flat, in the groups [`FlatAdamW`] updates: what the learner clips,
@@ -336,7 +331,7 @@ impl<B: AutodiffBackend> FlatGrads<B> {
         let mut parts = parts.into_iter();
         let flat = layout
             .iter()
-            .map(|group| concat(parts.by_ref().take(group.len()).collect()))
+            .map(|group| concat_flat(parts.by_ref().take(group.len()).collect()))
             .collect();
         Self {
             members,

@@ -34,6 +34,7 @@ pub use config::{Architecture, HeadKind, ModelConfig};
 pub use error::{ModelError, Result};
 pub use generate::{Completion, FinishReason, SamplingParams};
 pub use model::{
-    KvCache, Precision, Transformer, gather_logprobs, masked_mean, masked_sum, target_mask,
+    KvCache, Precision, Transformer, concat_flat, gather_logprobs, masked_mean, masked_sum,
+    target_mask,
 };
 pub use tokenizer::{ChatMessage, Tokenizer};

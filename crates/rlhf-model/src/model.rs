@@ -148,6 +148,19 @@ fn in_format<B: Backend, const D: usize>(t: &Tensor<B, D>, p: Precision) -> bool
     t.dtype() == DType::from(p.dtype())
 }
 
+/// `parts` (1-D, one format) one after another: the optimizer's flat groups of parameters and
+/// gradients. On a CubeCL backend a fused kernel copies many parts per launch (`crate::cube`),
+/// elsewhere burn's `cat`; a single part is returned as it is.
+pub fn concat_flat<B: Backend>(mut parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    if let Some(flat) = fused!(concat(&parts)) {
+        return flat;
+    }
+    Tensor::cat(parts, 0)
+}
+
 /// `t` in f32 (logits, scores and statistics leave the model in f32 whatever it computes in).
 fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     cast_to(t, FloatDType::F32)
@@ -402,9 +415,7 @@ impl<B: Backend> RopeTables<B> {
     }
 
     /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`), returned
-    /// heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]); where a fused kernel
-    /// can (`crate::cube`), the projection's bias is added, and the heads put first, inside
-    /// RoPE's kernel.
+    /// heads-first ([`heads_first_projection`]).
     fn project(
         &self,
         proj: &Linear<B>,
@@ -412,22 +423,7 @@ impl<B: Backend> RopeTables<B> {
         shape: [usize; 4],
         p: Precision,
     ) -> Tensor<B, 4> {
-        if !fused!(serves(&x)) {
-            // Everywhere else (training included) exactly as before: `linear` with its bias.
-            return heads_first(self.apply(linear(proj, x, p).reshape(shape)));
-        }
-        let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
-        // `linear` without the bias, for the kernel to add it (or the same addition below).
-        let raw = rows_linear(x, p.compute(proj.weight.val()), None).reshape(shape);
-        if let Some(out) = fused!(rope(&raw, bias.as_ref(), &self.cos, &self.sin)) {
-            return out;
-        }
-        let [_, _, h, d] = shape;
-        let with_bias = match bias {
-            Some(b) => raw + b.reshape([1, 1, h, d]),
-            None => raw,
-        };
-        heads_first(self.apply(with_bias))
+        heads_first_projection(proj, x, shape, p, Some(self))
     }
 
     /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
@@ -460,7 +456,7 @@ impl<B: Backend> Attention<B> {
         // RoPE in the projections' layout, then heads before positions.
         let q = rope.project(&self.q_proj, x.clone(), [b, s, h, d], p);
         let k = rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p);
-        let v = heads_first(linear(&self.v_proj, x, p).reshape([b, s, kvh, d]));
+        let v = heads_first_projection(&self.v_proj, x, [b, s, kvh, d], p, None);
         let (k, v) = match cache {
             Some((slot, start, width)) => {
                 let end = start + s;
@@ -502,6 +498,39 @@ impl<B: Backend> Attention<B> {
         };
         linear(&self.o_proj, out, p)
     }
+}
+
+/// `linear(proj, x)` reshaped to `shape` (`[batch, seq, heads, head_dim]`), with RoPE when
+/// `rope` is given, returned heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]).
+/// Where a fused kernel can (`crate::cube`), the projection's bias is added, and the heads put
+/// first, inside RoPE's kernel (the values' projection: the same kernel without the rotation).
+fn heads_first_projection<B: Backend>(
+    proj: &Linear<B>,
+    x: Tensor<B, 3>,
+    shape: [usize; 4],
+    p: Precision,
+    rope: Option<&RopeTables<B>>,
+) -> Tensor<B, 4> {
+    let apply = |t: Tensor<B, 4>| match rope {
+        Some(r) => r.apply(t),
+        None => t,
+    };
+    if !fused!(serves(&x)) {
+        // Everywhere else exactly as before: `linear` with its bias.
+        return heads_first(apply(linear(proj, x, p).reshape(shape)));
+    }
+    let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
+    // `linear` without the bias, for the kernel to add it (or the same addition below).
+    let raw = rows_linear(x, p.compute(proj.weight.val()), None).reshape(shape);
+    if let Some(out) = fused!(rope(&raw, bias.as_ref(), rope.map(|r| (&r.cos, &r.sin)))) {
+        return out;
+    }
+    let [_, _, h, d] = shape;
+    let with_bias = match bias {
+        Some(b) => raw + b.reshape([1, 1, h, d]),
+        None => raw,
+    };
+    heads_first(apply(with_bias))
 }
 
 /// `[batch, seq, heads, dim]` as `[batch, heads, seq, dim]`. With one position (decoding) the two

@@ -20,7 +20,8 @@ use burn::tensor::{Tensor, TensorData};
 use rlhf_model::load::host_vec;
 use rlhf_model::model::RmsNorm;
 use rlhf_model::{
-    Cpu, CpuAutodiff, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, cube,
+    Cpu, CpuAutodiff, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, concat_flat,
+    cube,
 };
 
 mod common;
@@ -159,6 +160,39 @@ fn loss_and_grads<B: AutodiffBackend>(
         "no backward kernel of ours ran"
     );
     Ok((value, by_name(model, &grads)?))
+}
+
+/// The optimizer's flat concatenation: 37 parts of different lengths (an empty one among them)
+/// in three launches of the kernel, the parts one after another.
+#[test]
+fn fused_concatenation_equals_cat() -> anyhow::Result<()> {
+    let lengths: Vec<usize> = (0..37).map(|i| (i * 7919) % 1500).collect();
+    assert!(lengths.contains(&0));
+    let parts: Vec<Vec<f32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| (0..n).map(|i| (p * 10_000 + i) as f32).collect())
+        .collect();
+    let on = |parts: &[Vec<f32>]| -> Vec<Tensor<W, 1>> {
+        parts
+            .iter()
+            .map(|v| Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default()))
+            .collect()
+    };
+    let before = cube::launches();
+    let flat = host_vec(concat_flat(on(&parts)).into_data())?;
+    // At least: the other tests of this binary launch kernels concurrently.
+    let launched = cube::launches() - before;
+    assert!(
+        launched >= 3,
+        "{launched} launches: one per 16 parts expected"
+    );
+    let want: Vec<f32> = parts.concat();
+    assert_eq!(flat, want);
+    // A single part is returned as it is.
+    let one = host_vec(concat_flat(on(&parts[1..2])).into_data())?;
+    assert_eq!(one, parts[1]);
+    Ok(())
 }
 
 /// Rows longer than a cube's threads and more rows than one grid dimension holds; RMSNorm alone

@@ -25,7 +25,7 @@ use super::kernels::{
     silu_mul_backward_kernel,
 };
 use super::{
-    ROW_THREADS, Runtime, dims, elementwise_grid, empty_like, launch_masked_softmax,
+    ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_masked_softmax,
     launch_rms_norm, launch_rope, launch_silu_mul, launched, primitive_of, row_grid, tensor_from,
 };
 
@@ -99,7 +99,8 @@ backward_op! {
     RmsNormBackward;
     /// SiLU(gate) · up's: gradients of both.
     SiluMulBackward;
-    /// RoPE's: the input's gradient, and the bias's (its sum over positions) when there is one.
+    /// RoPE's (or the heads-first layout's alone): the input's gradient, and the bias's (its sum
+    /// over positions) when there is one.
     RopeBackward;
     /// The masked softmax's: the raw scores' gradient (the mask is a constant).
     SoftmaxBackward;
@@ -202,15 +203,16 @@ impl<R: Runtime> Backward<R::Plain, 2> for SiluMulBackward<R> {
 pub(super) fn rope<B: Backend, R: Runtime>(
     x: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
+    tables: Option<Tables<'_, B>>,
 ) -> Option<Tensor<B, 4>> {
     let x = tracked::<B, R, 4>(x)?;
-    let (cos, sin) = (constant::<B, R, 4>(cos)?, constant::<B, R, 4>(sin)?);
-    let (cos, sin) = (
-        into_contiguous(cos.primitive),
-        into_contiguous(sin.primitive),
-    );
+    let tables = match tables {
+        Some((c, s)) => Some((
+            into_contiguous(constant::<B, R, 4>(c)?.primitive),
+            into_contiguous(constant::<B, R, 4>(s)?.primitive),
+        )),
+        None => None,
+    };
     let bias = match bias {
         Some(b) => Some(tracked::<B, R, 1>(b)?),
         None => None,
@@ -218,10 +220,9 @@ pub(super) fn rope<B: Backend, R: Runtime>(
     let out = launch_rope(
         x.primitive.clone(),
         bias.as_ref().map(|b| b.primitive.clone()),
-        cos.clone(),
-        sin.clone(),
+        tables.clone(),
     )?;
-    let state = (dims(&x.primitive), cos, sin);
+    let state = (dims(&x.primitive), tables);
     match &bias {
         Some(b) => record::<B, R, _, 2, 4>(RopeBackward::new(), [&x, b], state, out),
         None => record::<B, R, _, 1, 4>(RopeBackward::new(), [&x], state, out),
@@ -229,17 +230,20 @@ pub(super) fn rope<B: Backend, R: Runtime>(
 }
 
 impl<R: Runtime, const N: usize> Backward<R::Plain, N> for RopeBackward<R> {
-    /// The input's dimensions and the tables.
-    type State = (Vec<usize>, CubeTensor<R>, CubeTensor<R>);
+    /// The input's dimensions and the tables (none: no rotation).
+    type State = (Vec<usize>, Option<(CubeTensor<R>, CubeTensor<R>)>);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let mut parents = ops.parents.into_iter();
         let (x_node, bias_node) = (parents.next().flatten(), parents.next().flatten());
         let dy = into_contiguous(grads.consume::<R::Plain>(&ops.node));
-        let (shape, cos, sin) = ops.state;
+        let (shape, tables) = ops.state;
         let (seq, heads, dim) = (shape[1], shape[2], shape[3]);
         let dx = empty_like(&dy, &shape);
         let (count, cube_dim) = elementwise_grid(&dy, shape.iter().product());
+        let rotate = tables.is_some();
+        // Without tables the kernel never reads them (a comptime branch).
+        let (cos, sin) = tables.unwrap_or_else(|| (dy.clone(), dy.clone()));
         rope_backward_kernel::launch::<R>(
             &dy.client,
             count,
@@ -251,6 +255,7 @@ impl<R: Runtime, const N: usize> Backward<R::Plain, N> for RopeBackward<R> {
             seq,
             heads,
             dim,
+            rotate,
             dy.dtype.into(),
         );
         launched();

@@ -108,7 +108,8 @@ pub(super) fn silu_mul_kernel<F: Float>(
 
 /// RoPE on `x` (`[batch, seq, heads, dim]`): `x * cos + [x₂, x₁] * sin` with the tables
 /// `[batch, seq, 1, dim]` (`sin`'s first half negated), each product rounded to the compute
-/// format before the sum, as the composite form (`RopeTables::apply`).
+/// format before the sum, as the composite form (`RopeTables::apply`); without `rotate`, `x`
+/// as it is (values: only the bias and the heads-first layout). The bias is added first.
 #[cube(launch)]
 pub(super) fn rope_kernel<F: Float>(
     input: &Tensor<F>,
@@ -120,6 +121,7 @@ pub(super) fn rope_kernel<F: Float>(
     heads: usize,
     dim: usize,
     #[comptime] has_bias: bool,
+    #[comptime] rotate: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
@@ -127,19 +129,24 @@ pub(super) fn rope_kernel<F: Float>(
         terminate!();
     }
     // `i` walks the input's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
-    let table = (i / (heads * dim)) * dim + i % dim;
-    let partner = rope_partner(i, dim);
+    let width = heads * dim;
     let mut x = input[i];
-    let mut x_partner = input[partner];
     if has_bias {
         // The projection's bias, added (and rounded) first, as `linear` adds it.
-        let width = heads * dim;
         x += bias[i % width];
-        x_partner += bias[partner % width];
     }
-    let straight = x * cos[table];
-    let swapped = x_partner * sin[table];
-    output[heads_first_index(i, seq, heads, dim)] = straight + swapped;
+    if rotate {
+        let table = (i / width) * dim + i % dim;
+        let partner = rope_partner(i, dim);
+        let mut x_partner = input[partner];
+        if has_bias {
+            x_partner += bias[partner % width];
+        }
+        let straight = x * cos[table];
+        let swapped = x_partner * sin[table];
+        x = straight + swapped;
+    }
+    output[heads_first_index(i, seq, heads, dim)] = x;
 }
 
 /// Where element `i` of a `[batch, seq, heads, dim]` tensor lies in its heads-first layout
@@ -293,8 +300,8 @@ pub(super) fn silu_mul_backward_kernel<F: Float>(
 
 /// The gradient of [`rope_kernel`] with respect to its input (and so the bias added to it):
 /// each element's gradient through its own product with `cos` and through its partner's with
-/// `sin`, read from the heads-first gradient, written in the input's layout `[batch, seq,
-/// heads, dim]`, in f32.
+/// `sin` (without `rotate`, the gradient as it is), read from the heads-first gradient, written
+/// in the input's layout `[batch, seq, heads, dim]`, in f32.
 #[cube(launch)]
 pub(super) fn rope_backward_kernel<F: Float>(
     grad: &Tensor<F>,
@@ -304,19 +311,24 @@ pub(super) fn rope_backward_kernel<F: Float>(
     seq: usize,
     heads: usize,
     dim: usize,
+    #[comptime] rotate: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
     if i >= input_grad.len() {
         terminate!();
     }
-    let table = (i / (heads * dim)) * dim;
-    let partner = rope_partner(i, dim);
-    let own = f32::cast_from(grad[heads_first_index(i, seq, heads, dim)]);
-    let partners = f32::cast_from(grad[heads_first_index(partner, seq, heads, dim)]);
-    let straight = own * f32::cast_from(cos[table + i % dim]);
-    let swapped = partners * f32::cast_from(sin[table + partner % dim]);
-    input_grad[i] = F::cast_from(straight + swapped);
+    let own = grad[heads_first_index(i, seq, heads, dim)];
+    if rotate {
+        let table = (i / (heads * dim)) * dim;
+        let partner = rope_partner(i, dim);
+        let partners = f32::cast_from(grad[heads_first_index(partner, seq, heads, dim)]);
+        let straight = f32::cast_from(own) * f32::cast_from(cos[table + i % dim]);
+        let swapped = partners * f32::cast_from(sin[table + partner % dim]);
+        input_grad[i] = F::cast_from(straight + swapped);
+    } else {
+        input_grad[i] = own;
+    }
 }
 
 /// The gradient of [`masked_softmax_kernel`] with respect to the raw scores, per row of
@@ -351,5 +363,31 @@ pub(super) fn masked_softmax_backward_kernel<F: Float>(
         let dp = f32::cast_from(grad[base + j]);
         scores_grad[base + j] = F::cast_from(scale * p * (dp - dot));
         j += threads;
+    }
+}
+
+/// Part of a concatenation of 1-D tensors: `parts` (a launch's share of them, contiguous) written
+/// one after another into `output` from `start`.
+#[cube(launch)]
+pub(super) fn concat_kernel<F: Float>(
+    parts: Sequence<Tensor<F>>,
+    output: &mut Tensor<F>,
+    start: usize,
+    length: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= length {
+        terminate!();
+    }
+    let count = comptime!(parts.len());
+    let mut offset = 0;
+    #[unroll]
+    for p in 0..count {
+        let n = parts[p].len();
+        if i >= offset && i < offset + n {
+            output[start + i] = parts[p][i - offset];
+        }
+        offset += n;
     }
 }

@@ -30,14 +30,19 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
-use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
-use kernels::{masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel};
+use kernels::{
+    concat_kernel, masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel,
+};
 
 /// Threads per cube of the row kernels (a power of two: their sums halve it).
 const ROW_THREADS: usize = 256;
 /// The largest cube count in one grid dimension every runtime accepts (Vulkan's minimum).
 const MAX_GRID_X: usize = 65_535;
+
+/// Parts copied per launch by [`concat`] (each one kernel argument).
+const CONCAT_PARTS: usize = 16;
 
 /// A CubeCL runtime of this build, with the plain backend over it that our backends use (the
 /// autodiff graph's tensors are typed by it).
@@ -322,61 +327,71 @@ fn launch_silu_mul<R: CubeRuntime>(g: CubeTensor<R>, u: CubeTensor<R>) -> Option
     Some(out)
 }
 
-/// RoPE on `x + bias` (`x` `[batch, seq, heads, dim]` straight from a projection without its
-/// bias, `bias` `[heads · dim]`) with tables `[batch, seq, 1, dim]`, all in one format; returned
+/// RoPE's tables `(cos, sin)`, `[batch, seq, 1, dim]` each.
+pub(crate) type Tables<'a, B> = (&'a Tensor<B, 4>, &'a Tensor<B, 4>);
+
+/// RoPE with `tables` (none: no rotation) on `x + bias` (`x` `[batch, seq, heads, dim]` straight
+/// from a projection without its bias, `bias` `[heads · dim]`), all in one format; returned
 /// heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read it).
 pub(crate) fn rope<B: Backend>(
     x: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
+    tables: Option<Tables<'_, B>>,
 ) -> Option<Tensor<B, 4>> {
     struct Op<'a, B: Backend>(
         &'a Tensor<B, 4>,
         Option<&'a Tensor<B, 1>>,
-        &'a Tensor<B, 4>,
-        &'a Tensor<B, 4>,
+        Option<Tables<'a, B>>,
     );
     impl<B: Backend> CubeOp for Op<'_, B> {
         type Out = Tensor<B, 4>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let Some(x) = cube_of::<B, R, 4>(self.0) else {
-                return autodiff::rope::<B, R>(self.0, self.1, self.2, self.3);
+                return autodiff::rope::<B, R>(self.0, self.1, self.2);
             };
             let bias = optional_cube::<B, R, 1>(self.1)?;
-            let (c, s) = (cube_of::<B, R, 4>(self.2)?, cube_of::<B, R, 4>(self.3)?);
-            tensor_from::<B, _, 4>(launch_rope(x, bias, c, s)?)
+            let tables = match self.2 {
+                Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
+                None => None,
+            };
+            tensor_from::<B, _, 4>(launch_rope(x, bias, tables)?)
         }
     }
-    dispatch(x.shape().num_elements(), &Op(x, bias, cos, sin))
+    dispatch(x.shape().num_elements(), &Op(x, bias, tables))
 }
 
 /// [`rope`] on CubeCL tensors; `None` unless the formats and shapes fit.
+#[allow(clippy::type_complexity)]
 fn launch_rope<R: CubeRuntime>(
     x: CubeTensor<R>,
     bias: Option<CubeTensor<R>>,
-    cos: CubeTensor<R>,
-    sin: CubeTensor<R>,
+    tables: Option<(CubeTensor<R>, CubeTensor<R>)>,
 ) -> Option<CubeTensor<R>> {
     let [b, n, h, d] = <[usize; 4]>::try_from(dims(&x)).ok()?;
-    let formats = [cos.dtype, sin.dtype]
-        .into_iter()
+    let mut formats = tables
+        .iter()
+        .flat_map(|(c, s)| [c.dtype, s.dtype])
         .chain(bias.as_ref().map(|t| t.dtype));
-    if formats.into_iter().any(|f| f != x.dtype) || d % 2 != 0 {
+    if formats.any(|f| f != x.dtype) || d % 2 != 0 {
         return None;
     }
-    if dims(&cos) != [b, n, 1, d] || dims(&sin) != [b, n, 1, d] {
+    if tables
+        .as_ref()
+        .is_some_and(|(c, s)| dims(c) != [b, n, 1, d] || dims(s) != [b, n, 1, d])
+    {
         return None;
     }
     if bias.as_ref().is_some_and(|t| dims(t) != [h * d]) {
         return None;
     }
     let bias = bias.map(into_contiguous);
-    let (x, cos, sin) = (
-        into_contiguous(x),
-        into_contiguous(cos),
-        into_contiguous(sin),
-    );
+    let x = into_contiguous(x);
+    let rotate = tables.is_some();
+    // Without a bias or tables the kernel never reads those arguments (comptime branches).
+    let (cos, sin) = match tables {
+        Some((c, s)) => (into_contiguous(c), into_contiguous(s)),
+        None => (x.clone(), x.clone()),
+    };
     let out = empty_like(&x, &[b, h, n, d]);
     let (count, cube_dim) = elementwise_grid(&x, b * n * h * d);
     rope_kernel::launch::<R>(
@@ -384,10 +399,7 @@ fn launch_rope<R: CubeRuntime>(
         count,
         cube_dim,
         x.clone().into_tensor_arg(),
-        // Without a bias the kernel never reads this argument (a comptime branch).
-        bias.clone()
-            .unwrap_or_else(|| cos.clone())
-            .into_tensor_arg(),
+        bias.clone().unwrap_or_else(|| x.clone()).into_tensor_arg(),
         cos.into_tensor_arg(),
         sin.into_tensor_arg(),
         out.clone().into_tensor_arg(),
@@ -395,6 +407,7 @@ fn launch_rope<R: CubeRuntime>(
         h,
         d,
         bias.is_some(),
+        rotate,
         x.dtype.into(),
     );
     Some(out)
@@ -449,4 +462,56 @@ fn launch_masked_softmax<R: CubeRuntime>(
         s.dtype.into(),
     );
     Some(out)
+}
+
+/// `Tensor::cat(parts, 0)` of 1-D tensors in one format on the plain backend: one launch per
+/// [`CONCAT_PARTS`] parts, where burn's `cat` launches one copy per part (the optimizer
+/// concatenates each step's ~290 gradients of a Qwen2.5-0.5B-shaped model into flat groups).
+pub fn concat<B: Backend>(parts: &[Tensor<B, 1>]) -> Option<Tensor<B, 1>> {
+    struct Op<'a, B: Backend>(&'a [Tensor<B, 1>]);
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 1>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let parts: Vec<CubeTensor<R>> = self
+                .0
+                .iter()
+                .map(cube_of::<B, R, 1>)
+                .collect::<Option<_>>()?;
+            let first = parts.first()?;
+            if parts.iter().any(|p| p.dtype != first.dtype) {
+                return None;
+            }
+            let total = parts.iter().map(|p| dims(p)[0]).sum::<usize>();
+            let out = empty_like(first, &[total]);
+            let mut start = 0;
+            for chunk in parts.chunks(CONCAT_PARTS) {
+                let length = chunk.iter().map(|p| dims(p)[0]).sum::<usize>();
+                if length == 0 {
+                    continue;
+                }
+                let args: SequenceArg<R, _> = chunk
+                    .iter()
+                    .map(|p| into_contiguous(p.clone()).into_tensor_arg())
+                    .collect();
+                let (count, cube_dim) = elementwise_grid(&out, length);
+                concat_kernel::launch::<R>(
+                    &out.client,
+                    count,
+                    cube_dim,
+                    args,
+                    out.clone().into_tensor_arg(),
+                    start,
+                    length,
+                    out.dtype.into(),
+                );
+                launched();
+                start += length;
+            }
+            tensor_from::<B, _, 1>(out)
+        }
+    }
+    if !enabled() || parts.len() < 2 {
+        return None;
+    }
+    on_runtime(&Op(parts))
 }
