@@ -12,10 +12,13 @@
 # from outside still returns what it finished. The device tool returns at most 8 files.
 #
 # Stages (default: the next questions after the 2026-11-30 sessions, docs/benchmarks.md:
-# torch-qwen qwen-bf16-train gen-kernels hf-generate profile-gen profile cache burn-matmul dpo):
+# torch-qwen train-kernels gen-kernels hf-generate profile profile-gen cache burn-matmul dpo):
 #   torch-qwen        PyTorch's Qwen2.5-0.5B-shaped training step, f32 and bf16 autocast
 #                     (scripts/torch_qwen_step.py, batch 8 x 256)
 #   qwen-bf16-train   ours, same model and batch, --precision bf16 (first step = JIT + autotune)
+#   train-kernels     qwen-bf16-train with the fused kernels in the autodiff graph (the default)
+#                     and with RLHF_GPU_KERNELS=off (burn's composite operations and their
+#                     derived backward passes)
 #   cache             ours, one bf16 training step twice with one fresh RLHF_GPU_CACHE folder:
 #                     the first step cold (kernels compiled, autotuned) and warm (read back)
 #   qwen-bf16-gen     ours, generation at batch 8 and 64, prompt 128, 256 new tokens, bf16
@@ -48,7 +51,7 @@ mkdir -p "$OUT" "$work"
 budget="${GPU_BUDGET_S:-500}"
 t0=$(date +%s)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen qwen-bf16-train gen-kernels hf-generate profile-gen profile cache burn-matmul dpo)
+[ ${#stages[@]} -eq 0 ] && stages=(torch-qwen train-kernels gen-kernels hf-generate profile profile-gen cache burn-matmul dpo)
 export PYTHONUNBUFFERED=1
 say() { echo "$*" | tee -a "$work/summary.txt"; }
 pack() { cp "$work/summary.txt" "$OUT/summary.txt"; tar czf "$OUT/results.tgz" -C "$work" . 2>/dev/null; }
@@ -102,6 +105,9 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     torch-qwen) run torch-qwen 90 python3 scripts/torch_qwen_step.py --steps 5 ;;
     qwen-bf16-train) run qwen-bf16-train 180 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16 ;;
+    train-kernels)
+      run qwen-bf16-train 180 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16
+      RLHF_GPU_KERNELS=off run qwen-bf16-train-composite 150 "$bin" "${qwen[@]}" "${train[@]}" --precision bf16 ;;
     cache)
       rm -rf /tmp/gpu-kernel-cache
       RLHF_GPU_CACHE=/tmp/gpu-kernel-cache run cache-cold 150 "$bin" "${qwen[@]}" --train-batch 8 --train-len 256 --steps 1 --no-generate --precision bf16
