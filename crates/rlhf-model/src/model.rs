@@ -415,15 +415,16 @@ impl<B: Backend> RopeTables<B> {
     }
 
     /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`), returned
-    /// heads-first ([`heads_first_projection`]).
+    /// heads-first, or written into a KV cache ([`heads_first_projection`]).
     fn project(
         &self,
         proj: &Linear<B>,
         x: Tensor<B, 3>,
         shape: [usize; 4],
         p: Precision,
+        into: Option<(Tensor<B, 4>, usize)>,
     ) -> Tensor<B, 4> {
-        heads_first_projection(proj, x, shape, p, Some(self))
+        heads_first_projection(proj, x, shape, p, Some(self), into)
     }
 
     /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
@@ -454,24 +455,38 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // RoPE in the projections' layout, then heads before positions.
-        let q = rope.project(&self.q_proj, x.clone(), [b, s, h, d], p);
-        let k = rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p);
-        let v = heads_first_projection(&self.v_proj, x, [b, s, kvh, d], p, None);
+        let q = rope.project(&self.q_proj, x.clone(), [b, s, h, d], p, None);
         let (k, v) = match cache {
             Some((slot, start, width)) => {
-                let end = start + s;
-                let kc = std::mem::replace(&mut slot.0, Tensor::empty([0, 0, 0, 0], &k.device()));
-                let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &v.device()));
+                let device = x.device();
+                let kc = std::mem::replace(&mut slot.0, Tensor::empty([0, 0, 0, 0], &device));
+                let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &device));
                 // Grown (by whole blocks) to the width the mask was built for; then attention
-                // reads the whole tensor, masked past `end`, instead of a slice of it.
+                // reads the whole tensor, masked past `start + s`, instead of a slice of it.
                 let (kc, vc) = (grow(kc, width), grow(vc, width));
-                let kc = kc.slice_assign([0..b, 0..kvh, start..end, 0..d], k);
-                let vc = vc.slice_assign([0..b, 0..kvh, start..end, 0..d], v);
+                let kc = rope.project(
+                    &self.k_proj,
+                    x.clone(),
+                    [b, s, kvh, d],
+                    p,
+                    Some((kc, start)),
+                );
+                let vc = heads_first_projection(
+                    &self.v_proj,
+                    x,
+                    [b, s, kvh, d],
+                    p,
+                    None,
+                    Some((vc, start)),
+                );
                 slot.0 = kc.clone();
                 slot.1 = vc.clone();
                 (kc, vc)
             }
-            None => (k, v),
+            None => (
+                rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p, None),
+                heads_first_projection(&self.v_proj, x, [b, s, kvh, d], p, None, None),
+            ),
         };
         // Grouped-query attention without copying K/V: fold the query heads of a group into
         // the sequence axis, so each KV head serves `groups * s` query rows (the mask comes
@@ -501,36 +516,68 @@ impl<B: Backend> Attention<B> {
 }
 
 /// `linear(proj, x)` reshaped to `shape` (`[batch, seq, heads, head_dim]`), with RoPE when
-/// `rope` is given, returned heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]).
-/// Where a fused kernel can (`crate::cube`), the projection's bias is added, and the heads put
-/// first, inside RoPE's kernel (the values' projection: the same kernel without the rotation).
+/// `rope` is given, returned heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]);
+/// with `into` (a KV cache `[batch, heads, width, head_dim]` and a position), the cache with the
+/// result written at that position instead. Where a fused kernel can (`crate::cube`), the
+/// projection's bias is added, and the heads put first (and the result written into the cache,
+/// in place), inside RoPE's kernel (the values' projection: the same kernel without the
+/// rotation).
 fn heads_first_projection<B: Backend>(
     proj: &Linear<B>,
     x: Tensor<B, 3>,
     shape: [usize; 4],
     p: Precision,
     rope: Option<&RopeTables<B>>,
+    into: Option<(Tensor<B, 4>, usize)>,
 ) -> Tensor<B, 4> {
     let apply = |t: Tensor<B, 4>| match rope {
         Some(r) => r.apply(t),
         None => t,
     };
+    let [_, s, h, d] = shape;
+    let place = |t: Tensor<B, 4>, into: Option<(Tensor<B, 4>, usize)>| match into {
+        Some((cache, start)) => {
+            let [b, heads, _, d] = cache.dims();
+            cache.slice_assign([0..b, 0..heads, start..start + s, 0..d], t)
+        }
+        None => t,
+    };
     if !fused!(serves(&x)) {
         // Everywhere else exactly as before: `linear` with its bias.
-        return heads_first(apply(linear(proj, x, p).reshape(shape)));
+        return place(heads_first(apply(linear(proj, x, p).reshape(shape))), into);
     }
     let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
     // `linear` without the bias, for the kernel to add it (or the same addition below).
     let raw = rows_linear(x, p.compute(proj.weight.val()), None).reshape(shape);
-    if let Some(out) = fused!(rope(&raw, bias.as_ref(), rope.map(|r| (&r.cos, &r.sin)))) {
-        return out;
-    }
-    let [_, _, h, d] = shape;
+    let into = match into {
+        Some((cache, start)) => {
+            // Written in place by the kernel (GPU builds only).
+            #[allow(unused_mut)]
+            let mut cache = cache;
+            let written: Option<()> = fused!(rope_into(
+                &raw,
+                bias.as_ref(),
+                rope.map(|r| (&r.cos, &r.sin)),
+                &mut cache,
+                start
+            ));
+            if written.is_some() {
+                return cache;
+            }
+            Some((cache, start))
+        }
+        None => {
+            if let Some(out) = fused!(rope(&raw, bias.as_ref(), rope.map(|r| (&r.cos, &r.sin)))) {
+                return out;
+            }
+            None
+        }
+    };
     let with_bias = match bias {
         Some(b) => raw + b.reshape([1, 1, h, d]),
         None => raw,
     };
-    heads_first(apply(with_bias))
+    place(heads_first(apply(with_bias)), into)
 }
 
 /// `[batch, seq, heads, dim]` as `[batch, heads, seq, dim]`. With one position (decoding) the two

@@ -221,6 +221,7 @@ pub(super) fn rope<B: Backend, R: Runtime>(
         x.primitive.clone(),
         bias.as_ref().map(|b| b.primitive.clone()),
         tables.clone(),
+        None,
     )?;
     let state = (dims(&x.primitive), tables);
     match &bias {

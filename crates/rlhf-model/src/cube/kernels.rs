@@ -109,7 +109,9 @@ pub(super) fn silu_mul_kernel<F: Float>(
 /// RoPE on `x` (`[batch, seq, heads, dim]`): `x * cos + [x₂, x₁] * sin` with the tables
 /// `[batch, seq, 1, dim]` (`sin`'s first half negated), each product rounded to the compute
 /// format before the sum, as the composite form (`RopeTables::apply`); without `rotate`, `x`
-/// as it is (values: only the bias and the heads-first layout). The bias is added first.
+/// as it is (values: only the bias and the heads-first layout). The bias is added first. The
+/// output holds `out_width` positions per head, this input's from `out_start` (a KV cache; the
+/// plain heads-first layout with `out_width = seq`, `out_start = 0`).
 #[cube(launch)]
 pub(super) fn rope_kernel<F: Float>(
     input: &Tensor<F>,
@@ -120,12 +122,14 @@ pub(super) fn rope_kernel<F: Float>(
     seq: usize,
     heads: usize,
     dim: usize,
+    out_width: usize,
+    out_start: usize,
     #[comptime] has_bias: bool,
     #[comptime] rotate: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
-    if i >= output.len() {
+    if i >= input.len() {
         terminate!();
     }
     // `i` walks the input's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
@@ -146,7 +150,9 @@ pub(super) fn rope_kernel<F: Float>(
         let swapped = x_partner * sin[table];
         x = straight + swapped;
     }
-    output[heads_first_index(i, seq, heads, dim)] = x;
+    let head = (i / dim) % heads;
+    let row = i / (heads * dim);
+    output[((row / seq * heads + head) * out_width + out_start + row % seq) * dim + i % dim] = x;
 }
 
 /// Where element `i` of a `[batch, seq, heads, dim]` tensor lies in its heads-first layout

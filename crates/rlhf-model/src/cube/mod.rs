@@ -20,6 +20,7 @@ mod autodiff;
 mod kernels;
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -354,24 +355,28 @@ pub(crate) fn rope<B: Backend>(
                 Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
                 None => None,
             };
-            tensor_from::<B, _, 4>(launch_rope(x, bias, tables)?)
+            tensor_from::<B, _, 4>(launch_rope(x, bias, tables, None)?)
         }
     }
     dispatch(x.shape().num_elements(), &Op(x, bias, tables))
 }
 
-/// [`rope`] on CubeCL tensors; `None` unless the formats and shapes fit.
+/// [`rope`] on CubeCL tensors, into a new heads-first tensor or (`into`: a `[batch, heads,
+/// width, dim]` KV cache and a start position) into that cache in place; `None` unless the
+/// formats and shapes fit.
 #[allow(clippy::type_complexity)]
 fn launch_rope<R: CubeRuntime>(
     x: CubeTensor<R>,
     bias: Option<CubeTensor<R>>,
     tables: Option<(CubeTensor<R>, CubeTensor<R>)>,
+    into: Option<(&CubeTensor<R>, usize)>,
 ) -> Option<CubeTensor<R>> {
     let [b, n, h, d] = <[usize; 4]>::try_from(dims(&x)).ok()?;
     let mut formats = tables
         .iter()
         .flat_map(|(c, s)| [c.dtype, s.dtype])
-        .chain(bias.as_ref().map(|t| t.dtype));
+        .chain(bias.as_ref().map(|t| t.dtype))
+        .chain(into.map(|(t, _)| t.dtype));
     if formats.any(|f| f != x.dtype) || d % 2 != 0 {
         return None;
     }
@@ -384,6 +389,18 @@ fn launch_rope<R: CubeRuntime>(
     if bias.as_ref().is_some_and(|t| dims(t) != [h * d]) {
         return None;
     }
+    let (out, width, start) = match into {
+        Some((cache, start)) => {
+            let [cb, ch, width, cd] = <[usize; 4]>::try_from(dims(cache)).ok()?;
+            let fits = [cb, ch, cd] == [b, h, d] && start + n <= width;
+            // Written in place: only a contiguous cache nothing else holds.
+            if !fits || !cache.is_contiguous() || !cache.can_mut() {
+                return None;
+            }
+            (cache.clone(), width, start)
+        }
+        None => (empty_like(&x, &[b, h, n, d]), n, 0),
+    };
     let bias = bias.map(into_contiguous);
     let x = into_contiguous(x);
     let rotate = tables.is_some();
@@ -392,7 +409,6 @@ fn launch_rope<R: CubeRuntime>(
         Some((c, s)) => (into_contiguous(c), into_contiguous(s)),
         None => (x.clone(), x.clone()),
     };
-    let out = empty_like(&x, &[b, h, n, d]);
     let (count, cube_dim) = elementwise_grid(&x, b * n * h * d);
     rope_kernel::launch::<R>(
         &x.client,
@@ -406,11 +422,76 @@ fn launch_rope<R: CubeRuntime>(
         n,
         h,
         d,
+        width,
+        start,
         bias.is_some(),
         rotate,
         x.dtype.into(),
     );
     Some(out)
+}
+
+/// [`rope`] written into a KV cache (`[batch, heads, width, dim]`, plain backend) at positions
+/// `start..start + seq`, in place, instead of a new tensor and a copy into the cache; `None`
+/// (the cache left as it was) unless the cache is contiguous, held by nothing else and fits.
+pub(crate) fn rope_into<B: Backend>(
+    x: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+    tables: Option<Tables<'_, B>>,
+    cache: &mut Tensor<B, 4>,
+    start: usize,
+) -> Option<()> {
+    struct Op<'a, B: Backend> {
+        x: &'a Tensor<B, 4>,
+        bias: Option<&'a Tensor<B, 1>>,
+        tables: Option<Tables<'a, B>>,
+        /// The model's reference to the cache, dropped before the launch (so that the kernel's
+        /// is the only one) and given back when the kernel declines.
+        cache: RefCell<Option<Tensor<B, 4>>>,
+        start: usize,
+    }
+    impl<B: Backend> CubeOp for Op<'_, B> {
+        type Out = Tensor<B, 4>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+            let x = cube_of::<B, R, 4>(self.x)?;
+            let bias = optional_cube::<B, R, 1>(self.bias)?;
+            let tables = match self.tables {
+                Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
+                None => None,
+            };
+            let cube = cube_of::<B, R, 4>(self.cache.borrow().as_ref()?)?;
+            drop(self.cache.borrow_mut().take());
+            match launch_rope(x, bias, tables, Some((&cube, self.start))) {
+                Some(written) => tensor_from::<B, _, 4>(written),
+                None => {
+                    *self.cache.borrow_mut() = tensor_from::<B, _, 4>(cube);
+                    None
+                }
+            }
+        }
+    }
+    let device = cache.device();
+    let held = std::mem::replace(cache, Tensor::empty([0, 0, 0, 0], &device));
+    let op = Op {
+        x,
+        bias,
+        tables,
+        cache: RefCell::new(Some(held)),
+        start,
+    };
+    let written = dispatch(x.shape().num_elements(), &op);
+    match (written, op.cache.into_inner()) {
+        (Some(written), _) => {
+            *cache = written;
+            Some(())
+        }
+        (None, Some(held)) => {
+            *cache = held;
+            None
+        }
+        // `run` gives the cache back whenever it declines: not reached.
+        (None, None) => None,
+    }
 }
 
 /// Attention's probabilities from raw `scores` (`[batch, heads, rows, width]`), `scale` and an
