@@ -45,9 +45,25 @@ impl LocalEtcd {
         Ok(Self::spawn(1, Some((ca, cert, key)))?.remove(0))
     }
 
+    /// Ports are found free and then bound by etcd: another process (tests run in parallel) can
+    /// take one in between, and etcd then exits at start-up. That is retried with fresh ports.
     fn spawn(members: usize, tls: Option<(&Path, &Path, &Path)>) -> Result<Vec<Self>, String> {
+        let mut attempt = 1;
+        loop {
+            match Self::spawn_once(members, tls) {
+                Err(Start::Exited(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!("{e}; retrying with other ports");
+                    attempt += 1;
+                }
+                Err(Start::Exited(e) | Start::Failed(e)) => return Err(e),
+                Ok(started) => return Ok(started),
+            }
+        }
+    }
+
+    fn spawn_once(members: usize, tls: Option<(&Path, &Path, &Path)>) -> Result<Vec<Self>, Start> {
         let bin = Self::binary();
-        let port = || free_port().map_err(|e| format!("free port: {e}"));
+        let port = || free_port().map_err(|e| Start::Failed(format!("free port: {e}")));
         let mut ports = Vec::with_capacity(members);
         for _ in 0..members {
             ports.push((port()?, port()?));
@@ -59,7 +75,8 @@ impl LocalEtcd {
             .collect();
         let mut started = Vec::with_capacity(members);
         for (i, (client, peer)) in ports.into_iter().enumerate() {
-            let data = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+            let data = tempfile::tempdir()
+                .map_err(|e| Start::Failed(format!("temporary directory: {e}")))?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
@@ -83,11 +100,11 @@ impl LocalEtcd {
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| {
-                    format!(
+                    Start::Failed(format!(
                         "cannot start `{}` ({e}); install Debian's etcd-server or set \
                          RLHF_ETCD_BIN",
                         bin.display()
-                    )
+                    ))
                 })?;
             started.push(Self {
                 child,
@@ -99,17 +116,20 @@ impl LocalEtcd {
         for me in &mut started {
             loop {
                 if let Ok(Some(status)) = me.child.try_wait() {
-                    return Err(format!("`{}` exited at start-up: {status}", bin.display()));
+                    return Err(Start::Exited(format!(
+                        "`{}` exited at start-up: {status}",
+                        bin.display()
+                    )));
                 }
                 if std::net::TcpStream::connect(&me.endpoint).is_ok() {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    return Err(Start::Failed(format!(
                         "`{}` did not listen on {} within 20 s",
                         bin.display(),
                         me.endpoint
-                    ));
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -127,6 +147,17 @@ impl LocalEtcd {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+}
+
+/// How often [`LocalEtcd`] starts etcd with fresh ports when it exits at start-up.
+const START_ATTEMPTS: usize = 3;
+
+/// Why a start of local etcd processes failed.
+enum Start {
+    /// A member exited at start-up (most likely a port taken since it was found free).
+    Exited(String),
+    /// Anything else.
+    Failed(String),
 }
 
 impl Drop for LocalEtcd {
