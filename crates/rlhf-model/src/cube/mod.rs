@@ -350,15 +350,28 @@ pub(crate) fn rope<B: Backend>(
             let Some(x) = cube_of::<B, R, 4>(self.0) else {
                 return autodiff::rope::<B, R>(self.0, self.1, self.2);
             };
-            let bias = optional_cube::<B, R, 1>(self.1)?;
-            let tables = match self.2 {
-                Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
-                None => None,
-            };
+            let (bias, tables) = rope_extras::<B, R>(self.1, self.2)?;
             tensor_from::<B, _, 4>(launch_rope(x, bias, tables, None)?)
         }
     }
     dispatch(x.shape().num_elements(), &Op(x, bias, tables))
+}
+
+/// RoPE's optional bias and tables on the plain backend over `R` (`None` when one is elsewhere).
+#[allow(clippy::type_complexity)]
+fn rope_extras<B: Backend, R: CubeRuntime>(
+    bias: Option<&Tensor<B, 1>>,
+    tables: Option<Tables<'_, B>>,
+) -> Option<(
+    Option<CubeTensor<R>>,
+    Option<(CubeTensor<R>, CubeTensor<R>)>,
+)> {
+    let bias = optional_cube::<B, R, 1>(bias)?;
+    let tables = match tables {
+        Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
+        None => None,
+    };
+    Some((bias, tables))
 }
 
 /// [`rope`] on CubeCL tensors, into a new heads-first tensor or (`into`: a `[batch, heads,
@@ -454,11 +467,7 @@ pub(crate) fn rope_into<B: Backend>(
         type Out = Tensor<B, 4>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let x = cube_of::<B, R, 4>(self.x)?;
-            let bias = optional_cube::<B, R, 1>(self.bias)?;
-            let tables = match self.tables {
-                Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
-                None => None,
-            };
+            let (bias, tables) = rope_extras::<B, R>(self.bias, self.tables)?;
             let cube = cube_of::<B, R, 4>(self.cache.borrow().as_ref()?)?;
             drop(self.cache.borrow_mut().take());
             match launch_rope(x, bias, tables, Some((&cube, self.start))) {
