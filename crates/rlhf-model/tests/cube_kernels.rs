@@ -144,6 +144,29 @@ fn fused_training_gradients_match_the_cpu_backend() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gradient checkpointing with the kernels: its forward pass without a graph (plain backend) and
+/// its recomputation (autodiff) both run them, so the checkpointed gradients are the ordinary
+/// ones (tiny-qwen2: biases, tied head; head in slices of one row).
+#[test]
+fn fused_checkpointed_gradients_equal_the_ordinary_ones() -> anyhow::Result<()> {
+    let dir = common::fixtures().join("hf-tiny/tiny-qwen2");
+    let model = Transformer::<Autodiff<W>>::load(&dir, &Default::default())?;
+    let (loss, plain) = loss_and_grads(&model, true)?;
+    let batch = right_padded_rows()?;
+    let before = cube::launches();
+    let (lp, checkpoints) = model.token_logprobs_checkpointed(&batch, 1)?;
+    let ckpt_loss = logprob_loss(lp, &batch)?;
+    let ckpt_value = host_vec(ckpt_loss.clone().into_data())?[0];
+    let mut grads = ckpt_loss.backward();
+    let ckpt = by_name(&model, &checkpoints.gradients(&model, &mut grads)?)?;
+    assert!(cube::launches() > before, "no fused kernel ran");
+    let worst = largest_relative_difference("checkpointed", &plain, &ckpt);
+    eprintln!("loss {loss} / {ckpt_value}, largest relative gradient difference {worst:.2e}");
+    assert!((loss - ckpt_value).abs() <= 1e-6 * loss.abs());
+    assert!(worst < 1e-5, "checkpointed gradients differ by {worst:.2e}");
+    Ok(())
+}
+
 /// The loss of [`logprob_loss`] and every parameter's gradient; with `fused`, checks that the
 /// backward pass launched kernels of ours.
 fn loss_and_grads<B: AutodiffBackend>(
