@@ -54,16 +54,26 @@ fn record<B: Backend, R: Runtime, O: Backward<R::Plain, N>, const N: usize, cons
     state: O::State,
     out: CubeTensor<R>,
 ) -> Option<Tensor<B, D>> {
+    let out = record_node(op, parents, state, out);
+    tensor_from::<B, Tracked<R>, D>(out)
+}
+
+/// [`record`], returning the graph's tensor (to be a parent of another recorded operation).
+fn record_node<R: Runtime, O: Backward<R::Plain, N>, const N: usize>(
+    op: O,
+    parents: [&Tracked<R>; N],
+    state: O::State,
+    out: CubeTensor<R>,
+) -> Tracked<R> {
     let nodes = parents.map(|p| p.node.clone());
-    let out = match op
+    match op
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish(state, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    tensor_from::<B, Tracked<R>, D>(out)
+    }
 }
 
 /// `t` (`[rows · width]` elements) summed over its rows: a bias's or a norm weight's gradient
@@ -95,6 +105,9 @@ macro_rules! backward_op {
 }
 
 backward_op! {
+    /// A residual addition's (computed by the add-and-RMSNorm kernel): the sum's gradient is
+    /// each term's.
+    AddBackward;
     /// RMSNorm's: gradients of the input and of the weight.
     RmsNormBackward;
     /// SiLU(gate) · up's: gradients of both.
@@ -118,6 +131,48 @@ pub(super) fn rms_norm<B: Backend, R: Runtime>(
     );
     let (_, out) = launch_rms_norm(xc.clone(), None, wc.clone(), eps)?;
     record::<B, R, _, 2, 3>(RmsNormBackward::new(), [&x, &w], (xc, wc, eps), out)
+}
+
+/// `(x + delta, rms_norm(x + delta))` from one launch, recorded as two operations of the graph:
+/// the addition (the residual stream) and the norm of its result.
+pub(super) fn add_rms_norm<B: Backend, R: Runtime>(
+    x: &Tensor<B, 3>,
+    delta: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+    let (x, d, w) = (
+        tracked::<B, R, 3>(x)?,
+        tracked::<B, R, 3>(delta)?,
+        tracked::<B, R, 1>(weight)?,
+    );
+    let wc = into_contiguous(w.primitive.clone());
+    let (sum, out) = launch_rms_norm(
+        x.primitive.clone(),
+        Some(d.primitive.clone()),
+        wc.clone(),
+        eps,
+    )?;
+    let sum = sum?;
+    let summed = record_node(AddBackward::<R>::new(), [&x, &d], (), sum.clone());
+    let normed =
+        record::<B, R, _, 2, 3>(RmsNormBackward::new(), [&summed, &w], (sum, wc, eps), out)?;
+    Some((tensor_from::<B, _, 3>(summed)?, normed))
+}
+
+impl<R: Runtime> Backward<R::Plain, 2> for AddBackward<R> {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<R::Plain>(&ops.node);
+        let [x_node, d_node] = ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<R::Plain>(node.id, grad.clone());
+        }
+        if let Some(node) = d_node {
+            grads.register::<R::Plain>(node.id, grad);
+        }
+    }
 }
 
 impl<R: Runtime> Backward<R::Plain, 2> for RmsNormBackward<R> {

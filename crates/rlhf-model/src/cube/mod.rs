@@ -197,8 +197,7 @@ pub(crate) fn rms_norm<B: Backend>(
 }
 
 /// `(x + delta, rms_norm(x + delta))`: a residual addition (in the tensors' format) and the
-/// RMSNorm of its result, in one launch (plain backend only: under autodiff the addition stays
-/// burn's, the norm is [`rms_norm`]).
+/// RMSNorm of its result, in one launch.
 pub(crate) fn add_rms_norm<B: Backend>(
     x: &Tensor<B, 3>,
     delta: &Tensor<B, 3>,
@@ -229,7 +228,8 @@ fn norm<B: Backend>(
             let Some(x) = cube_of::<B, R, 3>(self.0) else {
                 return match self.1 {
                     None => autodiff::rms_norm::<B, R>(self.0, self.2, self.3).map(|t| (None, t)),
-                    Some(_) => None,
+                    Some(delta) => autodiff::add_rms_norm::<B, R>(self.0, delta, self.2, self.3)
+                        .map(|(sum, t)| (Some(sum), t)),
                 };
             };
             let delta = optional_cube::<B, R, 3>(self.1)?;
