@@ -383,7 +383,9 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     );
     let mut growth = None;
     let mut first_step = 0.0;
+    let mut fused_timed = 0;
     for step in 0..=args.steps {
+        let fused_before = fused_launches();
         let rss = PeakRss::start();
         let start = Instant::now();
         let (lp, checkpoints) = model.token_logprobs_for_training(&batch, args.checkpointing)?;
@@ -397,6 +399,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         eprintln!("train: step {step} took {secs:.3}s");
         if step > 0 {
             times.push(secs);
+            fused_timed += fused_launches() - fused_before;
         } else {
             // The warm-up step: on a GPU it includes JIT compilation and autotuning.
             first_step = secs;
@@ -415,8 +418,9 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
     let tps = (bsz * len) as f64 / mean;
     // Model FLOPs of a training step: 6 · parameters · tokens (attention excluded).
     let tflops = 6.0 * params as f64 * tps / 1e12;
+    let fused_per_step = fused_timed / times.len().max(1) as u64;
     eprintln!(
-        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s; median step {median:.3}s = {:.0} tokens/s; first (warm-up) step {first_step:.2}s",
+        "train: batch {bsz} x {len}, {mean:.3}s/step = {tps:.0} tokens/s (forward + backward + AdamW), {tflops:.4} model TFLOP/s; median step {median:.3}s = {:.0} tokens/s; first (warm-up) step {first_step:.2}s; {fused_per_step} fused kernel launches per step",
         (bsz * len) as f64 / median
     );
     report_memory(&estimate, growth);
@@ -442,7 +446,7 @@ fn model_bench<B: AutodiffBackend>(args: &ModelBenchArgs, device: &B::Device) ->
         "weight sync: {} payload; publish (serialize + SHA-256) {publish_secs:.2}s, worker load {load_secs:.2}s",
         human(payload as u64)
     );
-    report["train"] = json!({"batch": bsz, "len": len, "seconds_per_step": mean, "median_seconds_per_step": median, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops,
+    report["train"] = json!({"batch": bsz, "len": len, "seconds_per_step": mean, "median_seconds_per_step": median, "first_step_seconds": first_step, "tokens_per_s": tps, "model_tflops": tflops, "fused_kernel_launches_per_step": fused_per_step,
         "memory_peak_estimate_bytes": estimate.peak(), "memory_transient_estimate_bytes": estimate.transient(), "measured_peak_growth_bytes": growth});
     report["weight_sync"] = json!({"payload_bytes": payload, "publish_seconds": publish_secs, "load_seconds": load_secs});
     println!("{report}");
