@@ -568,7 +568,11 @@ pub fn concat<B: Backend>(parts: &[Tensor<B, 1>]) -> Option<Tensor<B, 1>> {
                 .map(cube_of::<B, R, 1>)
                 .collect::<Option<_>>()?;
             let first = parts.first()?;
-            if parts.iter().any(|p| p.dtype != first.dtype) {
+            // One format and one device (else burn's `cat` says what is wrong).
+            if parts
+                .iter()
+                .any(|p| p.dtype != first.dtype || p.device != first.device)
+            {
                 return None;
             }
             let total = parts.iter().map(|p| dims(p)[0]).sum::<usize>();
