@@ -9,7 +9,8 @@
 //! - [`load`]: building from a checkpoint or random weights, saving in HF format.
 //! - [`memory`]: estimates of what training steps and generation calls hold.
 //! - [`backend`]: the CPU/CUDA backends and the `device` setting.
-//! - `cube` (CUDA and wgpu builds only): fused inference kernels for burn's CubeCL backends.
+//! - `cube` (CUDA and wgpu builds only): fused kernels (inference and training) for burn's CubeCL
+//!   backends.
 //! - [`kernel_cache`]: where a GPU backend keeps compiled kernels and autotune results.
 
 pub mod backend;

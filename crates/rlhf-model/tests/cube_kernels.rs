@@ -20,14 +20,14 @@ use burn::tensor::{Tensor, TensorData};
 use rlhf_model::load::host_vec;
 use rlhf_model::model::RmsNorm;
 use rlhf_model::{
-    Cpu, CpuAutodiff, PaddingSide, Precision, SamplingParams, TokenBatch, Transformer, concat_flat,
-    cube,
+    Cpu, CpuAutodiff, PaddingSide, Precision, TokenBatch, Transformer, concat_flat, cube,
 };
 
 mod common;
 use common::{
-    NamedGrads, by_name, causal_dirs, forward_checked, ids_u32, largest_relative_difference,
-    logprob_loss, max_abs_diff, read_json, right_padded_rows, sampled_and_checked,
+    NamedGrads, by_name, causal_dirs, forward_checked, greedy_16, greedy_params, ids_u32,
+    largest_relative_difference, logprob_loss, max_abs_diff, read_json, right_padded_rows,
+    sampled_and_checked,
 };
 
 type W = Wgpu<f32, i32>;
@@ -80,23 +80,14 @@ fn fused_decoding_matches_greedy_transformers_and_teacher_forcing() -> anyhow::R
             .iter()
             .map(|p| ids_u32(&p["ids"]))
             .collect();
-        let greedy = SamplingParams {
-            max_new_tokens: 16,
-            temperature: 0.0,
-            ..Default::default()
-        };
         // Left-padded rows of different lengths, decoded on the device with the KV cache.
-        let out = fused("greedy decoding", || Ok(model.generate(&prompts, &greedy)?))?;
-        for (i, want) in reference["greedy_16"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        let out = fused("greedy decoding", || {
+            Ok(model.generate(&prompts, &greedy_params())?)
+        })?;
+        for (i, want) in greedy_16(&reference).iter().enumerate() {
             assert_eq!(
-                out[i].completion_ids,
-                ids_u32(want),
+                &out[i].completion_ids,
+                want,
                 "{}: greedy row {i}",
                 dir.display()
             );

@@ -11,8 +11,8 @@ use rlhf_model::{
 
 mod common;
 use common::{
-    Reference, causal_dirs, fixtures, forward_checked, ids_u32, max_abs_diff, read_json,
-    reward_dirs, sampled_and_checked, sampler_vs_teacher_forced,
+    Reference, causal_dirs, fixtures, forward_checked, greedy_16, greedy_params, ids_u32,
+    max_abs_diff, read_json, reward_dirs, sampled_and_checked, sampler_vs_teacher_forced,
 };
 
 type B = Cpu;
@@ -50,30 +50,20 @@ fn tokenizer_and_greedy_generation_match_transformers() -> anyhow::Result<()> {
             assert_eq!(got, ids_u32(&p["ids"]), "{}: prompt ids", dir.display());
             ids.push(got);
         }
-        let params = SamplingParams {
-            max_new_tokens: 16,
-            temperature: 0.0,
-            ..Default::default()
-        };
+        let params = greedy_params();
         // Batched (left-padded, prompts of different lengths) and one at a time must both agree.
         let batched = model.generate(&ids, &params)?;
-        for (i, want) in reference["greedy_16"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        for (i, want) in greedy_16(&reference).iter().enumerate() {
             assert_eq!(
-                batched[i].completion_ids,
-                ids_u32(want),
+                &batched[i].completion_ids,
+                want,
                 "{}: greedy row {i}",
                 dir.display()
             );
             let single = model.generate(&ids[i..=i], &params)?;
             assert_eq!(
-                single[0].completion_ids,
-                ids_u32(want),
+                &single[0].completion_ids,
+                want,
                 "{}: greedy alone {i}",
                 dir.display()
             );

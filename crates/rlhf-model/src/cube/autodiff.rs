@@ -26,7 +26,8 @@ use super::kernels::{
 };
 use super::{
     ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_masked_softmax,
-    launch_rms_norm, launch_rope, launch_silu_mul, launched, primitive_of, row_grid, tensor_from,
+    launch_rms_norm, launch_rope, launch_silu_mul, launched, optional, primitive_of, row_grid,
+    tensor_from,
 };
 
 /// A float tensor of the autodiff graph over the plain backend on `R`.
@@ -119,45 +120,43 @@ backward_op! {
     SoftmaxBackward;
 }
 
-pub(super) fn rms_norm<B: Backend, R: Runtime>(
+/// RMSNorm of `x`, or of `x + delta` (one launch, recorded as two operations of the graph: the
+/// addition, i.e. the residual stream, also returned, and the norm of its result).
+#[allow(clippy::type_complexity)]
+pub(super) fn norm<B: Backend, R: Runtime>(
     x: &Tensor<B, 3>,
+    delta: Option<&Tensor<B, 3>>,
     weight: &Tensor<B, 1>,
     eps: f64,
-) -> Option<Tensor<B, 3>> {
+) -> Option<(Option<Tensor<B, 3>>, Tensor<B, 3>)> {
     let (x, w) = (tracked::<B, R, 3>(x)?, tracked::<B, R, 1>(weight)?);
+    let delta = optional(delta, tracked::<B, R, 3>)?;
     let (xc, wc) = (
         into_contiguous(x.primitive.clone()),
         into_contiguous(w.primitive.clone()),
     );
-    let (_, out) = launch_rms_norm(xc.clone(), None, wc.clone(), eps)?;
-    record::<B, R, _, 2, 3>(RmsNormBackward::new(), [&x, &w], (xc, wc, eps), out)
-}
-
-/// `(x + delta, rms_norm(x + delta))` from one launch, recorded as two operations of the graph:
-/// the addition (the residual stream) and the norm of its result.
-pub(super) fn add_rms_norm<B: Backend, R: Runtime>(
-    x: &Tensor<B, 3>,
-    delta: &Tensor<B, 3>,
-    weight: &Tensor<B, 1>,
-    eps: f64,
-) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
-    let (x, d, w) = (
-        tracked::<B, R, 3>(x)?,
-        tracked::<B, R, 3>(delta)?,
-        tracked::<B, R, 1>(weight)?,
-    );
-    let wc = into_contiguous(w.primitive.clone());
     let (sum, out) = launch_rms_norm(
-        x.primitive.clone(),
-        Some(d.primitive.clone()),
+        xc.clone(),
+        delta.as_ref().map(|d| d.primitive.clone()),
         wc.clone(),
         eps,
     )?;
-    let sum = sum?;
-    let summed = record_node(AddBackward::<R>::new(), [&x, &d], (), sum.clone());
-    let normed =
-        record::<B, R, _, 2, 3>(RmsNormBackward::new(), [&summed, &w], (sum, wc, eps), out)?;
-    Some((tensor_from::<B, _, 3>(summed)?, normed))
+    // The norm's input: `x`, or the sum as an addition of the graph.
+    let summed = match (&delta, &sum) {
+        (Some(d), Some(sum)) => Some(record_node(
+            AddBackward::<R>::new(),
+            [&x, d],
+            (),
+            sum.clone(),
+        )),
+        (None, None) => None,
+        // The kernel returns the sum exactly when it adds a residual.
+        _ => return None,
+    };
+    let input = summed.as_ref().unwrap_or(&x);
+    let state = (sum.unwrap_or(xc), wc, eps);
+    let normed = record::<B, R, _, 2, 3>(RmsNormBackward::new(), [input, &w], state, out)?;
+    Some((optional(summed, tensor_from::<B, _, 3>)?, normed))
 }
 
 impl<R: Runtime> Backward<R::Plain, 2> for AddBackward<R> {
@@ -261,17 +260,13 @@ pub(super) fn rope<B: Backend, R: Runtime>(
     tables: Option<Tables<'_, B>>,
 ) -> Option<Tensor<B, 4>> {
     let x = tracked::<B, R, 4>(x)?;
-    let tables = match tables {
-        Some((c, s)) => Some((
+    let tables = optional(tables, |(c, s)| {
+        Some((
             into_contiguous(constant::<B, R, 4>(c)?.primitive),
             into_contiguous(constant::<B, R, 4>(s)?.primitive),
-        )),
-        None => None,
-    };
-    let bias = match bias {
-        Some(b) => Some(tracked::<B, R, 1>(b)?),
-        None => None,
-    };
+        ))
+    })?;
+    let bias = optional(bias, tracked::<B, R, 1>)?;
     let out = launch_rope(
         x.primitive.clone(),
         bias.as_ref().map(|b| b.primitive.clone()),

@@ -176,13 +176,11 @@ fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
     t.meta.shape().to_vec()
 }
 
-/// `t`'s CubeCL tensor when it is given: `Some(None)` without one, `None` when it is not on the
-/// plain backend over `R` (the kernel then declines).
-fn optional_cube<B: Backend, R: CubeRuntime, const D: usize>(
-    t: Option<&Tensor<B, D>>,
-) -> Option<Option<CubeTensor<R>>> {
+/// `f` of an optional argument: `Some(None)` without one, `None` when `f` declines it (the
+/// kernel then declines too).
+fn optional<X, T>(t: Option<X>, f: impl FnOnce(X) -> Option<T>) -> Option<Option<T>> {
     match t {
-        Some(t) => cube_of::<B, R, D>(t).map(Some),
+        Some(t) => f(t).map(Some),
         None => Some(None),
     }
 }
@@ -226,19 +224,12 @@ fn norm<B: Backend>(
         type Out = (Option<Tensor<B, 3>>, Tensor<B, 3>);
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let Some(x) = cube_of::<B, R, 3>(self.0) else {
-                return match self.1 {
-                    None => autodiff::rms_norm::<B, R>(self.0, self.2, self.3).map(|t| (None, t)),
-                    Some(delta) => autodiff::add_rms_norm::<B, R>(self.0, delta, self.2, self.3)
-                        .map(|(sum, t)| (Some(sum), t)),
-                };
+                return autodiff::norm::<B, R>(self.0, self.1, self.2, self.3);
             };
-            let delta = optional_cube::<B, R, 3>(self.1)?;
+            let delta = optional(self.1, cube_of::<B, R, 3>)?;
             let w = cube_of::<B, R, 1>(self.2)?;
             let (sum, out) = launch_rms_norm(x, delta, w, self.3)?;
-            let sum = match sum {
-                Some(sum) => Some(tensor_from::<B, _, 3>(sum)?),
-                None => None,
-            };
+            let sum = optional(sum, tensor_from::<B, _, 3>)?;
             Some((sum, tensor_from::<B, _, 3>(out)?))
         }
     }
@@ -366,11 +357,10 @@ fn rope_extras<B: Backend, R: CubeRuntime>(
     Option<CubeTensor<R>>,
     Option<(CubeTensor<R>, CubeTensor<R>)>,
 )> {
-    let bias = optional_cube::<B, R, 1>(bias)?;
-    let tables = match tables {
-        Some((c, s)) => Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?)),
-        None => None,
-    };
+    let bias = optional(bias, cube_of::<B, R, 1>)?;
+    let tables = optional(tables, |(c, s)| {
+        Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?))
+    })?;
     Some((bias, tables))
 }
 

@@ -10,7 +10,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rlhf_model::load::host_vec;
-use rlhf_model::{Completion, PaddingSide, TokenBatch, Transformer, masked_sum, target_mask};
+use rlhf_model::{
+    Completion, PaddingSide, SamplingParams, TokenBatch, Transformer, masked_sum, target_mask,
+};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -50,6 +52,27 @@ pub fn dirs_with(key: &str) -> Vec<PathBuf> {
 
 pub fn read_json(p: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
+}
+
+/// transformers' greedy continuations (`greedy_16` in reference.json) of the fixture's prompts,
+/// one per prompt, and the sampling settings that reproduce them ([`greedy_params`]).
+pub fn greedy_16(reference: &Value) -> Vec<Vec<u32>> {
+    reference["greedy_16"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(ids_u32)
+        .collect()
+}
+
+/// Greedy decoding of 16 new tokens, as `greedy_16` was made.
+pub fn greedy_params() -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: 16,
+        temperature: 0.0,
+        ..Default::default()
+    }
 }
 
 pub fn ids_u32(v: &Value) -> Vec<u32> {
