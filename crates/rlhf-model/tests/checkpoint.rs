@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
 use rlhf_model::checkpoint::token_entropy;
 use rlhf_model::load::host_vec;
-use rlhf_model::{
-    Cpu, Precision, TokenBatch, Transformer, gather_logprobs, masked_sum, target_mask,
-};
+use rlhf_model::{Cpu, Precision, TokenBatch, Transformer, gather_logprobs};
 
 mod common;
 use common::{
     by_name, fixtures, largest_relative_difference, logprob_loss, right_padded_rows as batch,
+    weighted_target_loss,
 };
 
 fn fixture_dirs() -> Vec<PathBuf> {
@@ -58,13 +57,7 @@ fn entropy_loss<B: AutodiffBackend>(
     entropy: Tensor<B, 2>,
     batch: &TokenBatch,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    let device = entropy.device();
-    let mask = Tensor::<B, 2>::from_data(
-        TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
-        &device,
-    );
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![0.3f32, 0.7, 0.1], [3]), &device);
-    Ok((masked_sum(entropy, mask) * weights).sum().neg())
+    Ok(weighted_target_loss(entropy, batch, [0.3, 0.7, 0.1]))
 }
 
 /// Loss and gradients, ordinary and checkpointed; returns the largest difference of a gradient

@@ -216,13 +216,22 @@ pub fn logprob_loss<B: AutodiffBackend>(
     lp: Tensor<B, 2>,
     batch: &TokenBatch,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    let device = lp.device();
+    Ok(weighted_target_loss(lp, batch, [1.0, 0.5, 2.0]))
+}
+
+/// `-Σ_r w_r Σ_t values` over the real targets of a 3-row batch, with `weights` per row.
+pub fn weighted_target_loss<B: AutodiffBackend>(
+    values: Tensor<B, 2>,
+    batch: &TokenBatch,
+    weights: [f32; 3],
+) -> Tensor<B, 1> {
+    let device = values.device();
     let mask = Tensor::<B, 2>::from_data(
         TensorData::new(target_mask(batch), [batch.batch, batch.len - 1]),
         &device,
     );
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 0.5, 2.0], [3]), &device);
-    Ok((masked_sum(lp, mask) * weights).sum().neg())
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [3]), &device);
+    (masked_sum(values, mask) * weights).sum().neg()
 }
 
 /// Gradients by parameter path, in module order ([`by_name`]).
