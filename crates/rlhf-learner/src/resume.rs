@@ -34,7 +34,9 @@ use crate::trainer::{OptimSettings, TrainState};
 /// The folder, inside a checkpoint, that holds the training state.
 pub const STATE_DIR: &str = "learner-state";
 
-const FORMAT: u32 = 1;
+/// 2: the moments of the merged projections (`qkv_proj`, `gate_up_proj`, 2026-12-01); 1 had
+/// Hugging Face's separate ones, in another parameter order.
+const FORMAT: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
@@ -256,6 +258,14 @@ impl<B: AutodiffBackend> TrainState<B> {
         })?;
         let file: StateFile =
             serde_json::from_str(&text).map_err(|e| invalid(&dir, format!("state.json: {e}")))?;
+        if file.format == 1 {
+            return Err(invalid(
+                &dir,
+                "state format 1, written by an rlhf build that kept the q/k/v and gate/up \
+                 projections apart; this build joins them and cannot continue that optimizer \
+                 state: start a new run from the checkpoint's weights (model.safetensors) instead",
+            ));
+        }
         if file.format != FORMAT {
             return Err(invalid(
                 &dir,

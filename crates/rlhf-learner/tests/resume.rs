@@ -140,6 +140,19 @@ fn a_mismatched_or_missing_state_is_refused() -> anyhow::Result<()> {
         e.to_string().contains("dpo") && e.to_string().contains("ipo"),
         "{e}"
     );
+    // A state of the format before the merged projections is refused, saying why.
+    let state = dir.path().join("learner-state/state.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
+    json["format"] = 1.into();
+    std::fs::write(&state, serde_json::to_string(&json)?)?;
+    let e = b
+        .load_training_state(dir.path())
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a format-1 state was taken"))?;
+    assert!(
+        e.to_string().contains("state format 1") && e.to_string().contains("model.safetensors"),
+        "{e}"
+    );
     Ok(())
 }
 

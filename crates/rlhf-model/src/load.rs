@@ -71,17 +71,39 @@ fn linear<B: Backend>(
     bias: bool,
     device: &B::Device,
 ) -> Result<Linear<B>> {
-    let w = src.tensor(&format!("{prefix}.weight"), &[d_out, d_in])?;
-    let t = transpose(&w.data, d_out, d_in);
+    merged_linear(src, &[(prefix.to_string(), d_out)], d_in, bias, device)
+}
+
+/// One linear layer from several HF layers of one input (`(name, outputs)` each): their
+/// outputs side by side, in the order given (`Attention::qkv_proj`, `Mlp::gate_up_proj`).
+fn merged_linear<B: Backend>(
+    src: &mut dyn Source,
+    parts: &[(String, usize)],
+    d_in: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Result<Linear<B>> {
+    let d_out = parts.iter().map(|(_, n)| n).sum::<usize>();
+    // HF's `[out, in]` weights one after another are the merged `[out, in]` weight.
+    let mut w = Vec::with_capacity(d_out * d_in);
+    let mut b = Vec::with_capacity(if bias { d_out } else { 0 });
+    for (name, n) in parts {
+        w.extend(src.tensor(&format!("{name}.weight"), &[*n, d_in])?.data);
+        if bias {
+            b.extend(src.tensor(&format!("{name}.bias"), &[*n])?.data);
+        }
+    }
+    let t = transpose(&w, d_out, d_in);
     let weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device));
-    let bias = if bias {
-        Some(param1(
-            src.tensor(&format!("{prefix}.bias"), &[d_out])?,
+    let bias = bias.then(|| {
+        param1(
+            HostTensor {
+                shape: vec![d_out],
+                data: b,
+            },
             device,
-        ))
-    } else {
-        None
-    };
+        )
+    });
     Ok(Linear { weight, bias })
 }
 
@@ -123,30 +145,7 @@ fn build<B: Backend>(
     for i in 0..cfg.num_hidden_layers {
         let p = format!("{prefix}layers.{i}");
         let self_attn = Attention {
-            q_proj: linear(
-                src,
-                &format!("{p}.self_attn.q_proj"),
-                h,
-                nh * hd,
-                cfg.qkv_bias,
-                device,
-            )?,
-            k_proj: linear(
-                src,
-                &format!("{p}.self_attn.k_proj"),
-                h,
-                nkv * hd,
-                cfg.qkv_bias,
-                device,
-            )?,
-            v_proj: linear(
-                src,
-                &format!("{p}.self_attn.v_proj"),
-                h,
-                nkv * hd,
-                cfg.qkv_bias,
-                device,
-            )?,
+            qkv_proj: merged_linear(src, &qkv_parts(&p, &cfg), h, cfg.qkv_bias, device)?,
             o_proj: linear(
                 src,
                 &format!("{p}.self_attn.o_proj"),
@@ -162,22 +161,7 @@ fn build<B: Backend>(
         };
         let i_size = cfg.intermediate_size;
         let mlp = Mlp {
-            gate_proj: linear(
-                src,
-                &format!("{p}.mlp.gate_proj"),
-                h,
-                i_size,
-                cfg.mlp_bias,
-                device,
-            )?,
-            up_proj: linear(
-                src,
-                &format!("{p}.mlp.up_proj"),
-                h,
-                i_size,
-                cfg.mlp_bias,
-                device,
-            )?,
+            gate_up_proj: merged_linear(src, &gate_up_parts(&p, &cfg), h, cfg.mlp_bias, device)?,
             down_proj: linear(
                 src,
                 &format!("{p}.mlp.down_proj"),
@@ -328,16 +312,13 @@ impl<B: Backend> Transformer<B> {
                 format!("{p}.post_attention_layernorm.weight"),
                 &layer.post_attention_layernorm,
             )?;
-            put_linear(&mut out, &format!("{p}.self_attn.q_proj"), &a.q_proj)?;
-            put_linear(&mut out, &format!("{p}.self_attn.k_proj"), &a.k_proj)?;
-            put_linear(&mut out, &format!("{p}.self_attn.v_proj"), &a.v_proj)?;
+            put_merged(&mut out, &qkv_parts(&p, &self.config), &a.qkv_proj)?;
             put_linear(&mut out, &format!("{p}.self_attn.o_proj"), &a.o_proj)?;
-            put_linear(
+            put_merged(
                 &mut out,
-                &format!("{p}.mlp.gate_proj"),
-                &layer.mlp.gate_proj,
+                &gate_up_parts(&p, &self.config),
+                &layer.mlp.gate_up_proj,
             )?;
-            put_linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.mlp.up_proj)?;
             put_linear(
                 &mut out,
                 &format!("{p}.mlp.down_proj"),
@@ -457,28 +438,74 @@ fn put_linear<B: Backend>(
     name: &str,
     layer: &Linear<B>,
 ) -> Result<()> {
+    let d_out = layer.weight.val().dims()[1];
+    put_merged(out, &[(name.to_string(), d_out)], layer)
+}
+
+/// Stores a merged linear layer ([`merged_linear`]) as the HF layers it joins.
+fn put_merged<B: Backend>(
+    out: &mut BTreeMap<String, HostTensor>,
+    parts: &[(String, usize)],
+    layer: &Linear<B>,
+) -> Result<()> {
     let w = layer.weight.val();
     let [d_in, d_out] = w.dims();
+    if parts.iter().map(|(_, n)| n).sum::<usize>() != d_out {
+        return Err(ModelError::Data(format!(
+            "{}: {d_out} outputs, not the sum of its parts' {parts:?}",
+            parts.first().map_or("a layer", |(name, _)| name.as_str()),
+        )));
+    }
+    // The merged `[out, in]` weight is the parts' `[out, in]` weights one after another.
     let t = transpose(&weight_host_vec(w)?, d_in, d_out);
-    out.insert(
-        format!("{name}.weight"),
-        HostTensor {
-            shape: vec![d_out, d_in],
-            data: t,
-        },
-    );
-    if let Some(b) = &layer.bias {
-        let t = b.val();
-        let shape = t.dims().to_vec();
+    let bias = match &layer.bias {
+        Some(b) => Some(weight_host_vec(b.val())?),
+        None => None,
+    };
+    let mut row = 0;
+    for (name, n) in parts {
         out.insert(
-            format!("{name}.bias"),
+            format!("{name}.weight"),
             HostTensor {
-                shape,
-                data: weight_host_vec(t)?,
+                shape: vec![*n, d_in],
+                data: t[row * d_in..(row + n) * d_in].to_vec(),
             },
         );
+        if let Some(b) = &bias {
+            out.insert(
+                format!("{name}.bias"),
+                HostTensor {
+                    shape: vec![*n],
+                    data: b[row..row + n].to_vec(),
+                },
+            );
+        }
+        row += n;
     }
     Ok(())
+}
+
+/// The HF layers joined in a layer's `qkv_proj` (`prefix`: `model.layers.{i}`), with their
+/// output widths.
+fn qkv_parts(prefix: &str, cfg: &ModelConfig) -> [(String, usize); 3] {
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    [
+        (format!("{prefix}.self_attn.q_proj"), q),
+        (format!("{prefix}.self_attn.k_proj"), kv),
+        (format!("{prefix}.self_attn.v_proj"), kv),
+    ]
+}
+
+/// The HF layers joined in a layer's `gate_up_proj`.
+fn gate_up_parts(prefix: &str, cfg: &ModelConfig) -> [(String, usize); 2] {
+    let i = cfg.intermediate_size;
+    [
+        (format!("{prefix}.mlp.gate_proj"), i),
+        (format!("{prefix}.mlp.up_proj"), i),
+    ]
 }
 
 /// The transpose of a row-major `rows × cols` matrix, in tiles that stay in cache (an element

@@ -124,12 +124,12 @@ fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Te
 
 /// `crate::cube`'s fused kernel for one operation (its arguments by reference), or `None` where
 /// the build has no CubeCL backend or the tensors are not on one (then the composite operations
-/// run: CPU backends, training's autodiff graph, burn's fusion); `fused!(serves(&t))` asks
-/// whether `t` is on a backend the kernels serve.
+/// run: CPU backends, burn's fusion); `fused!(untracked(&t))` asks whether `t` is on a backend
+/// the kernels serve and no gradient flows to it (it is not in a training graph).
 macro_rules! fused {
-    (serves($t:expr)) => {{
+    (untracked($t:expr)) => {{
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
-        let yes = crate::cube::serves($t);
+        let yes = crate::cube::untracked($t);
         #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
         let yes = false;
         yes
@@ -246,9 +246,11 @@ impl<B: Backend> RmsNorm<B> {
 /// Self-attention with grouped-query heads, rotate-half RoPE and an optional sliding window.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
+    /// Hugging Face's `q_proj`, `k_proj` and `v_proj` side by side (`[hidden, (heads + 2 ·
+    /// kv_heads) · head_dim]`, biases likewise): one product where three were (on a GPU, one
+    /// launch forward and two backward instead of three each, and no gradient sums for the
+    /// input they share). Loading and saving split and join the Hugging Face tensors.
+    pub qkv_proj: Linear<B>,
     pub o_proj: Linear<B>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
@@ -273,8 +275,9 @@ fn silu<B: Backend, const D: usize>(x: Tensor<B, D>, p: Precision) -> Tensor<B, 
 /// The gated SiLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
+    /// Hugging Face's `gate_proj` and `up_proj` side by side (`[hidden, 2 · intermediate]`): one
+    /// product for both, as [`Attention::qkv_proj`].
+    pub gate_up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
 
@@ -414,19 +417,6 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
-    /// `apply(linear(proj, x))` reshaped to `shape` (`[batch, seq, heads, head_dim]`), returned
-    /// heads-first, or written into a KV cache ([`heads_first_projection`]).
-    fn project(
-        &self,
-        proj: &Linear<B>,
-        x: Tensor<B, 3>,
-        shape: [usize; 4],
-        p: Precision,
-        into: Option<(Tensor<B, 4>, usize)>,
-    ) -> Tensor<B, 4> {
-        heads_first_projection(proj, x, shape, p, Some(self), into)
-    }
-
     /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x₂, x₁]`, computed as
     /// `x * cos + [x₂, x₁] * [-sin, sin]`: the same products bit for bit (`(-a)·b = a·(-b)`),
     /// with the halves swapped by one `flip` instead of two slices, a negation and a
@@ -454,38 +444,27 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        // RoPE in the projections' layout, then heads before positions.
-        let q = rope.project(&self.q_proj, x.clone(), [b, s, h, d], p, None);
+        let qkv = Projected::new(&self.qkv_proj, x, p);
+        // RoPE in the projection's layout, then heads before positions.
+        let q = qkv.heads(0, [b, s, h, d], Some(rope), None);
+        let (k_start, v_start) = (h * d, (h + kvh) * d);
         let (k, v) = match cache {
             Some((slot, start, width)) => {
-                let device = x.device();
+                let device = qkv.y.device();
                 let kc = std::mem::replace(&mut slot.0, Tensor::empty([0, 0, 0, 0], &device));
                 let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &device));
                 // Grown (by whole blocks) to the width the mask was built for; then attention
                 // reads the whole tensor, masked past `start + s`, instead of a slice of it.
                 let (kc, vc) = (grow(kc, width), grow(vc, width));
-                let kc = rope.project(
-                    &self.k_proj,
-                    x.clone(),
-                    [b, s, kvh, d],
-                    p,
-                    Some((kc, start)),
-                );
-                let vc = heads_first_projection(
-                    &self.v_proj,
-                    x,
-                    [b, s, kvh, d],
-                    p,
-                    None,
-                    Some((vc, start)),
-                );
+                let kc = qkv.heads(k_start, [b, s, kvh, d], Some(rope), Some((kc, start)));
+                let vc = qkv.heads(v_start, [b, s, kvh, d], None, Some((vc, start)));
                 slot.0 = kc.clone();
                 slot.1 = vc.clone();
                 (kc, vc)
             }
             None => (
-                rope.project(&self.k_proj, x.clone(), [b, s, kvh, d], p, None),
-                heads_first_projection(&self.v_proj, x, [b, s, kvh, d], p, None, None),
+                qkv.heads(k_start, [b, s, kvh, d], Some(rope), None),
+                qkv.heads(v_start, [b, s, kvh, d], None, None),
             ),
         };
         // Grouped-query attention without copying K/V: fold the query heads of a group into
@@ -515,69 +494,99 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// `linear(proj, x)` reshaped to `shape` (`[batch, seq, heads, head_dim]`), with RoPE when
-/// `rope` is given, returned heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]);
-/// with `into` (a KV cache `[batch, heads, width, head_dim]` and a position), the cache with the
-/// result written at that position instead. Where a fused kernel can (`crate::cube`), the
-/// projection's bias is added, and the heads put first (and the result written into the cache,
-/// in place), inside RoPE's kernel (the values' projection: the same kernel without the
-/// rotation).
-fn heads_first_projection<B: Backend>(
-    proj: &Linear<B>,
-    x: Tensor<B, 3>,
-    shape: [usize; 4],
-    p: Precision,
-    rope: Option<&RopeTables<B>>,
-    into: Option<(Tensor<B, 4>, usize)>,
-) -> Tensor<B, 4> {
-    let apply = |t: Tensor<B, 4>| match rope {
-        Some(r) => r.apply(t),
-        None => t,
-    };
-    let [_, s, h, d] = shape;
-    let place = |t: Tensor<B, 4>, into: Option<(Tensor<B, 4>, usize)>| match into {
-        Some((cache, start)) => {
-            let [b, heads, _, d] = cache.dims();
-            cache.slice_assign([0..b, 0..heads, start..start + s, 0..d], t)
+/// The output of a merged projection (queries, keys and values side by side), `[batch, seq,
+/// width]`, cut into heads by [`Projected::heads`].
+struct Projected<B: Backend> {
+    y: Tensor<B, 3>,
+    /// The projection's bias when it is still to be added (by RoPE's kernel, on the inference
+    /// path of a CubeCL backend); `None` when `y` has it (or there is none).
+    bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Projected<B> {
+    /// `x · W (+ b)` in the compute format. Where RoPE's kernel serves the inference path, the
+    /// bias is left for it to add; in training (autodiff) the product adds it, so that its
+    /// gradient is one reduction of the whole output's gradient instead of one per piece.
+    fn new(proj: &Linear<B>, x: Tensor<B, 3>, p: Precision) -> Self {
+        let bias_in_kernel = fused!(untracked(&x));
+        let weight = p.compute(proj.weight.val());
+        let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
+        if bias_in_kernel {
+            Self {
+                y: rows_linear(x, weight, None),
+                bias,
+            }
+        } else {
+            Self {
+                y: rows_linear(x, weight, bias),
+                bias: None,
+            }
         }
-        None => t,
-    };
-    if !fused!(serves(&x)) {
-        // Everywhere else exactly as before: `linear` with its bias.
-        return place(heads_first(apply(linear(proj, x, p).reshape(shape))), into);
     }
-    let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
-    // `linear` without the bias, for the kernel to add it (or the same addition below).
-    let raw = rows_linear(x, p.compute(proj.weight.val()), None).reshape(shape);
-    let into = match into {
-        Some((cache, start)) => {
-            // Written in place by the kernel (GPU builds only).
-            #[allow(unused_mut)]
-            let mut cache = cache;
-            let written: Option<()> = fused!(rope_into(
-                &raw,
-                bias.as_ref(),
-                rope.map(|r| (&r.cos, &r.sin)),
-                &mut cache,
-                start
-            ));
-            if written.is_some() {
-                return cache;
+
+    /// The `shape[2] · shape[3]` columns of the output from `start`, plus their bias, as
+    /// `shape` (`[batch, seq, heads, head_dim]`) with RoPE when `rope` is given, returned
+    /// heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]); with `into` (a KV
+    /// cache `[batch, heads, width, head_dim]` and a position), the cache with the result
+    /// written at that position instead. Where a fused kernel can (`crate::cube`), one launch
+    /// does it all, reading the columns where the product wrote them (the values: the same
+    /// kernel without the rotation), and writing into the cache in place.
+    fn heads(
+        &self,
+        start: usize,
+        shape: [usize; 4],
+        rope: Option<&RopeTables<B>>,
+        into: Option<(Tensor<B, 4>, usize)>,
+    ) -> Tensor<B, 4> {
+        let [b, s, h, d] = shape;
+        let into = match into {
+            Some((cache, at)) => {
+                // Written in place by the kernel (GPU builds only).
+                #[allow(unused_mut)]
+                let mut cache = cache;
+                let written: Option<()> = fused!(rope_into(
+                    &self.y,
+                    (start, h, d),
+                    self.bias.as_ref(),
+                    rope.map(|r| (&r.cos, &r.sin)),
+                    &mut cache,
+                    at
+                ));
+                if written.is_some() {
+                    return cache;
+                }
+                Some((cache, at))
             }
-            Some((cache, start))
-        }
-        None => {
-            if let Some(out) = fused!(rope(&raw, bias.as_ref(), rope.map(|r| (&r.cos, &r.sin)))) {
-                return out;
+            None => {
+                if let Some(out) = fused!(rope(
+                    &self.y,
+                    (start, h, d),
+                    self.bias.as_ref(),
+                    rope.map(|r| (&r.cos, &r.sin))
+                )) {
+                    return out;
+                }
+                None
             }
-            None
+        };
+        let width = h * d;
+        let mut t = self.y.clone().slice([0..b, 0..s, start..start + width]);
+        if let Some(bias) = &self.bias {
+            t = t + bias.clone().narrow(0, start, width).reshape([1, 1, width]);
         }
-    };
-    let with_bias = match bias {
-        Some(b) => raw + b.reshape([1, 1, h, d]),
-        None => raw,
-    };
-    place(heads_first(apply(with_bias)), into)
+        let t = t.reshape(shape);
+        let t = heads_first(match rope {
+            Some(r) => r.apply(t),
+            None => t,
+        });
+        match into {
+            Some((cache, at)) => {
+                let [b, heads, _, d] = cache.dims();
+                cache.slice_assign([0..b, 0..heads, at..at + s, 0..d], t)
+            }
+            None => t,
+        }
+    }
 }
 
 /// `[batch, seq, heads, dim]` as `[batch, heads, seq, dim]`. With one position (decoding) the two
@@ -646,12 +655,18 @@ impl<B: Backend> DecoderLayer<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
-        let gate = linear(&self.gate_proj, x.clone(), p);
-        let up = linear(&self.up_proj, x, p);
-        let fused = in_format(&gate, p)
-            .then(|| fused!(silu_mul(&gate, &up)))
+        // `[batch, seq, 2 · intermediate]`: the gate's columns, then the up projection's.
+        let gate_up = linear(&self.gate_up_proj, x, p);
+        let fused = in_format(&gate_up, p)
+            .then(|| fused!(silu_mul(&gate_up)))
             .flatten();
-        let h = fused.unwrap_or_else(|| silu(gate, p) * up);
+        let h = fused.unwrap_or_else(|| {
+            let [b, s, w] = gate_up.dims();
+            let half = w / 2;
+            let gate = gate_up.clone().slice([0..b, 0..s, 0..half]);
+            let up = gate_up.slice([0..b, 0..s, half..w]);
+            silu(gate, p) * up
+        });
         linear(&self.down_proj, h, p)
     }
 }

@@ -5,6 +5,7 @@
 
 use burn::tensor::Tensor;
 use rlhf_model::load::host_vec;
+use rlhf_model::weights::WeightStore;
 use rlhf_model::{
     ChatMessage, Cpu, PaddingSide, SamplingParams, TokenBatch, Tokenizer, Transformer,
 };
@@ -202,6 +203,27 @@ fn save_then_reload_gives_identical_outputs() -> anyhow::Result<()> {
         let model = Transformer::<B>::load(&dir, &device)?;
         let out = tmp.path().join(dir.file_name().unwrap_or_default());
         model.save_pretrained(&out, Some(&dir))?;
+        // Every tensor back under its Hugging Face name, with the values it was loaded with
+        // (the merged projections split where they were joined).
+        let (mut original, mut saved) =
+            (WeightStore::from_dir(&dir)?, WeightStore::from_dir(&out)?);
+        let mut names = original.remaining();
+        names.sort();
+        let mut saved_names = saved.remaining();
+        saved_names.sort();
+        assert_eq!(names, saved_names, "{}", dir.display());
+        for name in &names {
+            let shape = original
+                .shape(name)
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default();
+            assert_eq!(
+                original.take(name, &shape)?.data,
+                saved.take(name, &shape)?.data,
+                "{} {name}",
+                dir.display()
+            );
+        }
         let again = Transformer::<B>::load(&out, &device)?;
         let batch = TokenBatch::pad(&[vec![1, 2, 3, 4], vec![5, 6]], 0, PaddingSide::Right)?;
         let (a, b): (Tensor<B, 3>, Tensor<B, 3>) = if model.score.is_some() {

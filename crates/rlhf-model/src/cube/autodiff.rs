@@ -7,13 +7,14 @@
 //! composite operations run.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, Tensor};
 use burn_cubecl::kernel::into_contiguous;
@@ -25,7 +26,7 @@ use super::kernels::{
     silu_mul_backward_kernel,
 };
 use super::{
-    ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_masked_softmax,
+    Piece, ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_masked_softmax,
     launch_rms_norm, launch_rope, launch_silu_mul, launched, optional, primitive_of, row_grid,
     tensor_from,
 };
@@ -37,9 +38,9 @@ fn tracked<B: Backend, R: Runtime, const D: usize>(t: &Tensor<B, D>) -> Option<T
     primitive_of::<B, Tracked<R>, D>(t)
 }
 
-/// Whether `t` is in an autodiff graph the kernels serve.
-pub(super) fn serves<B: Backend, R: Runtime, const D: usize>(t: &Tensor<B, D>) -> bool {
-    tracked::<B, R, D>(t).is_some()
+/// Whether `t` is a constant of an autodiff graph the kernels serve.
+pub(super) fn untracked<B: Backend, R: Runtime, const D: usize>(t: &Tensor<B, D>) -> bool {
+    constant::<B, R, D>(t).is_some()
 }
 
 /// `t` when no gradient flows to it (a constant of the graph).
@@ -111,10 +112,10 @@ backward_op! {
     AddBackward;
     /// RMSNorm's: gradients of the input and of the weight.
     RmsNormBackward;
-    /// SiLU(gate) · up's: gradients of both.
+    /// SiLU(gate) · up's: the gradient of the gate's and the up projection's columns.
     SiluMulBackward;
-    /// RoPE's (or the heads-first layout's alone): the input's gradient, and the bias's (its sum
-    /// over positions) when there is one.
+    /// RoPE's (or the heads-first layout's alone): the gradient of the piece's columns of the
+    /// merged projection.
     RopeBackward;
     /// The masked softmax's: the raw scores' gradient (the mask is a constant).
     SoftmaxBackward;
@@ -210,88 +211,98 @@ impl<R: Runtime> Backward<R::Plain, 2> for RmsNormBackward<R> {
     }
 }
 
-pub(super) fn silu_mul<B: Backend, R: Runtime>(
-    gate: &Tensor<B, 3>,
-    up: &Tensor<B, 3>,
-) -> Option<Tensor<B, 3>> {
-    let (g, u) = (tracked::<B, R, 3>(gate)?, tracked::<B, R, 3>(up)?);
-    let (gc, uc) = (
-        into_contiguous(g.primitive.clone()),
-        into_contiguous(u.primitive.clone()),
-    );
-    let out = launch_silu_mul(gc.clone(), uc.clone())?;
-    record::<B, R, _, 2, 3>(SiluMulBackward::new(), [&g, &u], (gc, uc), out)
+pub(super) fn silu_mul<B: Backend, R: Runtime>(gate_up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    let gu = tracked::<B, R, 3>(gate_up)?;
+    let guc = into_contiguous(gu.primitive.clone());
+    let out = launch_silu_mul(guc.clone())?;
+    record::<B, R, _, 1, 3>(SiluMulBackward::new(), [&gu], guc, out)
 }
 
-impl<R: Runtime> Backward<R::Plain, 2> for SiluMulBackward<R> {
-    type State = (CubeTensor<R>, CubeTensor<R>);
+impl<R: Runtime> Backward<R::Plain, 1> for SiluMulBackward<R> {
+    /// The gate's and the up projection's columns, side by side.
+    type State = CubeTensor<R>;
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [g_node, u_node] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
         let dy = into_contiguous(grads.consume::<R::Plain>(&ops.node));
-        let (g, u) = ops.state;
-        let shape = dims(&g);
-        let (dg, du) = (empty_like(&g, &shape), empty_like(&g, &shape));
-        let (count, cube_dim) = elementwise_grid(&g, shape.iter().product());
+        let Some(node) = node else {
+            return;
+        };
+        let gate_up = ops.state;
+        let d_gate_up = empty_like(&gate_up, &dims(&gate_up));
+        let width = dims(&dy).last().copied().unwrap_or(0);
+        let (count, cube_dim) = elementwise_grid(&dy, dims(&dy).iter().product());
         silu_mul_backward_kernel::launch::<R>(
-            &g.client,
+            &dy.client,
             count,
             cube_dim,
-            g.clone().into_tensor_arg(),
-            u.into_tensor_arg(),
-            dy.into_tensor_arg(),
-            dg.clone().into_tensor_arg(),
-            du.clone().into_tensor_arg(),
-            g.dtype.into(),
+            gate_up.into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            d_gate_up.clone().into_tensor_arg(),
+            width,
+            dy.dtype.into(),
         );
         launched();
-        if let Some(node) = g_node {
-            grads.register::<R::Plain>(node.id, dg);
-        }
-        if let Some(node) = u_node {
-            grads.register::<R::Plain>(node.id, du);
-        }
+        grads.register::<R::Plain>(node.id, d_gate_up);
     }
 }
 
+/// RoPE on a piece of a merged projection's output `y` (a bias, if any, must be a constant).
 pub(super) fn rope<B: Backend, R: Runtime>(
-    x: &Tensor<B, 4>,
+    y: &Tensor<B, 3>,
+    piece: Piece,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
 ) -> Option<Tensor<B, 4>> {
-    let x = tracked::<B, R, 4>(x)?;
+    let y = tracked::<B, R, 3>(y)?;
     let tables = optional(tables, |(c, s)| {
         Some((
             into_contiguous(constant::<B, R, 4>(c)?.primitive),
             into_contiguous(constant::<B, R, 4>(s)?.primitive),
         ))
     })?;
-    let bias = optional(bias, tracked::<B, R, 1>)?;
-    let out = launch_rope(
-        x.primitive.clone(),
-        bias.as_ref().map(|b| b.primitive.clone()),
-        tables.clone(),
-        None,
-    )?;
-    let state = (dims(&x.primitive), tables);
-    match &bias {
-        Some(b) => record::<B, R, _, 2, 4>(RopeBackward::new(), [&x, b], state, out),
-        None => record::<B, R, _, 1, 4>(RopeBackward::new(), [&x], state, out),
-    }
+    let bias = optional(bias, |b| Some(constant::<B, R, 1>(b)?.primitive))?;
+    let out = launch_rope(y.primitive.clone(), piece, bias, tables.clone(), None)?;
+    let state = (dims(&y.primitive), piece, tables);
+    record::<B, R, _, 1, 4>(RopeBackward::new(), [&y], state, out)
 }
 
-impl<R: Runtime, const N: usize> Backward<R::Plain, N> for RopeBackward<R> {
-    /// The input's dimensions and the tables (none: no rotation).
-    type State = (Vec<usize>, Option<(CubeTensor<R>, CubeTensor<R>)>);
+impl<R: Runtime> Backward<R::Plain, 1> for RopeBackward<R> {
+    /// The merged output's dimensions, the piece and the tables (none: no rotation).
+    type State = (Vec<usize>, Piece, Option<(CubeTensor<R>, CubeTensor<R>)>);
 
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let mut parents = ops.parents.into_iter();
-        let (x_node, bias_node) = (parents.next().flatten(), parents.next().flatten());
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
         let dy = into_contiguous(grads.consume::<R::Plain>(&ops.node));
-        let (shape, tables) = ops.state;
-        let (seq, heads, dim) = (shape[1], shape[2], shape[3]);
-        let dx = empty_like(&dy, &shape);
-        let (count, cube_dim) = elementwise_grid(&dy, shape.iter().product());
+        let Some(node) = node else {
+            return;
+        };
+        let (shape, (start, heads, dim), tables) = ops.state;
+        let (seq, in_width) = (shape[1], shape[2]);
+        // The pieces of one projection write their columns of one gradient: the first creates
+        // it (zeros), the others take it back from the container and write into it in place,
+        // so that no piece pads its gradient to the whole width and no sum of them is needed.
+        // Where it cannot be written in place, a new one is created and burn adds the two.
+        // The container finds a gradient by its tensor's node alone.
+        let mut key: Tracked<R> = Autodiff::<R::Plain>::from_inner(dy.clone());
+        key.node = node.clone();
+        key.rc = Arc::new(node.id);
+        let (dx, other) = match grads.remove::<R::Plain>(&key) {
+            Some(t)
+                if t.can_mut() && t.is_contiguous() && dims(&t) == shape && t.dtype == dy.dtype =>
+            {
+                (t, None)
+            }
+            other => {
+                let zeros = R::Plain::float_zeros(
+                    Shape::from(shape.clone()),
+                    &R::Plain::float_device(&dy),
+                    dy.dtype.into(),
+                );
+                (zeros, other)
+            }
+        };
+        let (count, cube_dim) = elementwise_grid(&dy, dims(&dy).iter().product());
         let rotate = tables.is_some();
         // Without tables the kernel never reads them (a comptime branch).
         let (cos, sin) = tables.unwrap_or_else(|| (dy.clone(), dy.clone()));
@@ -306,15 +317,15 @@ impl<R: Runtime, const N: usize> Backward<R::Plain, N> for RopeBackward<R> {
             seq,
             heads,
             dim,
+            in_width,
+            start,
             rotate,
             dy.dtype.into(),
         );
         launched();
-        if let Some(node) = bias_node {
-            grads.register::<R::Plain>(node.id, sum_rows(dx.clone(), heads * dim));
-        }
-        if let Some(node) = x_node {
-            grads.register::<R::Plain>(node.id, dx);
+        grads.register::<R::Plain>(node.id, dx);
+        if let Some(other) = other {
+            grads.register::<R::Plain>(node.id, other);
         }
     }
 }

@@ -89,29 +89,34 @@ pub(super) fn rms_norm_kernel<F: Float>(
 }
 
 /// `silu(gate) * up`, SiLU as `h · (1 + tanh h)` with `h = gate / 2` computed in f32 and rounded
-/// once to the compute format, then the product in the compute format (`model::silu`).
+/// once to the compute format, then the product in the compute format (`model::silu`). The
+/// gate's and the up projection's rows of `width` lie side by side in `gate_up` (one product,
+/// `model::Mlp`).
 #[cube(launch)]
 pub(super) fn silu_mul_kernel<F: Float>(
-    gate: &Tensor<F>,
-    up: &Tensor<F>,
+    gate_up: &Tensor<F>,
     output: &mut Tensor<F>,
+    width: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
     if i >= output.len() {
         terminate!();
     }
-    let h = f32::cast_from(gate[i]) * f32::new(0.5);
+    let gate = (i / width) * 2 * width + i % width;
+    let h = f32::cast_from(gate_up[gate]) * f32::new(0.5);
     let activated = F::cast_from(h * (h.tanh() + f32::new(1.0)));
-    output[i] = activated * up[i];
+    output[i] = activated * gate_up[gate + width];
 }
 
-/// RoPE on `x` (`[batch, seq, heads, dim]`): `x * cos + [x₂, x₁] * sin` with the tables
-/// `[batch, seq, 1, dim]` (`sin`'s first half negated), each product rounded to the compute
-/// format before the sum, as the composite form (`RopeTables::apply`); without `rotate`, `x`
-/// as it is (values: only the bias and the heads-first layout). The bias is added first. The
-/// output holds `out_width` positions per head, this input's from `out_start` (a KV cache; the
-/// plain heads-first layout with `out_width = seq`, `out_start = 0`).
+/// RoPE on a piece `x` (`[batch, seq, heads, dim]`) of a merged projection's output: `x * cos +
+/// [x₂, x₁] * sin` with the tables `[batch, seq, 1, dim]` (`sin`'s first half negated), each
+/// product rounded to the compute format before the sum, as the composite form
+/// (`RopeTables::apply`); without `rotate`, `x` as it is (values: only the bias and the
+/// heads-first layout). The piece is the columns from `in_start` of `input`'s rows of
+/// `in_width` (`[batch · seq, in_width]`); the bias (of the whole projection) is added first.
+/// The output holds `out_width` positions per head, this input's from `out_start` (a KV cache;
+/// the plain heads-first layout with `out_width = seq`, `out_start = 0`).
 #[cube(launch)]
 pub(super) fn rope_kernel<F: Float>(
     input: &Tensor<F>,
@@ -119,9 +124,12 @@ pub(super) fn rope_kernel<F: Float>(
     cos: &Tensor<F>,
     sin: &Tensor<F>,
     output: &mut Tensor<F>,
+    elements: usize,
     seq: usize,
     heads: usize,
     dim: usize,
+    in_width: usize,
+    in_start: usize,
     out_width: usize,
     out_start: usize,
     #[comptime] has_bias: bool,
@@ -129,29 +137,31 @@ pub(super) fn rope_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
-    if i >= input.len() {
+    if i >= elements {
         terminate!();
     }
-    // `i` walks the input's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
+    // `i` walks the piece's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
     let width = heads * dim;
-    let mut x = input[i];
+    let row = i / width;
+    let column = in_start + i % width;
+    let base = row * in_width;
+    let mut x = input[base + column];
     if has_bias {
         // The projection's bias, added (and rounded) first, as `linear` adds it.
-        x += bias[i % width];
+        x += bias[column];
     }
     if rotate {
-        let table = (i / width) * dim + i % dim;
-        let partner = rope_partner(i, dim);
-        let mut x_partner = input[partner];
+        let table = row * dim + i % dim;
+        let partner = in_start + rope_partner(i, dim) % width;
+        let mut x_partner = input[base + partner];
         if has_bias {
-            x_partner += bias[partner % width];
+            x_partner += bias[partner];
         }
         let straight = x * cos[table];
         let swapped = x_partner * sin[table];
         x = straight + swapped;
     }
     let head = (i / dim) % heads;
-    let row = i / (heads * dim);
     output[((row / seq * heads + head) * out_width + out_start + row % seq) * dim + i % dim] = x;
 }
 
@@ -277,37 +287,39 @@ pub(super) fn rms_norm_backward_kernel<F: Float>(
     }
 }
 
-/// The gradients of [`silu_mul_kernel`]: `d up = dy · silu(gate)` (SiLU rounded to the compute
-/// format, as the forward multiplied it) and `d gate = dy · up · σ(gate) · (1 + gate · (1 -
-/// σ(gate)))`, in f32 (`σ(g) = (1 + tanh(g / 2)) / 2`).
+/// The gradients of [`silu_mul_kernel`], side by side as its input: `d up = dy · silu(gate)`
+/// (SiLU rounded to the compute format, as the forward multiplied it) and `d gate = dy · up ·
+/// σ(gate) · (1 + gate · (1 - σ(gate)))`, in f32 (`σ(g) = (1 + tanh(g / 2)) / 2`).
 #[cube(launch)]
 pub(super) fn silu_mul_backward_kernel<F: Float>(
-    gate: &Tensor<F>,
-    up: &Tensor<F>,
+    gate_up: &Tensor<F>,
     grad: &Tensor<F>,
-    gate_grad: &mut Tensor<F>,
-    up_grad: &mut Tensor<F>,
+    gate_up_grad: &mut Tensor<F>,
+    width: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
     if i >= grad.len() {
         terminate!();
     }
-    let g = f32::cast_from(gate[i]);
+    let gate = (i / width) * 2 * width + i % width;
+    let up = gate + width;
+    let g = f32::cast_from(gate_up[gate]);
     let h = g * f32::new(0.5);
     let t = h.tanh();
     let sigmoid = (t + f32::new(1.0)) * f32::new(0.5);
     let activated = f32::cast_from(F::cast_from(h * (t + f32::new(1.0))));
     let dy = f32::cast_from(grad[i]);
-    up_grad[i] = F::cast_from(dy * activated);
+    gate_up_grad[up] = F::cast_from(dy * activated);
     let slope = sigmoid * (f32::new(1.0) + g * (f32::new(1.0) - sigmoid));
-    gate_grad[i] = F::cast_from(dy * f32::cast_from(up[i]) * slope);
+    gate_up_grad[gate] = F::cast_from(dy * f32::cast_from(gate_up[up]) * slope);
 }
 
-/// The gradient of [`rope_kernel`] with respect to its input (and so the bias added to it):
-/// each element's gradient through its own product with `cos` and through its partner's with
-/// `sin` (without `rotate`, the gradient as it is), read from the heads-first gradient, written
-/// in the input's layout `[batch, seq, heads, dim]`, in f32.
+/// The gradient of [`rope_kernel`] with respect to its piece of the merged projection: each
+/// element's gradient through its own product with `cos` and through its partner's with `sin`
+/// (without `rotate`, the gradient as it is), read from the heads-first gradient, written in
+/// f32 into the piece's columns (from `in_start`) of `input_grad`'s rows of `in_width`; the
+/// other columns are left as they are (the other pieces' gradients).
 #[cube(launch)]
 pub(super) fn rope_backward_kernel<F: Float>(
     grad: &Tensor<F>,
@@ -317,23 +329,27 @@ pub(super) fn rope_backward_kernel<F: Float>(
     seq: usize,
     heads: usize,
     dim: usize,
+    in_width: usize,
+    in_start: usize,
     #[comptime] rotate: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
-    if i >= input_grad.len() {
+    if i >= grad.len() {
         terminate!();
     }
+    let width = heads * dim;
+    let at = (i / width) * in_width + in_start + i % width;
     let own = grad[heads_first_index(i, seq, heads, dim)];
     if rotate {
-        let table = (i / (heads * dim)) * dim;
+        let table = (i / width) * dim;
         let partner = rope_partner(i, dim);
         let partners = f32::cast_from(grad[heads_first_index(partner, seq, heads, dim)]);
         let straight = f32::cast_from(own) * f32::cast_from(cos[table + i % dim]);
         let swapped = partners * f32::cast_from(sin[table + partner % dim]);
-        input_grad[i] = F::cast_from(straight + swapped);
+        input_grad[at] = F::cast_from(straight + swapped);
     } else {
-        input_grad[i] = own;
+        input_grad[at] = own;
     }
 }
 

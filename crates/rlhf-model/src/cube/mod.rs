@@ -71,15 +71,15 @@ pub fn enabled() -> bool {
     })
 }
 
-/// Whether `t` is on a backend the fused kernels serve (and they are on): lets a caller arrange
-/// its operations for a kernel before computing them.
-pub(crate) fn serves<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+/// Whether `t` is on a backend the fused kernels serve and no gradient flows to it (the plain
+/// backend, or a constant of an autodiff graph).
+pub(crate) fn untracked<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
     struct Probe<'a, B: Backend, const D: usize>(&'a Tensor<B, D>);
     impl<B: Backend, const D: usize> CubeOp for Probe<'_, B, D> {
         type Out = ();
         fn run<R: Runtime>(&self) -> Option<()> {
             let plain = cube_of::<B, R, D>(self.0).is_some();
-            (plain || autodiff::serves::<B, R, D>(self.0)).then_some(())
+            (plain || autodiff::untracked::<B, R, D>(self.0)).then_some(())
         }
     }
     enabled() && on_runtime(&Probe(t)).is_some()
@@ -282,39 +282,42 @@ fn launch_rms_norm<R: CubeRuntime>(
     Some((delta.is_some().then_some(sum), out))
 }
 
-/// `silu(gate) * up` for two tensors of one shape and format.
-pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    struct Op<'a, B: Backend>(&'a Tensor<B, 3>, &'a Tensor<B, 3>);
+/// `silu(gate) * up` from `gate_up` (`[batch, seq, 2 · width]`: the gate's columns, then the up
+/// projection's), `[batch, seq, width]`.
+pub(crate) fn silu_mul<B: Backend>(gate_up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    struct Op<'a, B: Backend>(&'a Tensor<B, 3>);
     impl<B: Backend> CubeOp for Op<'_, B> {
         type Out = Tensor<B, 3>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
-            let Some(g) = cube_of::<B, R, 3>(self.0) else {
-                return autodiff::silu_mul::<B, R>(self.0, self.1);
+            let Some(gu) = cube_of::<B, R, 3>(self.0) else {
+                return autodiff::silu_mul::<B, R>(self.0);
             };
-            let out = launch_silu_mul(g, cube_of::<B, R, 3>(self.1)?)?;
-            tensor_from::<B, _, 3>(out)
+            tensor_from::<B, _, 3>(launch_silu_mul(gu)?)
         }
     }
-    dispatch(gate.shape().num_elements(), &Op(gate, up))
+    dispatch(gate_up.shape().num_elements(), &Op(gate_up))
 }
 
-/// `silu(g) * u`; `None` unless the formats and shapes fit.
-fn launch_silu_mul<R: CubeRuntime>(g: CubeTensor<R>, u: CubeTensor<R>) -> Option<CubeTensor<R>> {
-    let shape = dims(&g);
-    if g.dtype != u.dtype || dims(&u) != shape {
+/// [`silu_mul`] on a CubeCL tensor; `None` unless its last dimension is even.
+fn launch_silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> Option<CubeTensor<R>> {
+    let mut shape = dims(&gate_up);
+    let last = shape.last_mut()?;
+    if *last % 2 != 0 {
         return None;
     }
-    let (g, u) = (into_contiguous(g), into_contiguous(u));
-    let out = empty_like(&g, &shape);
-    let (count, cube_dim) = elementwise_grid(&g, shape.iter().product());
+    *last /= 2;
+    let width = *last;
+    let gate_up = into_contiguous(gate_up);
+    let out = empty_like(&gate_up, &shape);
+    let (count, cube_dim) = elementwise_grid(&gate_up, shape.iter().product());
     silu_mul_kernel::launch::<R>(
-        &g.client,
+        &gate_up.client,
         count,
         cube_dim,
-        g.clone().into_tensor_arg(),
-        u.into_tensor_arg(),
+        gate_up.clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
-        g.dtype.into(),
+        width,
+        gate_up.dtype.into(),
     );
     Some(out)
 }
@@ -322,30 +325,44 @@ fn launch_silu_mul<R: CubeRuntime>(g: CubeTensor<R>, u: CubeTensor<R>) -> Option
 /// RoPE's tables `(cos, sin)`, `[batch, seq, 1, dim]` each.
 pub(crate) type Tables<'a, B> = (&'a Tensor<B, 4>, &'a Tensor<B, 4>);
 
-/// RoPE with `tables` (none: no rotation) on `x + bias` (`x` `[batch, seq, heads, dim]` straight
-/// from a projection without its bias, `bias` `[heads · dim]`), all in one format; returned
-/// heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read it).
+/// A piece of a merged projection's output `[batch, seq, width]`: `(start, heads, dim)`, its
+/// `heads · dim` columns from `start`, read as `[batch, seq, heads, dim]`.
+pub(crate) type Piece = (usize, usize, usize);
+
+/// The elements of `piece` of `y`.
+fn piece_elements<B: Backend>(y: &Tensor<B, 3>, (_, heads, dim): Piece) -> usize {
+    let [b, s, _] = y.dims();
+    b * s * heads * dim
+}
+
+/// RoPE with `tables` (none: no rotation) on a piece of `y + bias` (`y` `[batch, seq, width]`
+/// straight from a merged projection without its bias, `bias` `[width]`), all in one format;
+/// returned heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read
+/// it). In a training graph the bias must be a constant (the model adds a trained one in the
+/// product).
 pub(crate) fn rope<B: Backend>(
-    x: &Tensor<B, 4>,
+    y: &Tensor<B, 3>,
+    piece: Piece,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
 ) -> Option<Tensor<B, 4>> {
     struct Op<'a, B: Backend>(
-        &'a Tensor<B, 4>,
+        &'a Tensor<B, 3>,
+        Piece,
         Option<&'a Tensor<B, 1>>,
         Option<Tables<'a, B>>,
     );
     impl<B: Backend> CubeOp for Op<'_, B> {
         type Out = Tensor<B, 4>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
-            let Some(x) = cube_of::<B, R, 4>(self.0) else {
-                return autodiff::rope::<B, R>(self.0, self.1, self.2);
+            let Some(y) = cube_of::<B, R, 3>(self.0) else {
+                return autodiff::rope::<B, R>(self.0, self.1, self.2, self.3);
             };
-            let (bias, tables) = rope_extras::<B, R>(self.1, self.2)?;
-            tensor_from::<B, _, 4>(launch_rope(x, bias, tables, None)?)
+            let (bias, tables) = rope_extras::<B, R>(self.2, self.3)?;
+            tensor_from::<B, _, 4>(launch_rope(y, self.1, bias, tables, None)?)
         }
     }
-    dispatch(x.shape().num_elements(), &Op(x, bias, tables))
+    dispatch(piece_elements(y, piece), &Op(y, piece, bias, tables))
 }
 
 /// RoPE's optional bias and tables on the plain backend over `R` (`None` when one is elsewhere).
@@ -369,18 +386,19 @@ fn rope_extras<B: Backend, R: CubeRuntime>(
 /// formats and shapes fit.
 #[allow(clippy::type_complexity)]
 fn launch_rope<R: CubeRuntime>(
-    x: CubeTensor<R>,
+    y: CubeTensor<R>,
+    (in_start, h, d): Piece,
     bias: Option<CubeTensor<R>>,
     tables: Option<(CubeTensor<R>, CubeTensor<R>)>,
     into: Option<(&CubeTensor<R>, usize)>,
 ) -> Option<CubeTensor<R>> {
-    let [b, n, h, d] = <[usize; 4]>::try_from(dims(&x)).ok()?;
+    let [b, n, in_width] = <[usize; 3]>::try_from(dims(&y)).ok()?;
     let mut formats = tables
         .iter()
         .flat_map(|(c, s)| [c.dtype, s.dtype])
         .chain(bias.as_ref().map(|t| t.dtype))
         .chain(into.map(|(t, _)| t.dtype));
-    if formats.any(|f| f != x.dtype) || d % 2 != 0 {
+    if formats.any(|f| f != y.dtype) || d % 2 != 0 || in_start + h * d > in_width {
         return None;
     }
     if tables
@@ -389,7 +407,7 @@ fn launch_rope<R: CubeRuntime>(
     {
         return None;
     }
-    if bias.as_ref().is_some_and(|t| dims(t) != [h * d]) {
+    if bias.as_ref().is_some_and(|t| dims(t) != [in_width]) {
         return None;
     }
     let (out, width, start) = match into {
@@ -402,34 +420,38 @@ fn launch_rope<R: CubeRuntime>(
             }
             (cache.clone(), width, start)
         }
-        None => (empty_like(&x, &[b, h, n, d]), n, 0),
+        None => (empty_like(&y, &[b, h, n, d]), n, 0),
     };
     let bias = bias.map(into_contiguous);
-    let x = into_contiguous(x);
+    let y = into_contiguous(y);
     let rotate = tables.is_some();
     // Without a bias or tables the kernel never reads those arguments (comptime branches).
     let (cos, sin) = match tables {
         Some((c, s)) => (into_contiguous(c), into_contiguous(s)),
-        None => (x.clone(), x.clone()),
+        None => (y.clone(), y.clone()),
     };
-    let (count, cube_dim) = elementwise_grid(&x, b * n * h * d);
+    let elements = b * n * h * d;
+    let (count, cube_dim) = elementwise_grid(&y, elements);
     rope_kernel::launch::<R>(
-        &x.client,
+        &y.client,
         count,
         cube_dim,
-        x.clone().into_tensor_arg(),
-        bias.clone().unwrap_or_else(|| x.clone()).into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        bias.clone().unwrap_or_else(|| y.clone()).into_tensor_arg(),
         cos.into_tensor_arg(),
         sin.into_tensor_arg(),
         out.clone().into_tensor_arg(),
+        elements,
         n,
         h,
         d,
+        in_width,
+        in_start,
         width,
         start,
         bias.is_some(),
         rotate,
-        x.dtype.into(),
+        y.dtype.into(),
     );
     Some(out)
 }
@@ -438,14 +460,16 @@ fn launch_rope<R: CubeRuntime>(
 /// `start..start + seq`, in place, instead of a new tensor and a copy into the cache; `None`
 /// (the cache left as it was) unless the cache is contiguous, held by nothing else and fits.
 pub(crate) fn rope_into<B: Backend>(
-    x: &Tensor<B, 4>,
+    y: &Tensor<B, 3>,
+    piece: Piece,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
     cache: &mut Tensor<B, 4>,
     start: usize,
 ) -> Option<()> {
     struct Op<'a, B: Backend> {
-        x: &'a Tensor<B, 4>,
+        y: &'a Tensor<B, 3>,
+        piece: Piece,
         bias: Option<&'a Tensor<B, 1>>,
         tables: Option<Tables<'a, B>>,
         /// The model's reference to the cache, dropped before the launch (so that the kernel's
@@ -456,11 +480,11 @@ pub(crate) fn rope_into<B: Backend>(
     impl<B: Backend> CubeOp for Op<'_, B> {
         type Out = Tensor<B, 4>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
-            let x = cube_of::<B, R, 4>(self.x)?;
+            let y = cube_of::<B, R, 3>(self.y)?;
             let (bias, tables) = rope_extras::<B, R>(self.bias, self.tables)?;
             let cube = cube_of::<B, R, 4>(self.cache.borrow().as_ref()?)?;
             drop(self.cache.borrow_mut().take());
-            match launch_rope(x, bias, tables, Some((&cube, self.start))) {
+            match launch_rope(y, self.piece, bias, tables, Some((&cube, self.start))) {
                 Some(written) => tensor_from::<B, _, 4>(written),
                 None => {
                     *self.cache.borrow_mut() = tensor_from::<B, _, 4>(cube);
@@ -472,13 +496,14 @@ pub(crate) fn rope_into<B: Backend>(
     let device = cache.device();
     let held = std::mem::replace(cache, Tensor::empty([0, 0, 0, 0], &device));
     let op = Op {
-        x,
+        y,
+        piece,
         bias,
         tables,
         cache: RefCell::new(Some(held)),
         start,
     };
-    let written = dispatch(x.shape().num_elements(), &op);
+    let written = dispatch(piece_elements(y, piece), &op);
     match (written, op.cache.into_inner()) {
         (Some(written), _) => {
             *cache = written;
