@@ -445,27 +445,51 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let qkv = Projected::new(&self.qkv_proj, x, p);
-        // RoPE in the projection's layout, then heads before positions.
-        let q = qkv.heads(0, [b, s, h, d], Some(rope), None);
+        // RoPE in the projection's layout, then heads before positions: one launch for the
+        // three where a fused kernel can (`crate::cube`), else piece by piece.
         let (k_start, v_start) = (h * d, (h + kvh) * d);
-        let (k, v) = match cache {
+        let (q, k, v) = match cache {
             Some((slot, start, width)) => {
                 let device = qkv.y.device();
                 let kc = std::mem::replace(&mut slot.0, Tensor::empty([0, 0, 0, 0], &device));
                 let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &device));
                 // Grown (by whole blocks) to the width the mask was built for; then attention
                 // reads the whole tensor, masked past `start + s`, instead of a slice of it.
-                let (kc, vc) = (grow(kc, width), grow(vc, width));
-                let kc = qkv.heads(k_start, [b, s, kvh, d], Some(rope), Some((kc, start)));
-                let vc = qkv.heads(v_start, [b, s, kvh, d], None, Some((vc, start)));
+                let (mut kc, mut vc) = (grow(kc, width), grow(vc, width));
+                // Keys and values written into the caches in place (GPU builds only).
+                let fused: Option<Tensor<B, 4>> = fused!(qkv_into(
+                    &qkv.y,
+                    (h, kvh, d),
+                    qkv.bias.as_ref(),
+                    Some((&rope.cos, &rope.sin)),
+                    (&mut kc, &mut vc),
+                    start
+                ));
+                let q = match fused {
+                    Some(q) => q,
+                    None => {
+                        kc = qkv.heads(k_start, [b, s, kvh, d], Some(rope), Some((kc, start)));
+                        vc = qkv.heads(v_start, [b, s, kvh, d], None, Some((vc, start)));
+                        qkv.heads(0, [b, s, h, d], Some(rope), None)
+                    }
+                };
                 slot.0 = kc.clone();
                 slot.1 = vc.clone();
-                (kc, vc)
+                (q, kc, vc)
             }
-            None => (
-                qkv.heads(k_start, [b, s, kvh, d], Some(rope), None),
-                qkv.heads(v_start, [b, s, kvh, d], None, None),
-            ),
+            None => fused!(qkv(
+                &qkv.y,
+                (h, kvh, d),
+                qkv.bias.as_ref(),
+                Some((&rope.cos, &rope.sin))
+            ))
+            .unwrap_or_else(|| {
+                (
+                    qkv.heads(0, [b, s, h, d], Some(rope), None),
+                    qkv.heads(k_start, [b, s, kvh, d], Some(rope), None),
+                    qkv.heads(v_start, [b, s, kvh, d], None, None),
+                )
+            }),
         };
         // Grouped-query attention without copying K/V: fold the query heads of a group into
         // the sequence axis, so each KV head serves `groups * s` query rows (the mask comes
@@ -528,9 +552,8 @@ impl<B: Backend> Projected<B> {
     /// `shape` (`[batch, seq, heads, head_dim]`) with RoPE when `rope` is given, returned
     /// heads-first (`[batch, heads, seq, head_dim]`, see [`heads_first`]); with `into` (a KV
     /// cache `[batch, heads, width, head_dim]` and a position), the cache with the result
-    /// written at that position instead. Where a fused kernel can (`crate::cube`), one launch
-    /// does it all, reading the columns where the product wrote them (the values: the same
-    /// kernel without the rotation), and writing into the cache in place.
+    /// written at that position instead. The composite form of `crate::cube::qkv`, which does
+    /// the three pieces in one launch, reading them where the product wrote them.
     fn heads(
         &self,
         start: usize,
@@ -539,36 +562,6 @@ impl<B: Backend> Projected<B> {
         into: Option<(Tensor<B, 4>, usize)>,
     ) -> Tensor<B, 4> {
         let [b, s, h, d] = shape;
-        let into = match into {
-            Some((cache, at)) => {
-                // Written in place by the kernel (GPU builds only).
-                #[allow(unused_mut)]
-                let mut cache = cache;
-                let written: Option<()> = fused!(rope_into(
-                    &self.y,
-                    (start, h, d),
-                    self.bias.as_ref(),
-                    rope.map(|r| (&r.cos, &r.sin)),
-                    &mut cache,
-                    at
-                ));
-                if written.is_some() {
-                    return cache;
-                }
-                Some((cache, at))
-            }
-            None => {
-                if let Some(out) = fused!(rope(
-                    &self.y,
-                    (start, h, d),
-                    self.bias.as_ref(),
-                    rope.map(|r| (&r.cos, &r.sin))
-                )) {
-                    return out;
-                }
-                None
-            }
-        };
         let width = h * d;
         let mut t = self.y.clone().slice([0..b, 0..s, start..start + width]);
         if let Some(bias) = &self.bias {

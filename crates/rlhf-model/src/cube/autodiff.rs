@@ -26,9 +26,9 @@ use super::kernels::{
     silu_mul_backward_kernel,
 };
 use super::{
-    Piece, ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_masked_softmax,
-    launch_rms_norm, launch_rope, launch_silu_mul, launched, optional, primitive_of, row_grid,
-    tensor_from,
+    Heads, Piece, ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_heads,
+    launch_masked_softmax, launch_rms_norm, launch_silu_mul, launched, optional, primitive_of,
+    row_grid, tensor_from,
 };
 
 /// A float tensor of the autodiff graph over the plain backend on `R`.
@@ -247,13 +247,15 @@ impl<R: Runtime> Backward<R::Plain, 1> for SiluMulBackward<R> {
     }
 }
 
-/// RoPE on a piece of a merged projection's output `y` (a bias, if any, must be a constant).
-pub(super) fn rope<B: Backend, R: Runtime>(
+/// Queries, keys and values from a merged projection's output `y` (one launch, three operations
+/// of the graph; a bias, if any, must be a constant).
+#[allow(clippy::type_complexity)]
+pub(super) fn qkv<B: Backend, R: Runtime>(
     y: &Tensor<B, 3>,
-    piece: Piece,
+    heads: Heads,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
-) -> Option<Tensor<B, 4>> {
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
     let y = tracked::<B, R, 3>(y)?;
     let tables = optional(tables, |(c, s)| {
         Some((
@@ -262,9 +264,19 @@ pub(super) fn rope<B: Backend, R: Runtime>(
         ))
     })?;
     let bias = optional(bias, |b| Some(constant::<B, R, 1>(b)?.primitive))?;
-    let out = launch_rope(y.primitive.clone(), piece, bias, tables.clone(), None)?;
-    let state = (dims(&y.primitive), piece, tables);
-    record::<B, R, _, 1, 4>(RopeBackward::new(), [&y], state, out)
+    let (q, k, v) = launch_heads(y.primitive.clone(), heads, bias, tables.clone(), None)?;
+    let shape = dims(&y.primitive);
+    let (h, kvh, d) = heads;
+    // Each piece's backward writes its columns of the product's gradient (below).
+    let piece = |start: usize, n: usize, tables: Option<_>, out| {
+        let state = (shape.clone(), (start, n, d), tables);
+        record::<B, R, _, 1, 4>(RopeBackward::new(), [&y], state, out)
+    };
+    Some((
+        piece(0, h, tables.clone(), q)?,
+        piece(h * d, kvh, tables, k)?,
+        piece((h + kvh) * d, kvh, None, v)?,
+    ))
 }
 
 impl<R: Runtime> Backward<R::Plain, 1> for RopeBackward<R> {

@@ -109,27 +109,28 @@ pub(super) fn silu_mul_kernel<F: Float>(
     output[i] = activated * gate_up[gate + width];
 }
 
-/// RoPE on a piece `x` (`[batch, seq, heads, dim]`) of a merged projection's output: `x * cos +
-/// [x₂, x₁] * sin` with the tables `[batch, seq, 1, dim]` (`sin`'s first half negated), each
-/// product rounded to the compute format before the sum, as the composite form
-/// (`RopeTables::apply`); without `rotate`, `x` as it is (values: only the bias and the
-/// heads-first layout). The piece is the columns from `in_start` of `input`'s rows of
-/// `in_width` (`[batch · seq, in_width]`); the bias (of the whole projection) is added first.
-/// The output holds `out_width` positions per head, this input's from `out_start` (a KV cache;
-/// the plain heads-first layout with `out_width = seq`, `out_start = 0`).
+/// Queries, keys and values from a merged projection's output `input` (`[batch · seq, width]`,
+/// `width = (heads + 2 · kv_heads) · dim`: the queries' columns, the keys', the values'), each
+/// written heads-first: RoPE on queries and keys (`x * cos + [x₂, x₁] * sin` with the tables
+/// `[batch, seq, 1, dim]`, `sin`'s first half negated, each product rounded to the compute
+/// format before the sum, as the composite form `RopeTables::apply`; without `rotate`, none),
+/// the values as they are; the bias (of the whole projection) added first. `queries` is
+/// `[batch, heads, seq, dim]`; `keys` and `values` hold `out_width` positions per head, this
+/// input's from `out_start` (a KV cache; the plain layout with `out_width = seq`, `out_start =
+/// 0`).
 #[cube(launch)]
-pub(super) fn rope_kernel<F: Float>(
+pub(super) fn heads_kernel<F: Float>(
     input: &Tensor<F>,
     bias: &Tensor<F>,
     cos: &Tensor<F>,
     sin: &Tensor<F>,
-    output: &mut Tensor<F>,
-    elements: usize,
+    queries: &mut Tensor<F>,
+    keys: &mut Tensor<F>,
+    values: &mut Tensor<F>,
     seq: usize,
     heads: usize,
+    kv_heads: usize,
     dim: usize,
-    in_width: usize,
-    in_start: usize,
     out_width: usize,
     out_start: usize,
     #[comptime] has_bias: bool,
@@ -137,32 +138,45 @@ pub(super) fn rope_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
-    if i >= elements {
+    if i >= input.len() {
         terminate!();
     }
-    // `i` walks the piece's [batch, seq, heads, dim]; the output is [batch, heads, seq, dim].
-    let width = heads * dim;
+    let width = (heads + 2 * kv_heads) * dim;
     let row = i / width;
-    let column = in_start + i % width;
-    let base = row * in_width;
-    let mut x = input[base + column];
+    let column = i % width;
+    let mut x = input[i];
     if has_bias {
         // The projection's bias, added (and rounded) first, as `linear` adds it.
         x += bias[column];
     }
-    if rotate {
-        let table = row * dim + i % dim;
-        let partner = in_start + rope_partner(i, dim) % width;
-        let mut x_partner = input[base + partner];
+    // Queries and keys turn; values do not.
+    let values_start = (heads + kv_heads) * dim;
+    if rotate && column < values_start {
+        let table = row * dim + column % dim;
+        let partner = rope_partner(i, dim);
+        let mut x_partner = input[partner];
         if has_bias {
-            x_partner += bias[partner];
+            x_partner += bias[partner % width];
         }
         let straight = x * cos[table];
         let swapped = x_partner * sin[table];
         x = straight + swapped;
     }
-    let head = (i / dim) % heads;
-    output[((row / seq * heads + head) * out_width + out_start + row % seq) * dim + i % dim] = x;
+    let (batch, position) = (row / seq, row % seq);
+    let offset = column % dim;
+    if column < heads * dim {
+        let head = column / dim;
+        queries[((batch * heads + head) * seq + position) * dim + offset] = x;
+    } else {
+        let kv_column = (column - heads * dim) % (kv_heads * dim);
+        let at = ((batch * kv_heads + kv_column / dim) * out_width + out_start + position) * dim
+            + offset;
+        if column < values_start {
+            keys[at] = x;
+        } else {
+            values[at] = x;
+        }
+    }
 }
 
 /// Where element `i` of a `[batch, seq, heads, dim]` tensor lies in its heads-first layout
@@ -315,11 +329,11 @@ pub(super) fn silu_mul_backward_kernel<F: Float>(
     gate_up_grad[gate] = F::cast_from(dy * f32::cast_from(gate_up[up]) * slope);
 }
 
-/// The gradient of [`rope_kernel`] with respect to its piece of the merged projection: each
-/// element's gradient through its own product with `cos` and through its partner's with `sin`
-/// (without `rotate`, the gradient as it is), read from the heads-first gradient, written in
-/// f32 into the piece's columns (from `in_start`) of `input_grad`'s rows of `in_width`; the
-/// other columns are left as they are (the other pieces' gradients).
+/// The gradient of [`heads_kernel`] with respect to one piece (queries, keys or values) of the
+/// merged projection: each element's gradient through its own product with `cos` and through
+/// its partner's with `sin` (without `rotate`, the gradient as it is), read from the heads-first
+/// gradient, written in f32 into the piece's columns (from `in_start`) of `input_grad`'s rows of
+/// `in_width`; the other columns are left as they are (the other pieces' gradients).
 #[cube(launch)]
 pub(super) fn rope_backward_kernel<F: Float>(
     grad: &Tensor<F>,

@@ -1,9 +1,10 @@
 //! Fused kernels for burn's CubeCL backends (CUDA; wgpu, which runs the same kernels on any
 //! Vulkan device, Mesa's CPU one included), where each of these operations took several kernel
 //! launches (docs/gpu.md): RMSNorm (6–8 launches → 1; with the residual addition before it,
-//! 7–9 → 1), RoPE on queries or keys with the projection's bias (4–5 → 1), SiLU times the up
-//! projection (5–7 → 1) and attention's scaled, masked softmax (7–9 → 1). On an H200 a decoding
-//! step's time, and a training step's, followed their launches, not their arithmetic.
+//! 7–9 → 1), queries, keys and values from the merged projection with its bias, RoPE and the
+//! heads-first layout (2–7 per piece → 1 for the three), SiLU times the up projection (5–7 → 1)
+//! and attention's scaled, masked softmax (7–9 → 1). On an H200 a decoding step's time, and a
+//! training step's, followed their launches, not their arithmetic.
 //!
 //! Each function returns `None` unless the tensors are burn's plain CubeCL backend
 //! (`CubeBackend`, found by type at run time) or burn's `Autodiff` over it (training: each kernel
@@ -34,7 +35,7 @@ use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
 use kernels::{
-    concat_kernel, masked_softmax_kernel, rms_norm_kernel, rope_kernel, silu_mul_kernel,
+    concat_kernel, heads_kernel, masked_softmax_kernel, rms_norm_kernel, silu_mul_kernel,
 };
 
 /// Threads per cube of the row kernels (a power of two: their sums halve it).
@@ -329,40 +330,44 @@ pub(crate) type Tables<'a, B> = (&'a Tensor<B, 4>, &'a Tensor<B, 4>);
 /// `heads · dim` columns from `start`, read as `[batch, seq, heads, dim]`.
 pub(crate) type Piece = (usize, usize, usize);
 
-/// The elements of `piece` of `y`.
-fn piece_elements<B: Backend>(y: &Tensor<B, 3>, (_, heads, dim): Piece) -> usize {
-    let [b, s, _] = y.dims();
-    b * s * heads * dim
-}
+/// Attention's head counts and size: `(heads, kv_heads, dim)`.
+pub(crate) type Heads = (usize, usize, usize);
 
-/// RoPE with `tables` (none: no rotation) on a piece of `y + bias` (`y` `[batch, seq, width]`
-/// straight from a merged projection without its bias, `bias` `[width]`), all in one format;
-/// returned heads-first, `[batch, heads, seq, dim]` (contiguous, as attention's matmuls read
-/// it). In a training graph the bias must be a constant (the model adds a trained one in the
-/// product).
-pub(crate) fn rope<B: Backend>(
+/// Queries, keys and values, heads-first (`[batch, heads, seq, dim]`, contiguous, as
+/// attention's matmuls read them), from `y` (`[batch, seq, (heads + 2 · kv_heads) · dim]`, a
+/// merged projection's output without its bias) and `bias` (`[width]`): RoPE with `tables` on
+/// queries and keys (none: no rotation), all in one format, one launch. In a training graph each
+/// of the three is an operation of its own (with its backward kernel), and the bias must be a
+/// constant (the model adds a trained one in the product).
+#[allow(clippy::type_complexity)]
+pub(crate) fn qkv<B: Backend>(
     y: &Tensor<B, 3>,
-    piece: Piece,
+    heads: Heads,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
-) -> Option<Tensor<B, 4>> {
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
     struct Op<'a, B: Backend>(
         &'a Tensor<B, 3>,
-        Piece,
+        Heads,
         Option<&'a Tensor<B, 1>>,
         Option<Tables<'a, B>>,
     );
     impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = Tensor<B, 4>;
+        type Out = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let Some(y) = cube_of::<B, R, 3>(self.0) else {
-                return autodiff::rope::<B, R>(self.0, self.1, self.2, self.3);
+                return autodiff::qkv::<B, R>(self.0, self.1, self.2, self.3);
             };
             let (bias, tables) = rope_extras::<B, R>(self.2, self.3)?;
-            tensor_from::<B, _, 4>(launch_rope(y, self.1, bias, tables, None)?)
+            let (q, k, v) = launch_heads(y, self.1, bias, tables, None)?;
+            Some((
+                tensor_from::<B, _, 4>(q)?,
+                tensor_from::<B, _, 4>(k)?,
+                tensor_from::<B, _, 4>(v)?,
+            ))
         }
     }
-    dispatch(piece_elements(y, piece), &Op(y, piece, bias, tables))
+    dispatch(y.shape().num_elements(), &Op(y, heads, bias, tables))
 }
 
 /// RoPE's optional bias and tables on the plain backend over `R` (`None` when one is elsewhere).
@@ -381,24 +386,24 @@ fn rope_extras<B: Backend, R: CubeRuntime>(
     Some((bias, tables))
 }
 
-/// [`rope`] on CubeCL tensors, into a new heads-first tensor or (`into`: a `[batch, heads,
-/// width, dim]` KV cache and a start position) into that cache in place; `None` unless the
-/// formats and shapes fit.
+/// [`qkv`] on CubeCL tensors: queries into a new tensor, keys and values into new ones or
+/// (`into`: two `[batch, kv_heads, width, dim]` KV caches and a start position) into those
+/// caches in place; `None` unless the formats and shapes fit.
 #[allow(clippy::type_complexity)]
-fn launch_rope<R: CubeRuntime>(
+fn launch_heads<R: CubeRuntime>(
     y: CubeTensor<R>,
-    (in_start, h, d): Piece,
+    (h, kvh, d): Heads,
     bias: Option<CubeTensor<R>>,
     tables: Option<(CubeTensor<R>, CubeTensor<R>)>,
-    into: Option<(&CubeTensor<R>, usize)>,
-) -> Option<CubeTensor<R>> {
+    into: Option<(&CubeTensor<R>, &CubeTensor<R>, usize)>,
+) -> Option<(CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)> {
     let [b, n, in_width] = <[usize; 3]>::try_from(dims(&y)).ok()?;
     let mut formats = tables
         .iter()
         .flat_map(|(c, s)| [c.dtype, s.dtype])
         .chain(bias.as_ref().map(|t| t.dtype))
-        .chain(into.map(|(t, _)| t.dtype));
-    if formats.any(|f| f != y.dtype) || d % 2 != 0 || in_start + h * d > in_width {
+        .chain(into.iter().flat_map(|(k, v, _)| [k.dtype, v.dtype]));
+    if formats.any(|f| f != y.dtype) || d % 2 != 0 || in_width != (h + 2 * kvh) * d {
         return None;
     }
     if tables
@@ -410,18 +415,25 @@ fn launch_rope<R: CubeRuntime>(
     if bias.as_ref().is_some_and(|t| dims(t) != [in_width]) {
         return None;
     }
-    let (out, width, start) = match into {
-        Some((cache, start)) => {
-            let [cb, ch, width, cd] = <[usize; 4]>::try_from(dims(cache)).ok()?;
-            let fits = [cb, ch, cd] == [b, h, d] && start + n <= width;
-            // Written in place: only a contiguous cache nothing else holds.
-            if !fits || !cache.is_contiguous() || !cache.can_mut() {
+    let (keys, values, width, start) = match into {
+        Some((kc, vc, start)) => {
+            let [cb, ch, width, cd] = <[usize; 4]>::try_from(dims(kc)).ok()?;
+            let fits = [cb, ch, cd] == [b, kvh, d] && start + n <= width && dims(vc) == dims(kc);
+            // Written in place: only contiguous caches nothing else holds.
+            let writable = |c: &CubeTensor<R>| c.is_contiguous() && c.can_mut();
+            if !fits || !writable(kc) || !writable(vc) {
                 return None;
             }
-            (cache.clone(), width, start)
+            (kc.clone(), vc.clone(), width, start)
         }
-        None => (empty_like(&y, &[b, h, n, d]), n, 0),
+        None => (
+            empty_like(&y, &[b, kvh, n, d]),
+            empty_like(&y, &[b, kvh, n, d]),
+            n,
+            0,
+        ),
     };
+    let queries = empty_like(&y, &[b, h, n, d]);
     let bias = bias.map(into_contiguous);
     let y = into_contiguous(y);
     let rotate = tables.is_some();
@@ -430,9 +442,8 @@ fn launch_rope<R: CubeRuntime>(
         Some((c, s)) => (into_contiguous(c), into_contiguous(s)),
         None => (y.clone(), y.clone()),
     };
-    let elements = b * n * h * d;
-    let (count, cube_dim) = elementwise_grid(&y, elements);
-    rope_kernel::launch::<R>(
+    let (count, cube_dim) = elementwise_grid(&y, b * n * in_width);
+    heads_kernel::launch::<R>(
         &y.client,
         count,
         cube_dim,
@@ -440,80 +451,98 @@ fn launch_rope<R: CubeRuntime>(
         bias.clone().unwrap_or_else(|| y.clone()).into_tensor_arg(),
         cos.into_tensor_arg(),
         sin.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        elements,
+        queries.clone().into_tensor_arg(),
+        keys.clone().into_tensor_arg(),
+        values.clone().into_tensor_arg(),
         n,
         h,
+        kvh,
         d,
-        in_width,
-        in_start,
         width,
         start,
         bias.is_some(),
         rotate,
         y.dtype.into(),
     );
-    Some(out)
+    Some((queries, keys, values))
 }
 
-/// [`rope`] written into a KV cache (`[batch, heads, width, dim]`, plain backend) at positions
-/// `start..start + seq`, in place, instead of a new tensor and a copy into the cache; `None`
-/// (the cache left as it was) unless the cache is contiguous, held by nothing else and fits.
-pub(crate) fn rope_into<B: Backend>(
+/// [`qkv`] with the keys and values written into the KV caches (`[batch, kv_heads, width, dim]`
+/// each, plain backend) at positions `start..start + seq`, in place, instead of new tensors and
+/// copies into the caches: returns the queries, or `None` (the caches left as they were) unless
+/// both caches are contiguous, held by nothing else and fit.
+pub(crate) fn qkv_into<B: Backend>(
     y: &Tensor<B, 3>,
-    piece: Piece,
+    heads: Heads,
     bias: Option<&Tensor<B, 1>>,
     tables: Option<Tables<'_, B>>,
-    cache: &mut Tensor<B, 4>,
+    caches: (&mut Tensor<B, 4>, &mut Tensor<B, 4>),
     start: usize,
-) -> Option<()> {
+) -> Option<Tensor<B, 4>> {
     struct Op<'a, B: Backend> {
         y: &'a Tensor<B, 3>,
-        piece: Piece,
+        heads: Heads,
         bias: Option<&'a Tensor<B, 1>>,
         tables: Option<Tables<'a, B>>,
-        /// The model's reference to the cache, dropped before the launch (so that the kernel's
-        /// is the only one) and given back when the kernel declines.
-        cache: RefCell<Option<Tensor<B, 4>>>,
+        /// The model's references to the caches, dropped before the launch (so that the
+        /// kernel's are the only ones) and given back when the kernel declines.
+        caches: RefCell<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
         start: usize,
     }
+    type Written<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
     impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = Tensor<B, 4>;
-        fn run<R: Runtime>(&self) -> Option<Self::Out> {
+        type Out = Written<B>;
+        fn run<R: Runtime>(&self) -> Option<Written<B>> {
             let y = cube_of::<B, R, 3>(self.y)?;
             let (bias, tables) = rope_extras::<B, R>(self.bias, self.tables)?;
-            let cube = cube_of::<B, R, 4>(self.cache.borrow().as_ref()?)?;
-            drop(self.cache.borrow_mut().take());
-            match launch_rope(y, self.piece, bias, tables, Some((&cube, self.start))) {
-                Some(written) => tensor_from::<B, _, 4>(written),
+            let (kc, vc) = {
+                let held = self.caches.borrow();
+                let (k, v) = held.as_ref()?;
+                (cube_of::<B, R, 4>(k)?, cube_of::<B, R, 4>(v)?)
+            };
+            drop(self.caches.borrow_mut().take());
+            match launch_heads(y, self.heads, bias, tables, Some((&kc, &vc, self.start))) {
+                Some((q, k, v)) => Some((
+                    tensor_from::<B, _, 4>(q)?,
+                    tensor_from::<B, _, 4>(k)?,
+                    tensor_from::<B, _, 4>(v)?,
+                )),
                 None => {
-                    *self.cache.borrow_mut() = tensor_from::<B, _, 4>(cube);
+                    *self.caches.borrow_mut() =
+                        Some((tensor_from::<B, _, 4>(kc)?, tensor_from::<B, _, 4>(vc)?));
                     None
                 }
             }
         }
     }
-    let device = cache.device();
-    let held = std::mem::replace(cache, Tensor::empty([0, 0, 0, 0], &device));
+    let (k_cache, v_cache) = caches;
+    let device = k_cache.device();
+    let empty = || Tensor::empty([0, 0, 0, 0], &device);
+    let held = (
+        std::mem::replace(k_cache, empty()),
+        std::mem::replace(v_cache, empty()),
+    );
     let op = Op {
         y,
-        piece,
+        heads,
         bias,
         tables,
-        cache: RefCell::new(Some(held)),
+        caches: RefCell::new(Some(held)),
         start,
     };
-    let written = dispatch(piece_elements(y, piece), &op);
-    match (written, op.cache.into_inner()) {
-        (Some(written), _) => {
-            *cache = written;
-            Some(())
+    let written = dispatch(y.shape().num_elements(), &op);
+    match (written, op.caches.into_inner()) {
+        (Some((q, k, v)), _) => {
+            *k_cache = k;
+            *v_cache = v;
+            Some(q)
         }
-        (None, Some(held)) => {
-            *cache = held;
+        (None, Some((k, v))) => {
+            *k_cache = k;
+            *v_cache = v;
             None
         }
-        // `run` gives the cache back whenever it declines: not reached.
+        // `run` gives the caches back whenever it declines: not reached.
         (None, None) => None,
     }
 }
