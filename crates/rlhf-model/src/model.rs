@@ -522,15 +522,15 @@ impl<B: Backend> Attention<B> {
 /// width]`, cut into heads by [`Projected::heads`].
 struct Projected<B: Backend> {
     y: Tensor<B, 3>,
-    /// The projection's bias when it is still to be added (by RoPE's kernel, on the inference
-    /// path of a CubeCL backend); `None` when `y` has it (or there is none).
+    /// The projection's bias when it is still to be added (by the queries/keys/values kernel,
+    /// on the inference path of a CubeCL backend); `None` when `y` has it (or there is none).
     bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Projected<B> {
-    /// `x · W (+ b)` in the compute format. Where RoPE's kernel serves the inference path, the
-    /// bias is left for it to add; in training (autodiff) the product adds it, so that its
-    /// gradient is one reduction of the whole output's gradient instead of one per piece.
+    /// `x · W (+ b)` in the compute format. Where the queries/keys/values kernel serves the
+    /// inference path, the bias is left for it to add; in training (autodiff) the product adds
+    /// it, so that its gradient is one reduction of the whole output's gradient.
     fn new(proj: &Linear<B>, x: Tensor<B, 3>, p: Precision) -> Self {
         let bias_in_kernel = fused!(untracked(&x));
         let weight = p.compute(proj.weight.val());
