@@ -447,7 +447,6 @@ impl<B: Backend> Attention<B> {
         let qkv = Projected::new(&self.qkv_proj, x, p);
         // RoPE in the projection's layout, then heads before positions: one launch for the
         // three where a fused kernel can (`crate::cube`), else piece by piece.
-        let (k_start, v_start) = (h * d, (h + kvh) * d);
         let (q, k, v) = match cache {
             Some((slot, start, width)) => {
                 let device = qkv.y.device();
@@ -455,23 +454,21 @@ impl<B: Backend> Attention<B> {
                 let vc = std::mem::replace(&mut slot.1, Tensor::empty([0, 0, 0, 0], &device));
                 // Grown (by whole blocks) to the width the mask was built for; then attention
                 // reads the whole tensor, masked past `start + s`, instead of a slice of it.
+                // Keys and values written into the caches in place (GPU builds only: elsewhere
+                // nothing mutates them).
+                #[allow(unused_mut)]
                 let (mut kc, mut vc) = (grow(kc, width), grow(vc, width));
-                // Keys and values written into the caches in place (GPU builds only).
                 let fused: Option<Tensor<B, 4>> = fused!(qkv_into(
                     &qkv.y,
                     (h, kvh, d),
                     qkv.bias.as_ref(),
-                    Some((&rope.cos, &rope.sin)),
+                    (&rope.cos, &rope.sin),
                     (&mut kc, &mut vc),
                     start
                 ));
-                let q = match fused {
-                    Some(q) => q,
-                    None => {
-                        kc = qkv.heads(k_start, [b, s, kvh, d], Some(rope), Some((kc, start)));
-                        vc = qkv.heads(v_start, [b, s, kvh, d], None, Some((vc, start)));
-                        qkv.heads(0, [b, s, h, d], Some(rope), None)
-                    }
+                let (q, kc, vc) = match fused {
+                    Some(q) => (q, kc, vc),
+                    None => qkv.split([b, s, h, kvh, d], rope, Some((kc, vc, start))),
                 };
                 slot.0 = kc.clone();
                 slot.1 = vc.clone();
@@ -481,15 +478,9 @@ impl<B: Backend> Attention<B> {
                 &qkv.y,
                 (h, kvh, d),
                 qkv.bias.as_ref(),
-                Some((&rope.cos, &rope.sin))
+                (&rope.cos, &rope.sin)
             ))
-            .unwrap_or_else(|| {
-                (
-                    qkv.heads(0, [b, s, h, d], Some(rope), None),
-                    qkv.heads(k_start, [b, s, kvh, d], Some(rope), None),
-                    qkv.heads(v_start, [b, s, kvh, d], None, None),
-                )
-            }),
+            .unwrap_or_else(|| qkv.split([b, s, h, kvh, d], rope, None)),
         };
         // Grouped-query attention without copying K/V: fold the query heads of a group into
         // the sequence axis, so each KV head serves `groups * s` query rows (the mask comes
@@ -532,20 +523,37 @@ impl<B: Backend> Projected<B> {
     /// inference path, the bias is left for it to add; in training (autodiff) the product adds
     /// it, so that its gradient is one reduction of the whole output's gradient.
     fn new(proj: &Linear<B>, x: Tensor<B, 3>, p: Precision) -> Self {
-        let bias_in_kernel = fused!(untracked(&x));
-        let weight = p.compute(proj.weight.val());
-        let bias = proj.bias.as_ref().map(|b| p.compute(b.val()));
-        if bias_in_kernel {
+        if fused!(untracked(&x)) {
             Self {
-                y: rows_linear(x, weight, None),
-                bias,
+                y: rows_linear(x, p.compute(proj.weight.val()), None),
+                bias: proj.bias.as_ref().map(|b| p.compute(b.val())),
             }
         } else {
             Self {
-                y: rows_linear(x, weight, bias),
+                y: linear(proj, x, p),
                 bias: None,
             }
         }
+    }
+
+    /// Queries, keys and values (`dims`: `[batch, seq, heads, kv_heads, head_dim]`) by
+    /// [`Self::heads`], RoPE on the first two; with `caches` (keys', values', a position) the
+    /// caches with the keys and values written into them instead.
+    fn split(
+        &self,
+        [b, s, h, kvh, d]: [usize; 5],
+        rope: &RopeTables<B>,
+        caches: Option<(Tensor<B, 4>, Tensor<B, 4>, usize)>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let (k_into, v_into) = match caches {
+            Some((k, v, at)) => (Some((k, at)), Some((v, at))),
+            None => (None, None),
+        };
+        (
+            self.heads(0, [b, s, h, d], Some(rope), None),
+            self.heads(h * d, [b, s, kvh, d], Some(rope), k_into),
+            self.heads((h + kvh) * d, [b, s, kvh, d], None, v_into),
+        )
     }
 
     /// The `shape[2] · shape[3]` columns of the output from `start`, plus their bias, as

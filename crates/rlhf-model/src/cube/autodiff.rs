@@ -26,9 +26,9 @@ use super::kernels::{
     silu_mul_backward_kernel,
 };
 use super::{
-    Heads, Piece, ROW_THREADS, Runtime, Tables, dims, elementwise_grid, empty_like, launch_heads,
-    launch_masked_softmax, launch_rms_norm, launch_silu_mul, launched, optional, primitive_of,
-    row_grid, tensor_from,
+    Heads, Piece, QueriesKeysValues, ROW_THREADS, Runtime, Tables, dims, elementwise_grid,
+    empty_like, launch_heads, launch_masked_softmax, launch_rms_norm, launch_silu_mul, launched,
+    optional, primitive_of, row_grid, tensor_from,
 };
 
 /// A float tensor of the autodiff graph over the plain backend on `R`.
@@ -249,20 +249,17 @@ impl<R: Runtime> Backward<R::Plain, 1> for SiluMulBackward<R> {
 
 /// Queries, keys and values from a merged projection's output `y` (one launch, three operations
 /// of the graph; a bias, if any, must be a constant).
-#[allow(clippy::type_complexity)]
 pub(super) fn qkv<B: Backend, R: Runtime>(
     y: &Tensor<B, 3>,
     heads: Heads,
     bias: Option<&Tensor<B, 1>>,
-    tables: Option<Tables<'_, B>>,
-) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    (cos, sin): Tables<'_, B>,
+) -> Option<QueriesKeysValues<B>> {
     let y = tracked::<B, R, 3>(y)?;
-    let tables = optional(tables, |(c, s)| {
-        Some((
-            into_contiguous(constant::<B, R, 4>(c)?.primitive),
-            into_contiguous(constant::<B, R, 4>(s)?.primitive),
-        ))
-    })?;
+    let tables = (
+        into_contiguous(constant::<B, R, 4>(cos)?.primitive),
+        into_contiguous(constant::<B, R, 4>(sin)?.primitive),
+    );
     let bias = optional(bias, |b| Some(constant::<B, R, 1>(b)?.primitive))?;
     let (q, k, v) = launch_heads(y.primitive.clone(), heads, bias, tables.clone(), None)?;
     let shape = dims(&y.primitive);
@@ -273,8 +270,8 @@ pub(super) fn qkv<B: Backend, R: Runtime>(
         record::<B, R, _, 1, 4>(RopeBackward::new(), [&y], state, out)
     };
     Some((
-        piece(0, h, tables.clone(), q)?,
-        piece(h * d, kvh, tables, k)?,
+        piece(0, h, Some(tables.clone()), q)?,
+        piece(h * d, kvh, Some(tables), k)?,
         piece((h + kvh) * d, kvh, None, v)?,
     ))
 }

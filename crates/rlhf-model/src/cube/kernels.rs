@@ -113,8 +113,7 @@ pub(super) fn silu_mul_kernel<F: Float>(
 /// `width = (heads + 2 · kv_heads) · dim`: the queries' columns, the keys', the values'), each
 /// written heads-first: RoPE on queries and keys (`x * cos + [x₂, x₁] * sin` with the tables
 /// `[batch, seq, 1, dim]`, `sin`'s first half negated, each product rounded to the compute
-/// format before the sum, as the composite form `RopeTables::apply`; without `rotate`, none),
-/// the values as they are; the bias (of the whole projection) added first. `queries` is
+/// format before the sum, as the composite form `RopeTables::apply`), the values as they are; the bias (of the whole projection) added first. `queries` is
 /// `[batch, heads, seq, dim]`; `keys` and `values` hold `out_width` positions per head, this
 /// input's from `out_start` (a KV cache; the plain layout with `out_width = seq`, `out_start =
 /// 0`).
@@ -134,7 +133,6 @@ pub(super) fn heads_kernel<F: Float>(
     out_width: usize,
     out_start: usize,
     #[comptime] has_bias: bool,
-    #[comptime] rotate: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
@@ -151,7 +149,7 @@ pub(super) fn heads_kernel<F: Float>(
     }
     // Queries and keys turn; values do not.
     let values_start = (heads + kv_heads) * dim;
-    if rotate && column < values_start {
+    if column < values_start {
         let table = row * dim + column % dim;
         let partner = rope_partner(i, dim);
         let mut x_partner = input[partner];

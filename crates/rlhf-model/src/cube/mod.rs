@@ -336,54 +336,57 @@ pub(crate) type Heads = (usize, usize, usize);
 /// Queries, keys and values, heads-first (`[batch, heads, seq, dim]`, contiguous, as
 /// attention's matmuls read them), from `y` (`[batch, seq, (heads + 2 · kv_heads) · dim]`, a
 /// merged projection's output without its bias) and `bias` (`[width]`): RoPE with `tables` on
-/// queries and keys (none: no rotation), all in one format, one launch. In a training graph each
+/// queries and keys, all in one format, one launch. In a training graph each
 /// of the three is an operation of its own (with its backward kernel), and the bias must be a
 /// constant (the model adds a trained one in the product).
-#[allow(clippy::type_complexity)]
 pub(crate) fn qkv<B: Backend>(
     y: &Tensor<B, 3>,
     heads: Heads,
     bias: Option<&Tensor<B, 1>>,
-    tables: Option<Tables<'_, B>>,
-) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    tables: Tables<'_, B>,
+) -> Option<QueriesKeysValues<B>> {
     struct Op<'a, B: Backend>(
         &'a Tensor<B, 3>,
         Heads,
         Option<&'a Tensor<B, 1>>,
-        Option<Tables<'a, B>>,
+        Tables<'a, B>,
     );
     impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+        type Out = QueriesKeysValues<B>;
         fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let Some(y) = cube_of::<B, R, 3>(self.0) else {
                 return autodiff::qkv::<B, R>(self.0, self.1, self.2, self.3);
             };
             let (bias, tables) = rope_extras::<B, R>(self.2, self.3)?;
-            let (q, k, v) = launch_heads(y, self.1, bias, tables, None)?;
-            Some((
-                tensor_from::<B, _, 4>(q)?,
-                tensor_from::<B, _, 4>(k)?,
-                tensor_from::<B, _, 4>(v)?,
-            ))
+            qkv_from(launch_heads(y, self.1, bias, tables, None)?)
         }
     }
     dispatch(y.shape().num_elements(), &Op(y, heads, bias, tables))
 }
 
-/// RoPE's optional bias and tables on the plain backend over `R` (`None` when one is elsewhere).
+/// Queries, keys and values, heads-first.
+type QueriesKeysValues<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
+/// The tensors of backend `B` holding [`launch_heads`]'s queries, keys and values.
+fn qkv_from<B: Backend, R: CubeRuntime>(
+    (q, k, v): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+) -> Option<QueriesKeysValues<B>> {
+    Some((
+        tensor_from::<B, _, 4>(q)?,
+        tensor_from::<B, _, 4>(k)?,
+        tensor_from::<B, _, 4>(v)?,
+    ))
+}
+
+/// RoPE's optional bias and its tables on the plain backend over `R` (`None` when one is
+/// elsewhere).
 #[allow(clippy::type_complexity)]
 fn rope_extras<B: Backend, R: CubeRuntime>(
     bias: Option<&Tensor<B, 1>>,
-    tables: Option<Tables<'_, B>>,
-) -> Option<(
-    Option<CubeTensor<R>>,
-    Option<(CubeTensor<R>, CubeTensor<R>)>,
-)> {
+    (cos, sin): Tables<'_, B>,
+) -> Option<(Option<CubeTensor<R>>, (CubeTensor<R>, CubeTensor<R>))> {
     let bias = optional(bias, cube_of::<B, R, 1>)?;
-    let tables = optional(tables, |(c, s)| {
-        Some((cube_of::<B, R, 4>(c)?, cube_of::<B, R, 4>(s)?))
-    })?;
-    Some((bias, tables))
+    Some((bias, (cube_of::<B, R, 4>(cos)?, cube_of::<B, R, 4>(sin)?)))
 }
 
 /// [`qkv`] on CubeCL tensors: queries into a new tensor, keys and values into new ones or
@@ -394,22 +397,18 @@ fn launch_heads<R: CubeRuntime>(
     y: CubeTensor<R>,
     (h, kvh, d): Heads,
     bias: Option<CubeTensor<R>>,
-    tables: Option<(CubeTensor<R>, CubeTensor<R>)>,
+    (cos, sin): (CubeTensor<R>, CubeTensor<R>),
     into: Option<(&CubeTensor<R>, &CubeTensor<R>, usize)>,
 ) -> Option<(CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)> {
     let [b, n, in_width] = <[usize; 3]>::try_from(dims(&y)).ok()?;
-    let mut formats = tables
-        .iter()
-        .flat_map(|(c, s)| [c.dtype, s.dtype])
+    let mut formats = [cos.dtype, sin.dtype]
+        .into_iter()
         .chain(bias.as_ref().map(|t| t.dtype))
         .chain(into.iter().flat_map(|(k, v, _)| [k.dtype, v.dtype]));
     if formats.any(|f| f != y.dtype) || d % 2 != 0 || in_width != (h + 2 * kvh) * d {
         return None;
     }
-    if tables
-        .as_ref()
-        .is_some_and(|(c, s)| dims(c) != [b, n, 1, d] || dims(s) != [b, n, 1, d])
-    {
+    if dims(&cos) != [b, n, 1, d] || dims(&sin) != [b, n, 1, d] {
         return None;
     }
     if bias.as_ref().is_some_and(|t| dims(t) != [in_width]) {
@@ -436,12 +435,7 @@ fn launch_heads<R: CubeRuntime>(
     let queries = empty_like(&y, &[b, h, n, d]);
     let bias = bias.map(into_contiguous);
     let y = into_contiguous(y);
-    let rotate = tables.is_some();
-    // Without a bias or tables the kernel never reads those arguments (comptime branches).
-    let (cos, sin) = match tables {
-        Some((c, s)) => (into_contiguous(c), into_contiguous(s)),
-        None => (y.clone(), y.clone()),
-    };
+    let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let (count, cube_dim) = elementwise_grid(&y, b * n * in_width);
     heads_kernel::launch::<R>(
         &y.client,
@@ -460,8 +454,8 @@ fn launch_heads<R: CubeRuntime>(
         d,
         width,
         start,
+        // Without a bias the kernel never reads that argument (a comptime branch).
         bias.is_some(),
-        rotate,
         y.dtype.into(),
     );
     Some((queries, keys, values))
@@ -475,7 +469,7 @@ pub(crate) fn qkv_into<B: Backend>(
     y: &Tensor<B, 3>,
     heads: Heads,
     bias: Option<&Tensor<B, 1>>,
-    tables: Option<Tables<'_, B>>,
+    tables: Tables<'_, B>,
     caches: (&mut Tensor<B, 4>, &mut Tensor<B, 4>),
     start: usize,
 ) -> Option<Tensor<B, 4>> {
@@ -483,16 +477,15 @@ pub(crate) fn qkv_into<B: Backend>(
         y: &'a Tensor<B, 3>,
         heads: Heads,
         bias: Option<&'a Tensor<B, 1>>,
-        tables: Option<Tables<'a, B>>,
+        tables: Tables<'a, B>,
         /// The model's references to the caches, dropped before the launch (so that the
         /// kernel's are the only ones) and given back when the kernel declines.
         caches: RefCell<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
         start: usize,
     }
-    type Written<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
     impl<B: Backend> CubeOp for Op<'_, B> {
-        type Out = Written<B>;
-        fn run<R: Runtime>(&self) -> Option<Written<B>> {
+        type Out = QueriesKeysValues<B>;
+        fn run<R: Runtime>(&self) -> Option<Self::Out> {
             let y = cube_of::<B, R, 3>(self.y)?;
             let (bias, tables) = rope_extras::<B, R>(self.bias, self.tables)?;
             let (kc, vc) = {
@@ -502,11 +495,7 @@ pub(crate) fn qkv_into<B: Backend>(
             };
             drop(self.caches.borrow_mut().take());
             match launch_heads(y, self.heads, bias, tables, Some((&kc, &vc, self.start))) {
-                Some((q, k, v)) => Some((
-                    tensor_from::<B, _, 4>(q)?,
-                    tensor_from::<B, _, 4>(k)?,
-                    tensor_from::<B, _, 4>(v)?,
-                )),
+                Some(written) => qkv_from(written),
                 None => {
                     *self.caches.borrow_mut() =
                         Some((tensor_from::<B, _, 4>(kc)?, tensor_from::<B, _, 4>(vc)?));
