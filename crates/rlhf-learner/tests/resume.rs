@@ -124,36 +124,36 @@ fn a_mismatched_or_missing_state_is_refused() -> anyhow::Result<()> {
     a.update(&pairs(0))?;
     a.policy.valid().save_pretrained(dir.path(), None)?;
     let mut b = fresh(Objective::Dpo(Default::default()))?;
-    let e = b
-        .load_training_state(dir.path())
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("loaded a checkpoint without state"))?;
-    assert!(e.to_string().contains("not a resumable checkpoint"), "{e}");
+    let e = refusal(&mut b, dir.path(), "loaded a checkpoint without state")?;
+    assert!(e.contains("not a resumable checkpoint"), "{e}");
     a.save_training_state(dir.path(), 1)?;
     let ipo: Objective = serde_json::from_value(serde_json::json!({ "name": "ipo" }))?;
     let mut c = fresh(ipo)?;
-    let e = c
-        .load_training_state(dir.path())
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("an IPO learner took a DPO state"))?;
-    assert!(
-        e.to_string().contains("dpo") && e.to_string().contains("ipo"),
-        "{e}"
-    );
+    let e = refusal(&mut c, dir.path(), "an IPO learner took a DPO state")?;
+    assert!(e.contains("dpo") && e.contains("ipo"), "{e}");
     // A state of the format before the merged projections is refused, saying why.
     let state = dir.path().join("learner-state/state.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
     json["format"] = 1.into();
     std::fs::write(&state, serde_json::to_string(&json)?)?;
-    let e = b
-        .load_training_state(dir.path())
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a format-1 state was taken"))?;
+    let e = refusal(&mut b, dir.path(), "a format-1 state was taken")?;
     assert!(
-        e.to_string().contains("state format 1") && e.to_string().contains("model.safetensors"),
+        e.contains("state format 1") && e.contains("model.safetensors"),
         "{e}"
     );
     Ok(())
+}
+
+/// The error `state` refuses the checkpoint in `dir` with (`taken`: the failure if it does not).
+fn refusal(
+    state: &mut TrainState<B>,
+    dir: &std::path::Path,
+    taken: &str,
+) -> anyhow::Result<String> {
+    match state.load_training_state(dir) {
+        Ok(_) => anyhow::bail!("{taken}"),
+        Err(e) => Ok(e.to_string()),
+    }
 }
 
 /// Rollouts of two prompts as sampled by `state`'s current policy (behaviour log-probs).
